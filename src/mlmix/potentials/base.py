@@ -1,0 +1,123 @@
+"""The one interface every potential backend implements.
+
+A backend answers a single question: given a structure and a set of atoms M (the
+*mask*), return the per-atom energies E_i of the atoms in M and the forces
+
+    F_j = -d(sum_{i in M} E_i) / d x_j      for every atom j  (eV/Å)
+
+That is "masked evaluation". When M holds every atom within the potential's cutoff of
+an atom k, the force on k is exactly the force of the full system, which is what force
+mixing needs (method.md §3). Backends that cannot restrict the per-atom energies (a
+generic ASE calculator) carve a cluster instead and say so through ``exact``.
+
+Units: Å, eV, eV/Å. Shapes: N atoms; positions and forces are ``(N, 3)``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms
+
+from ..errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Result of one masked evaluation.
+
+    Attributes:
+        forces: ``(N, 3)`` eV/Å, ``-d(sum_{i in mask} E_i)/dx_j`` on every atom j.
+        energies: ``(N,)`` eV, per-atom energy E_i for i in the mask, NaN elsewhere.
+        n_evaluated: number of atoms whose per-atom energy (or environment) the backend
+            actually computed; at least the mask size, more when a cluster or a shell
+            of partial environments had to be evaluated too. This is the cost measure.
+        exact: True when ``forces`` are exact derivatives of the masked energy sum,
+            False when a finite cluster or buffer makes them approximate.
+    """
+
+    forces: np.ndarray
+    energies: np.ndarray
+    n_evaluated: int
+    exact: bool = True
+
+
+class Potential(abc.ABC):
+    """Base class of mlmix potential backends.
+
+    Subclasses set ``cutoff`` (Å, the range of one per-atom energy),
+    ``receptive_field`` (Å, the range over which a force depends on positions;
+    equal to the cutoff for a local potential, ``n_layers * cutoff`` for a
+    message-passing network) and ``species`` (the chemical symbols described, or
+    None for any), and implement :meth:`_evaluate`.
+    """
+
+    name: str = "potential"
+    cutoff: float
+    receptive_field: float
+    species: frozenset[str] | None = None
+
+    @property
+    def is_local(self) -> bool:
+        """True when forces depend only on atoms within one cutoff."""
+        return self.receptive_field <= self.cutoff
+
+    def check_atoms(self, atoms: Atoms) -> None:
+        """Raise :class:`ConfigurationError` if ``atoms`` cannot be evaluated."""
+        check_finite_positions(atoms)
+        if self.species is not None:
+            unknown = sorted(set(atoms.get_chemical_symbols()) - set(self.species))
+            if unknown:
+                raise ConfigurationError(
+                    f"{self.name} describes {sorted(self.species)} but the structure "
+                    f"contains {unknown}; use a potential for these species or keep "
+                    "them in the expensive core"
+                )
+
+    def evaluate(self, atoms: Atoms, mask: np.ndarray | None = None) -> Evaluation:
+        """Masked evaluation (see module docstring).
+
+        Args:
+            atoms: the structure; not modified.
+            mask: ``(N,)`` bool, atoms whose per-atom energies are wanted; None = all.
+        """
+        self.check_atoms(atoms)
+        n = len(atoms)
+        if mask is None:
+            mask = np.ones(n, dtype=bool)
+        else:
+            mask = np.asarray(mask)
+            if mask.shape != (n,) or mask.dtype != bool:
+                raise ConfigurationError(
+                    f"mask must be a boolean array of shape ({n},), got "
+                    f"{mask.dtype} {mask.shape}"
+                )
+        return self._evaluate(atoms, mask)
+
+    @abc.abstractmethod
+    def _evaluate(self, atoms: Atoms, mask: np.ndarray) -> Evaluation:
+        """Backend-specific masked evaluation; inputs already checked."""
+
+    def close(self) -> None:
+        """Release engine resources (a LAMMPS instance, a model). Idempotent."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def check_finite_positions(atoms: Atoms) -> None:
+    """Raise :class:`ConfigurationError` if any position or cell entry is NaN or inf."""
+    pos = atoms.positions
+    bad = np.flatnonzero(~np.isfinite(pos).all(axis=1))
+    if bad.size:
+        raise ConfigurationError(
+            f"{bad.size} atoms have NaN or infinite positions (first: index "
+            f"{bad[0]}, {pos[bad[0]].tolist()}); check the structure or the last MD step"
+        )
+    if not np.isfinite(atoms.cell.array).all():
+        raise ConfigurationError("the cell contains NaN or infinite entries")
