@@ -1,0 +1,334 @@
+"""Regions: per-atom mixing weights p_i and the two evaluation sets (method.md §2).
+
+Data flow::
+
+    seeds (bool, N)  --core_and_weights-->  p* (N,)  --hysteresis-->  p (N,)
+    p  --evaluation_sets-->  expensive (N, bool), cheap (N, bool)
+
+The maths lives in small pure functions over numpy arrays (`blend_weight`,
+`region_arrays`, `relax_weights`); :class:`RegionTracker` is the stateful edge that
+decides *when* to rebuild, keeps hysteresis and classifier state, and makes weights
+follow atom identity (the ``mlmix_id`` per-atom array) when atoms are reordered, added
+or deleted.
+
+Distances are minimum-image under the cell's periodic directions (triclinic cells
+included); all lengths are Å and times fs. Comparisons are strict (``d < r``), as in
+method.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from ase import Atoms
+
+from .carving import candidates_near
+from .errors import ConfigurationError
+from .identity import ensure_ids, values_by_id
+from .neighbours import neighbour_pairs
+from .seeds import Seeds
+
+BlendShape = Literal["linear", "cubic"]
+
+# Thresholds at which hysteresis snaps a ramping weight to 0 or 1 (method.md §2.3).
+SNAP_LOW, SNAP_HIGH = 0.01, 0.99
+
+
+@dataclass(frozen=True)
+class RegionSpec:
+    """Radii (Å) and blend shape of the regions.
+
+    Attributes:
+        r_core: atoms closer than this to a seed have p = 1.
+        r_blend: width of the blend shell around the core, where p falls from 1 to 0
+            with the distance to the nearest core atom.
+        r_buff: width of the buffer around every atom with p > 0, evaluated by the
+            expensive potential with weight 0; set it to the expensive cutoff for
+            exact forces.
+        blend: ``"linear"`` (b = 1 - x) or ``"cubic"`` (b = 1 - 3x^2 + 2x^3).
+    """
+
+    r_core: float
+    r_blend: float = 0.0
+    r_buff: float = 0.0
+    blend: BlendShape = "linear"
+
+    def __post_init__(self) -> None:
+        for name in ("r_core", "r_blend", "r_buff"):
+            value = getattr(self, name)
+            if not np.isfinite(value) or value < 0:
+                raise ConfigurationError(
+                    f"{name} must be a finite distance >= 0 Å, got {value!r}"
+                )
+        if self.blend not in ("linear", "cubic"):
+            raise ConfigurationError(
+                f"blend must be 'linear' or 'cubic', got {self.blend!r}"
+            )
+
+    @property
+    def reach(self) -> float:
+        """Å from a seed to the farthest atom the regions can touch."""
+        return self.r_core + self.r_blend + self.r_buff
+
+
+@dataclass(frozen=True)
+class Hysteresis:
+    """Time hysteresis of the weights (method.md §2.3).
+
+    Attributes:
+        tau_in: fs, time constant for weights that rise.
+        tau_out: fs, time constant for weights that fall.
+        timestep: fs, the MD time step (one force evaluation).
+    """
+
+    tau_in: float
+    tau_out: float
+    timestep: float
+
+    def __post_init__(self) -> None:
+        for name in ("tau_in", "tau_out"):
+            value = getattr(self, name)
+            if not np.isfinite(value) or value < 0:
+                raise ConfigurationError(f"{name} must be >= 0 fs, got {value!r}")
+        if not np.isfinite(self.timestep) or self.timestep <= 0:
+            raise ConfigurationError(f"timestep must be > 0 fs, got {self.timestep!r}")
+
+
+@dataclass(frozen=True)
+class Regions:
+    """One snapshot of the regions, aligned with the atoms it was made for.
+
+    Attributes:
+        p: ``(N,)`` mixing weight of the expensive forces, 0..1.
+        seeds: ``(N,)`` bool, the seed atoms.
+        core: ``(N,)`` bool, seeds and atoms within r_core of one.
+        expensive: ``(N,)`` bool, atoms the expensive potential must evaluate
+            (p > 0 and their buffer).
+        cheap: ``(N,)`` bool, atoms the cheap potential must evaluate (all but the deep
+            core).
+    """
+
+    p: np.ndarray
+    seeds: np.ndarray
+    core: np.ndarray
+    expensive: np.ndarray
+    cheap: np.ndarray
+
+    def per_atom_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays to store on ``Atoms.arrays`` (extended XYZ writes them; OVITO reads them)."""
+        return {
+            "mlmix_p": self.p.copy(),
+            "mlmix_expensive": self.expensive.copy(),
+            "mlmix_cheap": self.cheap.copy(),
+        }
+
+    def counts(self) -> dict[str, int]:
+        """Sizes of the sets: core, blended (0 < p < 1), expensive, cheap."""
+        return {
+            "core": int(self.core.sum()),
+            "blend": int(((self.p > 0) & (self.p < 1)).sum()),
+            "expensive": int(self.expensive.sum()),
+            "cheap": int(self.cheap.sum()),
+        }
+
+
+# --------------------------------------------------------------------------- maths
+
+
+def blend_weight(x: np.ndarray, shape: BlendShape) -> np.ndarray:
+    """Blend function b(x) for x = d / r_blend in [0, 1]: 1 at the core, 0 at r_blend."""
+    x = np.clip(x, 0.0, 1.0)
+    if shape == "linear":
+        return 1.0 - x
+    return 1.0 - x * x * (3.0 - 2.0 * x)
+
+
+def relax_weights(
+    p_prev: np.ndarray, p_target: np.ndarray, fraction_in: float, fraction_out: float
+) -> np.ndarray:
+    """One hysteresis update: move p towards p* by a fraction, then snap near 0 and 1.
+
+    Args:
+        p_prev, p_target: ``(N,)`` weights.
+        fraction_in: ``min(dt * nevery / tau_in, 1)``, used where p* > p.
+        fraction_out: the same with tau_out, used where p* < p.
+    """
+    delta = p_target - p_prev
+    rising = delta > 0
+    p = p_prev + delta * np.where(rising, fraction_in, fraction_out)
+    p[(delta < 0) & (p < SNAP_LOW)] = 0.0
+    p[rising & (p > SNAP_HIGH)] = 1.0
+    return p
+
+
+def region_arrays(
+    positions: np.ndarray,
+    cell: np.ndarray,
+    pbc,
+    seeds: np.ndarray,
+    spec: RegionSpec,
+    p_prev: np.ndarray | None = None,
+    fractions: tuple[float, float] | None = None,
+) -> Regions:
+    """Build the regions from seeds (method.md §2, steps 1-5).
+
+    Args:
+        positions: ``(N, 3)`` Å.
+        cell: ``(3, 3)`` Å, rows are lattice vectors.
+        pbc: bool or three bools.
+        seeds: ``(N,)`` bool.
+        spec: radii and blend shape.
+        p_prev: ``(N,)`` previous weights, for hysteresis; None for a first build.
+        fractions: ``(fraction_in, fraction_out)`` for :func:`relax_weights`; None
+            means no hysteresis (p = p*).
+
+    Only atoms near the seeds or near previously weighted atoms enter the neighbour
+    search (an O(N) bin filter first), so a rebuild costs O(N) with a small constant.
+    """
+    n = len(positions)
+    p = np.zeros(n)
+    core = seeds.copy()
+    active = seeds if p_prev is None else seeds | (p_prev > 0)
+    if not active.any():
+        return Regions(p, seeds.copy(), core, np.zeros(n, bool), np.ones(n, bool))
+    if seeds.all() and fractions is None:
+        # Every atom expensive (e.g. a classifier before its first query).
+        return Regions(np.ones(n), seeds.copy(), core, np.ones(n, bool), np.zeros(n, bool))
+
+    # Every atom the steps below can touch lies within `reach` of an active atom.
+    cand = np.flatnonzero(candidates_near(positions, cell, pbc, active, spec.reach))
+    cutoff = max(spec.r_core, spec.r_blend, spec.r_buff)
+    i, j, d = neighbour_pairs(positions[cand], cell, pbc, cutoff, "ijd")
+    i, j = cand[i], cand[j]
+
+    # 1. core
+    hit = seeds[i] & (d < spec.r_core)
+    core[j[hit]] = True
+    p[core] = 1.0
+    # 2. blend: max of b(d / r_blend) over core atoms within r_blend
+    if spec.r_blend > 0:
+        hit = core[i] & ~core[j] & (d < spec.r_blend)
+        np.maximum.at(p, j[hit], blend_weight(d[hit] / spec.r_blend, spec.blend))
+    # 3. hysteresis
+    if p_prev is not None and fractions is not None:
+        p = relax_weights(p_prev, p, *fractions)
+    # 4. expensive set: p > 0 and its buffer
+    weighted = p > 0
+    expensive = weighted.copy()
+    hit = weighted[i] & (d < spec.r_buff)
+    expensive[j[hit]] = True
+    # 5. cheap set: all but the deep core (p = 1 with every atom within r_buff at p = 1)
+    full = p >= 1.0
+    near_partial = np.zeros(n, bool)
+    hit = full[i] & (p[j] < 1.0) & (d < spec.r_buff)
+    near_partial[i[hit]] = True
+    cheap = ~(full & ~near_partial)
+    return Regions(p, seeds.copy(), core, expensive, cheap)
+
+
+# --------------------------------------------------------------------------- tracker
+
+
+@dataclass
+class RegionTracker:
+    """Regions that follow a simulation: when to rebuild, hysteresis, identity.
+
+    Call :meth:`update` once per step with the current atoms and step number. Regions
+    are rebuilt at the first call and then every ``nevery`` steps (``nevery = 0``:
+    built once and then only carried along, as for relaxations and NEB); between
+    rebuilds the weights and sets stay attached to the same atoms.
+
+    Attributes:
+        spec: radii and blend shape.
+        seeds: where the seeds come from (:mod:`mlmix.seeds`).
+        nevery: rebuild period in steps (0 = once).
+        hysteresis: optional time hysteresis (needs ``nevery > 0``).
+    """
+
+    spec: RegionSpec
+    seeds: Seeds
+    nevery: int = 1
+    hysteresis: Hysteresis | None = None
+    _ids: np.ndarray | None = field(default=None, init=False, repr=False)
+    _regions: Regions | None = field(default=None, init=False, repr=False)
+    _next_id: int = field(default=1, init=False, repr=False)
+    _last_build: int | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.nevery, (int, np.integer)) or self.nevery < 0:
+            raise ConfigurationError(
+                f"nevery must be an integer >= 0 (0 = build once), got {self.nevery!r}"
+            )
+        if self.hysteresis is not None and self.nevery == 0:
+            raise ConfigurationError(
+                "hysteresis needs regions that are rebuilt: set nevery > 0 or drop it"
+            )
+        self.seeds.check_schedule(self.nevery)
+
+    @property
+    def regions(self) -> Regions | None:
+        """The regions of the last :meth:`update` (None before the first)."""
+        return self._regions
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Arrays that restore the tracker (for checkpoints): ids and weights."""
+        if self._regions is None:
+            return {}
+        return {"ids": self._ids.copy(), "p": self._regions.p.copy()}
+
+    def is_rebuild_step(self, step: int) -> bool:
+        """True when :meth:`update` at ``step`` rebuilds the regions."""
+        if self._regions is None:
+            return True
+        return self.nevery > 0 and step % self.nevery == 0 and step != self._last_build
+
+    def update(self, atoms: Atoms, step: int) -> Regions:
+        """Regions for ``atoms`` at ``step`` (rebuilt if due, else carried by identity)."""
+        if step < 0:
+            raise ConfigurationError(f"step must be >= 0, got {step}")
+        ids, self._next_id = ensure_ids(atoms, self._next_id)
+        rebuild = self.is_rebuild_step(step) or self._has_new_atoms(ids)
+        seeds = self.seeds.select(atoms, ids, step, sample=rebuild or self._regions is None)
+        if rebuild:
+            self._regions = self._build(atoms, ids, seeds)
+            self._last_build = step
+        elif not np.array_equal(ids, self._ids):
+            self._regions = self._carry(ids)
+        self._ids = ids
+        return self._regions
+
+    def _has_new_atoms(self, ids: np.ndarray) -> bool:
+        # Atoms added since the last build have no weight yet: rebuild to place them.
+        return self._ids is not None and not np.isin(ids, self._ids).all()
+
+    def _build(self, atoms: Atoms, ids: np.ndarray, seeds: np.ndarray) -> Regions:
+        p_prev = fractions = None
+        if self._regions is not None and self.hysteresis is not None:
+            h = self.hysteresis
+            step_time = h.timestep * self.nevery
+            fractions = (
+                min(step_time / h.tau_in, 1.0) if h.tau_in > 0 else 1.0,
+                min(step_time / h.tau_out, 1.0) if h.tau_out > 0 else 1.0,
+            )
+            p_prev, known = values_by_id(self._ids, self._regions.p, ids, 0.0)
+            if not known.all():
+                # Atoms new to the simulation have no history: give them their target
+                # weight at once rather than ramping from an arbitrary value.
+                target = region_arrays(
+                    atoms.positions, atoms.cell.array, atoms.pbc, seeds, self.spec
+                ).p
+                p_prev[~known] = target[~known]
+        return region_arrays(
+            atoms.positions, atoms.cell.array, atoms.pbc, seeds, self.spec, p_prev, fractions
+        )
+
+    def _carry(self, ids: np.ndarray) -> Regions:
+        old = self._regions
+        stacked = np.column_stack(
+            [old.p, old.seeds, old.core, old.expensive, old.cheap]
+        ).astype(float)
+        values, _ = values_by_id(self._ids, stacked, ids, np.nan)
+        p, s, c, e, ch = values.T
+        return Regions(p, s > 0.5, c > 0.5, e > 0.5, ch > 0.5)

@@ -1,0 +1,226 @@
+"""Where the expensive region starts: seed atoms (method.md §2).
+
+A seed source answers, at each step, which atoms are seeds. Three kinds:
+
+- :class:`IndexSeeds`: fixed atoms, given by index at the first step and then
+  followed by identity;
+- :class:`SpeciesSeeds`: every atom of some species (He in W);
+- :class:`ClassifierSeeds`: atoms whose per-atom quantity (coordination, CNA,
+  centrosymmetry, ...), averaged over a window of samples, lies in ``[lb, ub]``;
+  re-queried every ``nfreq`` steps, the chosen atoms followed in between.
+
+Seed sources see atom identities (``ids``, see :mod:`mlmix.regions`) so that they can
+follow atoms through reordering, insertion and deletion.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from ase import Atoms
+
+from .errors import ConfigurationError
+from .identity import values_by_id
+from .neighbours import neighbour_pairs
+
+Quantity = Callable[[Atoms], np.ndarray]
+"""A per-atom quantity: ``q(atoms) -> (N,)`` float array."""
+
+
+class Seeds(abc.ABC):
+    """A source of seed atoms."""
+
+    def check_schedule(self, nevery: int) -> None:
+        """Raise :class:`ConfigurationError` if the source cannot work with ``nevery``."""
+
+    @abc.abstractmethod
+    def select(self, atoms: Atoms, ids: np.ndarray, step: int, sample: bool) -> np.ndarray:
+        """Seeds at ``step`` as an ``(N,)`` bool mask.
+
+        Args:
+            atoms: current structure.
+            ids: ``(N,)`` atom identities.
+            step: MD step (or optimiser iteration) number.
+            sample: True on region-rebuild steps, when a classifier may sample.
+        """
+
+
+def _check_indices(indices: np.ndarray, n: int) -> None:
+    bad = indices[(indices < -n) | (indices >= n)]
+    if bad.size:
+        raise ConfigurationError(
+            f"seed indices {bad[:5].tolist()} are out of range for {n} atoms "
+            f"(valid: 0..{n - 1})"
+        )
+
+
+def _as_indices(indices: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
+    arr = np.asarray(indices)
+    if arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
+        raise ConfigurationError(f"{what} must be a 1-D list of integer atom indices")
+    return arr.astype(np.int64)
+
+
+@dataclass
+class IndexSeeds(Seeds):
+    """Fixed seed atoms, given by index into the atoms of the first step.
+
+    From then on the same atoms (by identity) are seeds, wherever they move in the
+    atom list.
+    """
+
+    indices: Sequence[int] | np.ndarray
+    _seed_ids: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.indices = _as_indices(self.indices, "seed indices")
+        if self.indices.size == 0:
+            raise ConfigurationError("IndexSeeds needs at least one seed index")
+
+    def select(self, atoms, ids, step, sample):
+        if self._seed_ids is None:
+            _check_indices(self.indices, len(atoms))
+            self._seed_ids = ids[self.indices]
+        return np.isin(ids, self._seed_ids)
+
+
+@dataclass
+class SpeciesSeeds(Seeds):
+    """Every atom of the given species is a seed (e.g. ``SpeciesSeeds(["He"])``)."""
+
+    symbols: Sequence[str]
+    _checked: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.symbols, str):
+            self.symbols = [self.symbols]
+        self.symbols = list(self.symbols)
+        if not self.symbols:
+            raise ConfigurationError("SpeciesSeeds needs at least one chemical symbol")
+
+    def select(self, atoms, ids, step, sample):
+        mask = np.isin(atoms.get_chemical_symbols(), self.symbols)
+        if not self._checked:
+            if not mask.any():
+                present = sorted(set(atoms.get_chemical_symbols()))
+                raise ConfigurationError(
+                    f"no atom of the seed species {self.symbols} is in the structure "
+                    f"(it holds {present}); pick a species that is present"
+                )
+            self._checked = True
+        return mask
+
+
+@dataclass
+class ClassifierSeeds(Seeds):
+    """Seeds are atoms whose time-averaged quantity q lies in ``[lb, ub]``.
+
+    Schedule: the quantity is sampled on region-rebuild steps; seeds are chosen at
+    query steps ``nfreq, 2 nfreq, ...`` from the mean of the last ``window`` samples of
+    each atom (only the ``window`` rebuild steps that end at a query are sampled).
+    Between queries, the chosen atoms stay seeds. Before the first query the seeds are
+    ``initial`` (indices into the first structure) or, if None, every atom: the whole
+    system is expensive until the classifier has spoken. With ``nevery = 0`` (regions
+    built once) the classifier is queried once, on the first structure.
+
+    Attributes:
+        quantity: ``q(atoms) -> (N,)`` float array.
+        lb, ub: inclusive bounds on q.
+        nfreq: steps between queries; a positive multiple of the rebuild period.
+        window: number of samples averaged (>= 1).
+        initial: optional seed indices used before the first query.
+    """
+
+    quantity: Quantity
+    lb: float = -np.inf
+    ub: float = np.inf
+    nfreq: int = 1
+    window: int = 1
+    initial: Sequence[int] | np.ndarray | None = None
+    _nevery: int = field(default=1, init=False, repr=False)
+    _history: deque = field(default_factory=deque, init=False, repr=False)
+    _seed_ids: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not callable(self.quantity):
+            raise ConfigurationError("quantity must be a function atoms -> (N,) array")
+        if np.isnan(self.lb) or np.isnan(self.ub) or self.lb > self.ub:
+            raise ConfigurationError(
+                f"classifier bounds must satisfy lb <= ub, got lb={self.lb}, ub={self.ub}"
+            )
+        for name in ("nfreq", "window"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.initial is not None:
+            self.initial = _as_indices(self.initial, "initial seed indices")
+        self._history = deque(maxlen=self.window)
+
+    def check_schedule(self, nevery: int) -> None:
+        if nevery > 0 and self.nfreq % nevery:
+            raise ConfigurationError(
+                f"nfreq ({self.nfreq}) must be a multiple of the rebuild period nevery "
+                f"({nevery}), or the classifier is asked between rebuilds"
+            )
+        self._nevery = nevery
+
+    def _is_query(self, step: int, first_call: bool) -> bool:
+        if self._nevery == 0:
+            return first_call
+        return step > 0 and step % self.nfreq == 0
+
+    def _wants_sample(self, step: int, first_call: bool) -> bool:
+        if self._nevery == 0:
+            return first_call
+        next_query = step + (-step) % self.nfreq or self.nfreq
+        return next_query - step < self.window * self._nevery
+
+    def _evaluate(self, atoms: Atoms) -> np.ndarray:
+        q = np.asarray(self.quantity(atoms), dtype=float)
+        if q.shape != (len(atoms),):
+            raise ConfigurationError(
+                f"the classifier quantity returned shape {q.shape}; it must return one "
+                f"value per atom, shape ({len(atoms)},)"
+            )
+        return q
+
+    def select(self, atoms, ids, step, sample):
+        first_call = self._seed_ids is None and not self._history
+        if first_call and self.initial is not None and self._nevery > 0:
+            _check_indices(self.initial, len(atoms))
+            self._seed_ids = ids[self.initial]
+        if sample and self._wants_sample(step, first_call):
+            self._history.append((ids.copy(), self._evaluate(atoms)))
+        if self._is_query(step, first_call) and self._history:
+            self._seed_ids = ids[self._mean(ids)]
+            self._history.clear()
+        if self._seed_ids is None:
+            return np.ones(len(atoms), dtype=bool)
+        return np.isin(ids, self._seed_ids)
+
+    def _mean(self, ids: np.ndarray) -> np.ndarray:
+        samples = [values_by_id(old_ids, q, ids, np.nan)[0] for old_ids, q in self._history]
+        stacked = np.vstack(samples)
+        counts = np.sum(~np.isnan(stacked), axis=0)
+        mean = np.where(counts > 0, np.nansum(stacked, axis=0) / np.maximum(counts, 1), np.nan)
+        return (mean >= self.lb) & (mean <= self.ub)
+
+
+def coordination(r_cut: float) -> Quantity:
+    """Per-atom coordination number: neighbours closer than ``r_cut`` Å.
+
+    For a perfect bcc or fcc crystal pick ``r_cut`` between the first and second
+    neighbour shells; atoms next to a vacancy or interstitial then stand out.
+    """
+    if r_cut <= 0:
+        raise ConfigurationError(f"r_cut must be > 0 Å, got {r_cut}")
+
+    def q(atoms: Atoms) -> np.ndarray:
+        i = neighbour_pairs(atoms.positions, atoms.cell.array, atoms.pbc, r_cut, "i")[0]
+        return np.bincount(i, minlength=len(atoms)).astype(float)
+
+    return q
