@@ -7,8 +7,12 @@ Thin wrappers over vesin, the fastest neighbour-list library that installs here
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import vesin
+from ase.cell import Cell
+from scipy.spatial import cKDTree
 
 
 def _box(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
@@ -76,3 +80,65 @@ def dilate(
     hit = members[idx][i]
     out[idx[j[hit]]] = True
     return out
+
+
+def _complete_cell(cell: np.ndarray) -> np.ndarray:
+    # Open directions may carry a zero cell vector; a non-singular frame is still
+    # needed for fractional coordinates there, so complete it with orthogonal vectors.
+    return Cell(np.asarray(cell, dtype=float)).complete().array
+
+
+def pair_finder(
+    positions: np.ndarray, cell: np.ndarray, pbc, targets: np.ndarray
+) -> Callable[[np.ndarray, float], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Prepare repeated "which targets lie near these sources" queries.
+
+    Builds one k-d tree over the target atoms (wrapped into the cell); each query then
+    costs O(sources * neighbours), independent of N. This is what region building
+    needs: few sources (seeds, core), one candidate set of targets.
+
+    Args:
+        positions: ``(N, 3)`` Å.
+        cell: ``(3, 3)`` Å, rows are lattice vectors.
+        pbc: bool or three bools.
+        targets: ``(m,)`` int indices of the atoms that may be found.
+
+    Returns:
+        ``find(sources, radius) -> (i, j, d)``: for ``sources`` (int indices), every
+        pair with ``i`` a source, ``j`` a target and ``d < radius`` Å the distance of
+        some periodic image (each image within range is listed once, so a pair may
+        repeat in a small cell; the minimum over repeats is the minimum-image
+        distance).
+    """
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    targets = np.asarray(targets, dtype=np.int64)
+    frame = _complete_cell(cell) if pbc.any() else np.eye(3)
+    inverse = np.linalg.inv(frame)
+
+    def wrap(x: np.ndarray) -> np.ndarray:
+        if not pbc.any():
+            return x
+        frac = x @ inverse
+        frac[:, pbc] %= 1.0
+        return frac @ frame
+
+    tree = cKDTree(wrap(positions[targets]))
+    cross = np.cross(frame[[1, 2, 0]], frame[[2, 0, 1]])
+    widths = abs(np.linalg.det(frame)) / np.linalg.norm(cross, axis=1)
+
+    def find(sources: np.ndarray, radius: float):
+        sources = np.asarray(sources, dtype=np.int64)
+        if radius <= 0 or sources.size == 0 or targets.size == 0:
+            empty = np.zeros(0, np.int64)
+            return empty, empty, np.zeros(0)
+        reach = np.where(pbc, np.ceil(radius / widths), 0).astype(int)
+        shifts = np.stack(
+            np.meshgrid(*[np.arange(-m, m + 1) for m in reach], indexing="ij"), -1
+        ).reshape(-1, 3)
+        images = (wrap(positions[sources])[:, None, :] + (shifts @ frame)[None]).reshape(-1, 3)
+        hits = cKDTree(images).sparse_distance_matrix(tree, radius, output_type="ndarray")
+        keep = hits["v"] < radius
+        hits = hits[keep]
+        return sources[hits["i"] // len(shifts)], targets[hits["j"]], hits["v"]
+
+    return find

@@ -27,7 +27,7 @@ from ase import Atoms
 from .carving import candidates_near
 from .errors import ConfigurationError
 from .identity import ensure_ids, values_by_id
-from .neighbours import neighbour_pairs
+from .neighbours import pair_finder
 from .seeds import Seeds
 
 BlendShape = Literal["linear", "cubic"]
@@ -197,33 +197,32 @@ def region_arrays(
         # Every atom expensive (e.g. a classifier before its first query).
         return Regions(np.ones(n), seeds.copy(), core, np.ones(n, bool), np.zeros(n, bool))
 
-    # Every atom the steps below can touch lies within `reach` of an active atom.
+    # Every atom the steps below can touch lies within `reach` of an active atom; one
+    # k-d tree over those candidates serves the four small queries.
     cand = np.flatnonzero(candidates_near(positions, cell, pbc, active, spec.reach))
-    cutoff = max(spec.r_core, spec.r_blend, spec.r_buff)
-    i, j, d = neighbour_pairs(positions[cand], cell, pbc, cutoff, "ijd")
-    i, j = cand[i], cand[j]
+    find = pair_finder(positions, cell, pbc, cand)
 
     # 1. core
-    hit = seeds[i] & (d < spec.r_core)
-    core[j[hit]] = True
+    j = find(np.flatnonzero(seeds), spec.r_core)[1]
+    core[j] = True
     p[core] = 1.0
     # 2. blend: max of b(d / r_blend) over core atoms within r_blend
     if spec.r_blend > 0:
-        hit = core[i] & ~core[j] & (d < spec.r_blend)
-        np.maximum.at(p, j[hit], blend_weight(d[hit] / spec.r_blend, spec.blend))
+        _, j, d = find(np.flatnonzero(core), spec.r_blend)
+        outside = ~core[j]
+        np.maximum.at(p, j[outside], blend_weight(d[outside] / spec.r_blend, spec.blend))
     # 3. hysteresis
     if p_prev is not None and fractions is not None:
         p = relax_weights(p_prev, p, *fractions)
     # 4. expensive set: p > 0 and its buffer
     weighted = p > 0
     expensive = weighted.copy()
-    hit = weighted[i] & (d < spec.r_buff)
-    expensive[j[hit]] = True
+    expensive[find(np.flatnonzero(weighted), spec.r_buff)[1]] = True
     # 5. cheap set: all but the deep core (p = 1 with every atom within r_buff at p = 1)
     full = p >= 1.0
+    i, j, _ = find(np.flatnonzero(full), spec.r_buff)
     near_partial = np.zeros(n, bool)
-    hit = full[i] & (p[j] < 1.0) & (d < spec.r_buff)
-    near_partial[i[hit]] = True
+    near_partial[i[p[j] < 1.0]] = True
     cheap = ~(full & ~near_partial)
     return Regions(p, seeds.copy(), core, expensive, cheap)
 
@@ -271,6 +270,11 @@ class RegionTracker:
     def regions(self) -> Regions | None:
         """The regions of the last :meth:`update` (None before the first)."""
         return self._regions
+
+    @property
+    def last_build(self) -> int | None:
+        """Step of the last rebuild (None before the first)."""
+        return self._last_build
 
     def state(self) -> dict[str, np.ndarray]:
         """Arrays that restore the tracker (for checkpoints): ids and weights."""

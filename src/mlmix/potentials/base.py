@@ -3,12 +3,16 @@
 A backend answers a single question: given a structure and a set of atoms M (the
 *mask*), return the per-atom energies E_i of the atoms in M and the forces
 
-    F_j = -d(sum_{i in M} E_i) / d x_j      for every atom j  (eV/Å)
+    F_k = -d(sum_{i in M} E_i) / d x_k
 
-That is "masked evaluation". When M holds every atom within the potential's cutoff of
-an atom k, the force on k is exactly the force of the full system, which is what force
-mixing needs (method.md §3). Backends that cannot restrict the per-atom energies (a
-generic ASE calculator) carve a cluster instead and say so through ``exact``.
+on the *interior* of M: the atoms k whose every neighbour within the cutoff is in M.
+For such an atom this is exactly the force of the whole system, which is what force
+mixing needs (method.md §3): with r_buff >= the cutoff, every atom with p > 0 is
+interior to the expensive set. Off the interior a backend may return partial terms
+(LAMMPS) or NaN (ACE, which skips them to save time); callers must not read them.
+With ``mask=None`` every atom is interior and all forces are the full forces.
+Backends that cannot restrict the per-atom energies (a generic ASE calculator) carve a
+cluster instead and say so through ``exact``.
 
 Units: Å, eV, eV/Å. Shapes: N atoms; positions and forces are ``(N, 3)``.
 """
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
 
 from ..errors import ConfigurationError
 
@@ -29,13 +34,17 @@ class Evaluation:
     """Result of one masked evaluation.
 
     Attributes:
-        forces: ``(N, 3)`` eV/Å, ``-d(sum_{i in mask} E_i)/dx_j`` on every atom j.
-        energies: ``(N,)`` eV, per-atom energy E_i for i in the mask, NaN elsewhere.
+        forces: ``(N, 3)`` eV/Å, ``-d(sum_{i in mask} E_i)/dx_k``, guaranteed on the
+            interior of the mask (see the module docstring); undefined (partial
+            terms or NaN) elsewhere.
+        energies: ``(N,)`` eV, per-atom energy E_i for i in the mask, NaN elsewhere
+            (for potentials with shared three-body terms, such as Tersoff, exact on
+            the interior of the mask).
         n_evaluated: number of atoms whose per-atom energy (or environment) the backend
             actually computed; at least the mask size, more when a cluster or a shell
             of partial environments had to be evaluated too. This is the cost measure.
-        exact: True when ``forces`` are exact derivatives of the masked energy sum,
-            False when a finite cluster or buffer makes them approximate.
+        exact: True when the interior forces are exact, False when a finite cluster
+            or buffer makes them approximate.
     """
 
     forces: np.ndarray
@@ -100,6 +109,10 @@ class Potential(abc.ABC):
     def _evaluate(self, atoms: Atoms, mask: np.ndarray) -> Evaluation:
         """Backend-specific masked evaluation; inputs already checked."""
 
+    def as_calculator(self) -> "PotentialCalculator":
+        """This potential on all atoms as an ASE calculator."""
+        return PotentialCalculator(self)
+
     def close(self) -> None:
         """Release engine resources (a LAMMPS instance, a model). Idempotent."""
 
@@ -121,3 +134,28 @@ def check_finite_positions(atoms: Atoms) -> None:
         )
     if not np.isfinite(atoms.cell.array).all():
         raise ConfigurationError("the cell contains NaN or infinite entries")
+
+
+class PotentialCalculator(Calculator):
+    """ASE calculator for one potential on all atoms (energy, forces, energies).
+
+    The reference against which mixed runs are compared, and a convenient way to use
+    any mlmix backend on its own.
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces"]
+
+    def __init__(self, potential: Potential, **kwargs):
+        super().__init__(**kwargs)
+        self.potential = potential
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        result = self.potential.evaluate(self.atoms)
+        energy = float(result.energies.sum())
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "energies": result.energies,
+            "forces": result.forces,
+        }

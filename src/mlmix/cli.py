@@ -1,0 +1,29 @@
+"""The ``mlmix`` command: one entry point, one module per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import demo
+from .errors import MlmixError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlmix", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MlmixError as exc:
+        print(f"mlmix: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

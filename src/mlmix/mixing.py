@@ -1,0 +1,221 @@
+"""Force mixing: F_i = p_i F_i^exp + (1 - p_i) F_i^cheap (method.md §1).
+
+:func:`mix_forces` is the maths. :class:`MixedCalculator` is the ASE face: it updates
+the regions, runs the expensive potential on its evaluation set and the cheap one on
+the rest, and mixes, so ASE's MD integrators, optimisers and NEB can drive it.
+
+What the calculator returns for quantities the method does not define
+------------------------------------------------------------------------
+Mixed forces are not the gradient of any energy, so there is no total energy and no
+stress. ``get_forces`` is the product. ``get_potential_energy`` returns NaN — not a
+number, on purpose — so that ASE optimisers and MD loggers, which print an energy,
+keep running (FIRE, BFGS, LBFGS and MD use the forces only) while nobody is handed a
+number that means nothing; converge relaxations on forces (``fmax``) alone.
+``get_stress`` raises :class:`~mlmix.errors.PropertyNotDefinedError`: NPT and cell
+relaxation are not possible with force mixing. For an energy, evaluate the expensive
+potential on the final structure.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+
+from .errors import ConfigurationError, PropertyNotDefinedError
+from .potentials.base import Potential, check_finite_positions
+from .regions import Regions, RegionTracker
+
+
+def mix_forces(
+    p: np.ndarray,
+    f_expensive: np.ndarray,
+    f_cheap: np.ndarray,
+    subtract_mean: bool = False,
+) -> np.ndarray:
+    """Per-atom mix of two force fields.
+
+    Args:
+        p: ``(N,)`` weights of the expensive forces, 0..1.
+        f_expensive: ``(N, 3)`` eV/Å, read only where p > 0 (masked backends leave
+            other rows undefined, possibly NaN).
+        f_cheap: ``(N, 3)`` eV/Å, read only where p < 1.
+        subtract_mean: remove the mean force so the net force is zero (mixed forces
+            do not obey Newton's third law across the seam, so the centre of mass
+            drifts otherwise).
+
+    Returns:
+        ``(N, 3)`` eV/Å.
+    """
+    forces = np.array(f_cheap, dtype=float, copy=True)
+    w = np.flatnonzero(p > 0)
+    pw = p[w, None]
+    forces[w] = pw * f_expensive[w] + (1.0 - pw) * np.where(pw < 1.0, f_cheap[w], 0.0)
+    if subtract_mean:
+        forces -= forces.mean(axis=0)
+    return forces
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What one force call cost and did.
+
+    Attributes:
+        step: step number given to the regions.
+        rebuilt: True if the regions were rebuilt on this call.
+        counts: region set sizes (see :meth:`Regions.counts`).
+        n_expensive, n_cheap: atoms each potential really evaluated.
+        seconds: wall time of ``regions``, ``expensive``, ``cheap`` and ``total``.
+    """
+
+    step: int
+    rebuilt: bool
+    counts: dict
+    n_expensive: int
+    n_cheap: int
+    seconds: dict
+
+
+class MixedCalculator(Calculator):
+    """An ASE calculator that mixes an expensive and a cheap potential per atom.
+
+    Args:
+        expensive: accurate potential, evaluated on the expensive set only.
+        cheap: fast potential for the rest.
+        regions: region tracker (radii, seeds, rebuild policy, hysteresis).
+        subtract_mean_force: remove the mean of the mixed forces.
+        mask_cheap: evaluate the cheap potential only on its evaluation set (all but
+            the deep core); by default it runs on every atom, which is faster unless
+            the deep core is a large part of the system.
+        allow_approximate: accept ``r_buff`` below a potential's cutoff (forces on
+            weighted atoms are then approximate); refused by default.
+        store_arrays: write ``mlmix_p``, ``mlmix_expensive`` and ``mlmix_cheap`` onto
+            ``atoms.arrays`` after every call, so trajectories carry them.
+
+    Each call counts as one step for the region rebuild schedule (ASE's MD calls the
+    forces once per step). The atoms receive a per-atom ``mlmix_id`` array that makes
+    weights follow atoms through reordering and deletion.
+    """
+
+    implemented_properties = ["forces", "energy"]
+
+    def __init__(
+        self,
+        expensive: Potential,
+        cheap: Potential,
+        regions: RegionTracker,
+        *,
+        subtract_mean_force: bool = False,
+        mask_cheap: bool = False,
+        allow_approximate: bool = False,
+        store_arrays: bool = True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.expensive = expensive
+        self.cheap = cheap
+        self.tracker = regions
+        self.subtract_mean_force = subtract_mean_force
+        self.mask_cheap = mask_cheap
+        self.store_arrays = store_arrays
+        self.step = 0
+        self.history: list[StepReport] = []
+        if not allow_approximate:
+            self._check_buffer(expensive)
+            if mask_cheap:
+                self._check_buffer(cheap)
+
+    def _check_buffer(self, potential: Potential) -> None:
+        r_buff = self.tracker.spec.r_buff
+        if potential.is_local and r_buff < potential.cutoff:
+            raise ConfigurationError(
+                f"r_buff = {r_buff} Å is below the cutoff {potential.cutoff} Å of "
+                f"{potential.name}: forces on weighted atoms would be approximate. Set "
+                f"r_buff >= {potential.cutoff}, or pass allow_approximate=True to accept it"
+            )
+
+    @property
+    def regions(self) -> Regions | None:
+        """The regions used for the last force call."""
+        return self.tracker.regions
+
+    def get_stress(self, atoms: Atoms | None = None):
+        raise PropertyNotDefinedError(
+            "force mixing defines no stress (the mixed forces have no energy function), "
+            "so NPT and cell relaxation are not possible; relax or run at fixed cell"
+        )
+
+    def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = atoms if atoms is not None else self.atoms
+        check_finite_positions(atoms)
+        t0 = time.perf_counter()
+        regions = self.tracker.update(atoms, self.step)
+        rebuilt = self.tracker.last_build == self.step
+        undescribed = self._undescribed_by_cheap(atoms, regions)
+        t1 = time.perf_counter()
+
+        n = len(atoms)
+        f_exp = np.zeros((n, 3))
+        n_exp = 0
+        if regions.expensive.any():
+            result = self.expensive.evaluate(atoms, regions.expensive)
+            f_exp, n_exp = result.forces, result.n_evaluated
+        t2 = time.perf_counter()
+
+        f_cheap = np.zeros((n, 3))
+        n_cheap = 0
+        if regions.cheap.any():
+            f_cheap, n_cheap = self._cheap_forces(atoms, regions, undescribed)
+        t3 = time.perf_counter()
+
+        forces = mix_forces(regions.p, f_exp, f_cheap, self.subtract_mean_force)
+        self.results = {"forces": forces, "energy": np.nan}
+        if self.store_arrays:
+            atoms.arrays.update(regions.per_atom_arrays())
+        self.history.append(
+            StepReport(
+                step=self.step,
+                rebuilt=rebuilt,
+                counts=regions.counts(),
+                n_expensive=n_exp,
+                n_cheap=n_cheap,
+                seconds={
+                    "regions": t1 - t0,
+                    "expensive": t2 - t1,
+                    "cheap": t3 - t2,
+                    "total": time.perf_counter() - t0,
+                },
+            )
+        )
+        self.step += 1
+
+    def _undescribed_by_cheap(self, atoms: Atoms, regions: Regions) -> np.ndarray:
+        """Atoms of species the cheap potential lacks; they must have p = 1."""
+        if self.cheap.species is None:
+            return np.zeros(len(atoms), bool)
+        undescribed = ~np.isin(atoms.get_chemical_symbols(), sorted(self.cheap.species))
+        outside = np.flatnonzero(undescribed & (regions.p < 1))
+        if outside.size:
+            symbols = sorted({atoms[k].symbol for k in outside})
+            raise ConfigurationError(
+                f"{outside.size} atoms of {symbols} (e.g. index {outside[0]}) lie outside "
+                f"the core, but the cheap potential {self.cheap.name} does not describe "
+                f"{symbols}; make them seeds (SpeciesSeeds({symbols!r})) so they stay "
+                "expensive"
+            )
+        return undescribed
+
+    def _cheap_forces(self, atoms, regions, undescribed) -> tuple[np.ndarray, int]:
+        # Core atoms of species the cheap potential lacks are invisible to it: they are
+        # removed before the call and get no cheap force (they have p = 1).
+        keep = ~undescribed
+        view = atoms if keep.all() else atoms[keep]
+        mask = regions.cheap[keep] if self.mask_cheap else None
+        result = self.cheap.evaluate(view, mask)
+        forces = np.zeros((len(atoms), 3))
+        forces[keep] = result.forces
+        return forces, result.n_evaluated

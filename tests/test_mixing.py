@@ -1,0 +1,200 @@
+"""Force mixing against all-expensive and all-cheap runs with real potential files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.md.verlet import VelocityVerlet
+from ase.optimize import FIRE
+from numpy.testing import assert_allclose, assert_array_equal
+
+from mlmix import ConfigurationError, PropertyNotDefinedError
+from mlmix.mixing import MixedCalculator, mix_forces
+from mlmix.potentials.ace import AcePotential
+from mlmix.potentials.lammps import LammpsPotential
+from mlmix.regions import RegionSpec, RegionTracker
+from mlmix.seeds import IndexSeeds, SpeciesSeeds
+
+
+def test_mix_forces_weights():
+    rng = np.random.default_rng(0)
+    fe, fc = rng.normal(size=(2, 5, 3))
+    p = np.array([1.0, 0.0, 0.25, 0.5, 1.0])
+    got = mix_forces(p, fe, fc)
+    assert_allclose(got[0], fe[0])
+    assert_allclose(got[1], fc[1])
+    assert_allclose(got[2], 0.25 * fe[2] + 0.75 * fc[2])
+    assert_allclose(mix_forces(p, fe, fc, subtract_mean=True).sum(axis=0), 0, atol=1e-12)
+    # rows a masked backend leaves undefined are never read
+    fe[1] = np.nan
+    fc[0] = fc[4] = np.nan
+    assert np.isfinite(mix_forces(p, fe, fc)).all()
+
+
+@pytest.fixture(scope="module")
+def si_pair():
+    expensive = LammpsPotential.snap("Si_Zuo_JPCA2020.quadratic", species=["Si"])
+    cheap = LammpsPotential.tersoff("Si.tersoff", species=["Si"])
+    yield expensive, cheap
+    expensive.close()
+    cheap.close()
+
+
+def si_vacancy(repeat=5, rattle=0.05):
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(repeat)
+    del atoms[0]
+    atoms.rattle(rattle, seed=7)
+    return atoms
+
+
+def check_exactness(atoms, expensive, cheap, spec, seeds, **kwargs):
+    """Mixed forces equal the reference on p = 1, p = 0 (outside buffers) and blend."""
+    calc = MixedCalculator(expensive, cheap, RegionTracker(spec, seeds, nevery=0), **kwargs)
+    atoms.calc = calc
+    forces = atoms.get_forces()
+    r = calc.regions
+    f_exp = expensive.evaluate(atoms).forces
+    f_cheap = cheap.evaluate(atoms).forces
+    full, none = r.p == 1, r.p == 0
+    blend = ~full & ~none
+    far = none & ~r.expensive
+    assert full.sum() > 5 and blend.sum() > 5 and far.sum() > 5
+    assert_allclose(forces[full], f_exp[full], rtol=0, atol=1e-8)
+    assert_allclose(forces[far], f_cheap[far], rtol=0, atol=1e-8)
+    mixed = r.p[:, None] * f_exp + (1 - r.p[:, None]) * f_cheap
+    assert_allclose(forces[blend], mixed[blend], rtol=0, atol=1e-8)
+    # the two potentials really differ, so the checks above can tell them apart
+    assert np.abs(f_exp[full] - f_cheap[full]).max() > 0.05
+    return calc
+
+
+@pytest.mark.parametrize("blend", ["linear", "cubic"])
+def test_exact_lammps_snap_with_tersoff(si_pair, blend):
+    expensive, cheap = si_pair
+    atoms = si_vacancy()
+    spec = RegionSpec(r_core=3.0, r_blend=3.0, r_buff=expensive.cutoff, blend=blend)
+    calc = check_exactness(atoms, expensive, cheap, spec, IndexSeeds([0, 1]))
+    report = calc.history[-1]
+    # the expensive backend evaluated well under all atoms
+    assert report.counts["expensive"] <= report.n_expensive < len(atoms) // 2
+
+
+def test_exact_ace_with_eam():
+    expensive = AcePotential("Cu-PBE-core-rep.ace")
+    cheap = LammpsPotential.eam("Cu_u3.eam", species=["Cu"])
+    atoms = bulk("Cu", "fcc", a=3.62, cubic=True).repeat(7)
+    del atoms[0]
+    atoms.rattle(0.05, seed=3)
+    spec = RegionSpec(r_core=2.6, r_blend=2.6, r_buff=expensive.cutoff)
+    calc = check_exactness(atoms, expensive, cheap, spec, IndexSeeds([0]))
+    report = calc.history[-1]
+    # masked ACE computes energies for the expensive set and nothing else
+    assert report.n_expensive == report.counts["expensive"] < len(atoms)
+    cheap.close()
+
+
+def test_masked_cheap_is_exact_too(si_pair):
+    expensive, cheap = si_pair
+    atoms = si_vacancy()
+    # a core wide enough to hold a deep core that the cheap potential may skip
+    spec = RegionSpec(r_core=10.0, r_blend=3.0, r_buff=expensive.cutoff)
+    calc = check_exactness(atoms, expensive, cheap, spec, IndexSeeds([0]), mask_cheap=True)
+    report = calc.history[-1]
+    assert report.counts["cheap"] <= report.n_cheap < len(atoms)
+
+
+def test_buffer_below_cutoff_refused_unless_accepted(si_pair):
+    expensive, cheap = si_pair
+    tracker = RegionTracker(RegionSpec(3.0, 2.0, r_buff=2.0), IndexSeeds([0]))
+    with pytest.raises(ConfigurationError, match=r"r_buff = 2.0 Å is below the cutoff .* allow_approximate"):
+        MixedCalculator(expensive, cheap, tracker)
+    MixedCalculator(expensive, cheap, tracker, allow_approximate=True)
+
+
+def test_energy_is_nan_and_stress_is_refused(si_pair):
+    expensive, cheap = si_pair
+    atoms = si_vacancy(repeat=3)
+    atoms.calc = MixedCalculator(
+        expensive, cheap, RegionTracker(RegionSpec(3.0, 0.0, expensive.cutoff), IndexSeeds([0]))
+    )
+    assert np.isnan(atoms.get_potential_energy())
+    with pytest.raises(PropertyNotDefinedError, match="defines no stress"):
+        atoms.get_stress()
+    # the per-atom arrays ride on the atoms and survive a copy
+    assert {"mlmix_p", "mlmix_expensive", "mlmix_cheap", "mlmix_id"} <= set(atoms.copy().arrays)
+
+
+def test_force_only_relaxation_and_md_run(si_pair):
+    expensive, cheap = si_pair
+    atoms = si_vacancy(repeat=3, rattle=0.1)
+    spec = RegionSpec(3.0, 2.0, expensive.cutoff)
+    atoms.calc = MixedCalculator(expensive, cheap, RegionTracker(spec, IndexSeeds([0]), nevery=0))
+    fmax0 = np.linalg.norm(atoms.get_forces(), axis=1).max()
+    opt = FIRE(atoms, logfile=None)
+    assert opt.run(fmax=0.05, steps=300)
+    assert np.linalg.norm(atoms.get_forces(), axis=1).max() < 0.05 < fmax0
+
+    md_atoms = si_vacancy(repeat=3)
+    calc = MixedCalculator(expensive, cheap, RegionTracker(spec, IndexSeeds([0]), nevery=2),
+                           subtract_mean_force=True)
+    md_atoms.calc = calc
+    VelocityVerlet(md_atoms, timestep=1.0).run(5)
+    assert [h.rebuilt for h in calc.history] == [True, False, True, False, True, False]
+    assert_allclose(md_atoms.get_forces().sum(axis=0), 0, atol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def w_he_pair():
+    expensive = LammpsPotential.snap("W_2940_2017_2_He_JW2013.snap", species=["W", "He"])
+    cheap = LammpsPotential.eam_alloy("W_zhou.eam.alloy", species=["W"])
+    yield expensive, cheap
+    expensive.close()
+    cheap.close()
+
+
+def w_with_he():
+    atoms = bulk("W", "bcc", a=3.165, cubic=True).repeat(6)
+    atoms[0].symbol = "He"
+    atoms.rattle(0.03, seed=2)
+    return atoms
+
+
+def test_species_the_cheap_potential_lacks_must_be_core(w_he_pair):
+    expensive, cheap = w_he_pair
+    atoms = w_with_he()
+    far = int(np.argmax(atoms.get_distances(0, range(len(atoms)), mic=True)))
+    atoms.calc = MixedCalculator(
+        expensive, cheap, RegionTracker(RegionSpec(3.0, 0.0, expensive.cutoff), IndexSeeds([far]))
+    )
+    with pytest.raises(ConfigurationError, match=r"atoms of \['He'\] .* lie outside the core"):
+        atoms.get_forces()
+
+
+def test_helium_in_core_is_exact(w_he_pair):
+    expensive, cheap = w_he_pair
+    atoms = w_with_he()
+    spec = RegionSpec(r_core=3.0, r_blend=2.0, r_buff=expensive.cutoff)
+    calc = MixedCalculator(expensive, cheap, RegionTracker(spec, SpeciesSeeds("He"), nevery=0))
+    atoms.calc = calc
+    forces = atoms.get_forces()
+    r = calc.regions
+    f_exp = expensive.evaluate(atoms).forces
+    assert_allclose(forces[r.p == 1], f_exp[r.p == 1], rtol=0, atol=1e-8)
+    # far from the He the cheap potential (which never saw the He) rules
+    w_only = atoms[1:]
+    f_cheap = cheap.evaluate(w_only).forces
+    far = np.flatnonzero(~r.expensive)
+    assert_allclose(forces[far], f_cheap[far - 1], rtol=0, atol=1e-8)
+
+
+def test_nan_positions_refused_before_work(si_pair):
+    expensive, cheap = si_pair
+    atoms = si_vacancy(repeat=2)
+    atoms.positions[3, 1] = np.nan
+    calc = MixedCalculator(expensive, cheap, RegionTracker(RegionSpec(3.0, 0, expensive.cutoff),
+                                                           IndexSeeds([0])))
+    atoms.calc = calc
+    with pytest.raises(ConfigurationError, match="NaN or infinite positions .* index 3"):
+        atoms.get_forces()
+    assert calc.history == [] and calc.regions is None
