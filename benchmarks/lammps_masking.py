@@ -33,7 +33,8 @@ from ase import Atoms
 from ase.build import bulk
 
 from mlmix.neighbours import dilate
-from mlmix.potentials.lammps import LammpsPotential, resolve_potential_file, snapcoeff_elements
+from mlmix.potentials.files import resolve_potential_file
+from mlmix.potentials.lammps import LammpsPotential, snapcoeff_elements
 
 A_SI = 5.43
 REPS = 3  # repeats for the slow routes

