@@ -260,3 +260,24 @@ def test_default_mode_computes_mask_forces_only(ace, reference):
     assert np.isnan(lean.forces[~mask]).all()
     np.testing.assert_allclose(lean.energies[mask], energies[mask], rtol=0, atol=1e-8)
     assert lean.n_evaluated == mask.sum()
+
+
+def test_neighbour_lists_are_reused_within_the_skin():
+    pot = AcePotential(ACE_FILE, skin=1.0)
+    atoms = _vacancy_cell()
+    core, mask = _core_and_mask(atoms, pot.cutoff)
+    pot.evaluate(atoms, mask)
+    rng = np.random.default_rng(4)
+    for step, amplitude, rebuilds in [(1, 0.2, 1), (2, 0.2, 1), (3, 0.8, 2)]:
+        moved = atoms.copy()
+        moved.positions += rng.uniform(-amplitude, amplitude, (len(atoms), 3)) / np.sqrt(3)
+        if amplitude > 0.5:
+            moved.positions[5] += [0.6, 0, 0]  # certainly beyond skin / 2
+        got = pot.evaluate(moved, mask)
+        fresh = AcePotential(ACE_FILE).evaluate(moved, mask)
+        assert pot.n_builds == rebuilds, step
+        np.testing.assert_allclose(got.forces[core], fresh.forces[core], rtol=0, atol=1e-10)
+        np.testing.assert_allclose(got.energies[mask], fresh.energies[mask], rtol=0, atol=1e-10)
+        atoms = moved if amplitude > 0.5 else atoms
+    pot.evaluate(atoms, core)  # a new mask always rebuilds
+    assert pot.n_builds == 3

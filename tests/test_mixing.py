@@ -198,3 +198,64 @@ def test_nan_positions_refused_before_work(si_pair):
     with pytest.raises(ConfigurationError, match="NaN or infinite positions .* index 3"):
         atoms.get_forces()
     assert calc.history == [] and calc.regions is None
+
+
+def test_weighted_energy_is_the_weighted_per_atom_sum(si_pair):
+    expensive, cheap = si_pair
+    atoms = si_vacancy()
+    spec = RegionSpec(r_core=3.0, r_blend=3.0, r_buff=expensive.cutoff)
+    calc = MixedCalculator(expensive, cheap, RegionTracker(spec, IndexSeeds([0])),
+                           energy="weighted")
+    atoms.calc = calc
+    energy = atoms.get_potential_energy()
+    p = calc.regions.p
+    e_exp = expensive.evaluate(atoms).energies
+    e_cheap = cheap.evaluate(atoms).energies
+    assert energy == pytest.approx(np.sum(p * e_exp + (1 - p) * e_cheap), abs=1e-8)
+    with pytest.raises(ConfigurationError, match="energy must be 'nan' or 'weighted'"):
+        MixedCalculator(expensive, cheap, RegionTracker(spec, IndexSeeds([0])), energy="zero")
+
+
+def test_neb_runs_with_regions_built_once():
+    """Vacancy migration in Cu: a mixed NEB (one EAM near the hop, another elsewhere,
+    regions built once) gives the all-expensive barrier when its images are
+    re-evaluated with the expensive potential."""
+    from ase.mep import NEB
+
+    expensive = LammpsPotential.eam("Cu_u3.eam", ["Cu"])
+    cheap = LammpsPotential.eam_alloy("Cu_mishin1.eam.alloy", ["Cu"])
+    initial = bulk("Cu", "fcc", a=3.615, cubic=True).repeat(4)
+    site = initial.positions[0].copy()
+    hopper = int(np.argsort(initial.get_distances(0, range(len(initial)), mic=True))[1])
+    del initial[0]
+    hopper -= 1
+    final = initial.copy()
+    final.positions[hopper] = site
+    spec = RegionSpec(r_core=4.0, r_blend=3.0, r_buff=expensive.cutoff)
+
+    def mixed():
+        tracker = RegionTracker(spec, IndexSeeds([hopper]), nevery=0)
+        return MixedCalculator(expensive, cheap, tracker, energy="weighted")
+
+    def band(make_calc):
+        images = [initial.copy() for _ in range(4)] + [final.copy()]
+        for image in images:
+            image.calc = make_calc()
+        for end in (images[0], images[-1]):
+            FIRE(end, logfile=None).run(fmax=0.01, steps=500)
+        neb = NEB(images, climb=True, method="improvedtangent")
+        neb.interpolate(mic=True)
+        assert FIRE(neb, logfile=None).run(fmax=0.01, steps=1000)
+        return images, [expensive.evaluate(im).energies.sum() for im in images]
+
+    _, e_ref = band(expensive.as_calculator)
+    images, e_mix = band(mixed)
+    counts = images[2].calc.regions.counts()
+    assert counts["blend"] > 0 and counts["cheap"] == len(initial)
+    assert counts["expensive"] < len(initial)
+    barrier_ref = max(e_ref) - e_ref[0]
+    barrier_mix = max(e_mix) - e_mix[0]
+    assert 0.5 < barrier_ref < 1.0  # EAM Cu vacancy migration, about 0.7 eV
+    assert barrier_mix == pytest.approx(barrier_ref, abs=0.002)
+    expensive.close()
+    cheap.close()

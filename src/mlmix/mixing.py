@@ -14,19 +14,28 @@ number that means nothing; converge relaxations on forces (``fmax``) alone.
 ``get_stress`` raises :class:`~mlmix.errors.PropertyNotDefinedError`: NPT and cell
 relaxation are not possible with force mixing. For an energy, evaluate the expensive
 potential on the final structure.
+
+Tools that must *rank* configurations by energy (ASE's NEB picks tangents and the
+climbing image by comparing image energies) can opt in to ``energy="weighted"``:
+the weighted sum of per-atom energies ``sum_i p_i E_i^exp + (1 - p_i) E_i^cheap``.
+It is well defined and close to either potential's energy where they agree, but its
+gradient is not the mixed force, so it is never the default and never a barrier: for
+barriers, re-evaluate the images with the expensive potential.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
+from ase.data import atomic_numbers, chemical_symbols
 
 from .errors import ConfigurationError, PropertyNotDefinedError
-from .potentials.base import Potential, check_finite_positions
+from .potentials.base import Evaluation, Potential, check_finite_positions
 from .regions import Regions, RegionTracker
 
 
@@ -94,6 +103,8 @@ class MixedCalculator(Calculator):
             weighted atoms are then approximate); refused by default.
         store_arrays: write ``mlmix_p``, ``mlmix_expensive`` and ``mlmix_cheap`` onto
             ``atoms.arrays`` after every call, so trajectories carry them.
+        energy: what ``get_potential_energy`` returns: ``"nan"`` (default; force
+            mixing has no energy) or ``"weighted"`` (see the module docstring).
 
     Each call counts as one step for the region rebuild schedule (ASE's MD calls the
     forces once per step). The atoms receive a per-atom ``mlmix_id`` array that makes
@@ -112,9 +123,13 @@ class MixedCalculator(Calculator):
         mask_cheap: bool = False,
         allow_approximate: bool = False,
         store_arrays: bool = True,
+        energy: Literal["nan", "weighted"] = "nan",
         **kwargs,
     ):
+        if energy not in ("nan", "weighted"):
+            raise ConfigurationError(f"energy must be 'nan' or 'weighted', got {energy!r}")
         super().__init__(**kwargs)
+        self.energy = energy
         self.expensive = expensive
         self.cheap = cheap
         self.tracker = regions
@@ -159,21 +174,23 @@ class MixedCalculator(Calculator):
         t1 = time.perf_counter()
 
         n = len(atoms)
-        f_exp = np.zeros((n, 3))
-        n_exp = 0
+        exp = Evaluation(np.zeros((n, 3)), np.full(n, np.nan), 0)
         if regions.expensive.any():
-            result = self.expensive.evaluate(atoms, regions.expensive)
-            f_exp, n_exp = result.forces, result.n_evaluated
+            exp = self.expensive.evaluate(atoms, regions.expensive)
         t2 = time.perf_counter()
 
-        f_cheap = np.zeros((n, 3))
-        n_cheap = 0
+        cheap = Evaluation(np.zeros((n, 3)), np.full(n, np.nan), 0)
         if regions.cheap.any():
-            f_cheap, n_cheap = self._cheap_forces(atoms, regions, undescribed)
+            cheap = self._cheap_evaluation(atoms, regions, undescribed)
         t3 = time.perf_counter()
 
-        forces = mix_forces(regions.p, f_exp, f_cheap, self.subtract_mean_force)
-        self.results = {"forces": forces, "energy": np.nan}
+        p = regions.p
+        forces = mix_forces(p, exp.forces, cheap.forces, self.subtract_mean_force)
+        energy = np.nan
+        if self.energy == "weighted":
+            energy = float(np.sum(p[p > 0] * exp.energies[p > 0])
+                           + np.sum((1 - p[p < 1]) * cheap.energies[p < 1]))
+        self.results = {"forces": forces, "energy": energy}
         if self.store_arrays:
             atoms.arrays.update(regions.per_atom_arrays())
         self.history.append(
@@ -181,8 +198,8 @@ class MixedCalculator(Calculator):
                 step=self.step,
                 rebuilt=rebuilt,
                 counts=regions.counts(),
-                n_expensive=n_exp,
-                n_cheap=n_cheap,
+                n_expensive=exp.n_evaluated,
+                n_cheap=cheap.n_evaluated,
                 seconds={
                     "regions": t1 - t0,
                     "expensive": t2 - t1,
@@ -197,10 +214,11 @@ class MixedCalculator(Calculator):
         """Atoms of species the cheap potential lacks; they must have p = 1."""
         if self.cheap.species is None:
             return np.zeros(len(atoms), bool)
-        undescribed = ~np.isin(atoms.get_chemical_symbols(), sorted(self.cheap.species))
+        described = [atomic_numbers[s] for s in self.cheap.species]
+        undescribed = ~np.isin(atoms.numbers, described)
         outside = np.flatnonzero(undescribed & (regions.p < 1))
         if outside.size:
-            symbols = sorted({atoms[k].symbol for k in outside})
+            symbols = sorted({chemical_symbols[z] for z in atoms.numbers[outside]})
             raise ConfigurationError(
                 f"{outside.size} atoms of {symbols} (e.g. index {outside[0]}) lie outside "
                 f"the core, but the cheap potential {self.cheap.name} does not describe "
@@ -209,13 +227,17 @@ class MixedCalculator(Calculator):
             )
         return undescribed
 
-    def _cheap_forces(self, atoms, regions, undescribed) -> tuple[np.ndarray, int]:
+    def _cheap_evaluation(self, atoms, regions, undescribed) -> Evaluation:
         # Core atoms of species the cheap potential lacks are invisible to it: they are
         # removed before the call and get no cheap force (they have p = 1).
         keep = ~undescribed
         view = atoms if keep.all() else atoms[keep]
         mask = regions.cheap[keep] if self.mask_cheap else None
         result = self.cheap.evaluate(view, mask)
+        if keep.all():
+            return result
         forces = np.zeros((len(atoms), 3))
+        energies = np.full(len(atoms), np.nan)
         forces[keep] = result.forces
-        return forces, result.n_evaluated
+        energies[keep] = result.energies
+        return Evaluation(forces, energies, result.n_evaluated, result.exact)

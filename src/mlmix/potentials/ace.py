@@ -16,6 +16,7 @@ with array operations. Units: Å, eV, eV/Å.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,37 @@ def _split_lists(centres: np.ndarray, neighbours: np.ndarray, n_lists: int) -> l
     return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+@dataclass
+class _Layout:
+    """An ``ACEAtomicEnvironment`` and how its atoms map to the structure.
+
+    Rows of ``env.x``: the real atoms (``real``, indices into the structure), then an
+    optional sink atom collecting discarded forces, then ghosts (periodic images or
+    outside neighbours): ``positions[ghost_atoms] + ghost_offsets``.
+    """
+
+    env: object
+    real: np.ndarray
+    sink: bool
+    ghost_atoms: np.ndarray
+    ghost_offsets: np.ndarray
+    built_at: np.ndarray
+    mask: np.ndarray
+
+    def move(self, positions: np.ndarray) -> None:
+        parts = [positions[self.real]]
+        if self.sink:  # the sink's position is never used
+            parts.append(np.zeros((1, 3)))
+        parts.append(positions[self.ghost_atoms] + self.ghost_offsets)
+        self.env.x = np.concatenate(parts).tolist()
+
+    def still_valid(self, atoms: Atoms, mask: np.ndarray, skin: float) -> bool:
+        if not np.array_equal(mask, self.mask):
+            return False
+        moved = np.einsum("ij,ij->i", d := atoms.positions - self.built_at, d).max()
+        return bool(moved < (0.5 * skin) ** 2)
+
+
 class AcePotential(Potential):
     """An ACE potential (``.ace``/``.yace``) evaluated by pyace, masked and exact.
 
@@ -73,6 +105,10 @@ class AcePotential(Potential):
             atoms within the cutoff outside the mask, which costs about half a full
             atom each even with an empty neighbour list. True also returns the exact
             ``-d(sum_M E)/dx`` on atoms outside the mask, at that cost.
+        skin: Å. Neighbour lists are built to cutoff + skin and reused, with only
+            positions updated, while the mask is unchanged and no atom has moved more
+            than skin / 2 since the build (pyace skips pairs beyond the cutoff, so
+            results are identical to a fresh build).
 
     Attributes:
         species: elements of the basis.
@@ -82,13 +118,19 @@ class AcePotential(Potential):
 
     name = "ace"
 
-    def __init__(self, potential: str | os.PathLike, forces_outside_mask: bool = False):
+    def __init__(self, potential: str | os.PathLike, forces_outside_mask: bool = False,
+                 skin: float = 1.0):
         from pyace.basis import ACECTildeBasisSet
         from pyace.calculator import ACECalculator
         from pyace.evaluator import ACECTildeEvaluator
 
         self.path = resolve_ace_file(potential)
         self.forces_outside_mask = bool(forces_outside_mask)
+        if not np.isfinite(skin) or skin < 0:
+            raise ConfigurationError(f"skin must be >= 0 Å, got {skin!r}")
+        self.skin = float(skin)
+        self._cache = None
+        self.n_builds = 0  # neighbour-list builds, for tests and profiling
         self.basis = ACECTildeBasisSet(str(self.path))
         self.evaluator = ACECTildeEvaluator(self.basis)
         self.calculator = ACECalculator()
@@ -105,8 +147,9 @@ class AcePotential(Potential):
     def __repr__(self) -> str:
         return f"AcePotential({str(self.path)!r})"
 
-    def _pairs(self, positions: np.ndarray, cell: np.ndarray, pbc, centres: np.ndarray):
-        """Pairs ``(i, j, S)`` within the cutoff whose centre i is in ``centres``.
+    def _pairs(self, positions: np.ndarray, cell: np.ndarray, pbc, centres: np.ndarray,
+               radius: float):
+        """Pairs ``(i, j, S)`` within ``radius`` (Å) whose centre i is in ``centres``.
 
         vesin directly rather than :func:`mlmix.neighbours.neighbour_pairs`: filtering
         by centre before widening the index dtypes saves ~20% of the Python time when
@@ -116,13 +159,15 @@ class AcePotential(Potential):
 
         pbc = [bool(p) for p in np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))]
         box = np.asarray(cell, dtype=float) if any(pbc) else np.zeros((3, 3))
-        nl = vesin.NeighborList(cutoff=self.cutoff, full_list=True)
+        nl = vesin.NeighborList(cutoff=radius, full_list=True)
         i, j, shift = nl.compute(np.ascontiguousarray(positions), box, pbc, "ijS")
         keep = centres[i]
         return i[keep].astype(np.int64), j[keep].astype(np.int64), shift[keep]
 
-    def _environment(self, atoms: Atoms, mask: np.ndarray):
-        """Build the masked ``ACEAtomicEnvironment``.
+    def _environment(self, atoms: Atoms, mask: np.ndarray) -> "_Layout":
+        """Build the masked ``ACEAtomicEnvironment`` from neighbour lists of range
+        cutoff + skin (pyace drops pairs beyond the cutoff itself, so the lists stay
+        valid until some atom has moved by skin / 2).
 
         Real atoms are the mask atoms and, when ``forces_outside_mask``, every atom
         within the cutoff of one (each real atom costs a full product evaluation in
@@ -131,20 +176,20 @@ class AcePotential(Potential):
         "sink" real atom and discarded.
 
         Returns:
-            ``(env, real)``: the environment and ``(n_real,)`` int indices into
-            ``atoms`` of its real atoms, which are the first rows of the C++ forces.
+            The environment and what is needed to move its atoms (:class:`_Layout`).
         """
         from pyace.catomicenvironment import ACEAtomicEnvironment
 
         pos = atoms.positions
         cell = atoms.cell.array
         pbc = atoms.pbc
+        reach = self.cutoff + self.skin
         if mask.all():
             cand = np.arange(len(atoms))
         else:
-            cand = np.flatnonzero(candidates_near(pos, cell, pbc, mask, self.cutoff))
+            cand = np.flatnonzero(candidates_near(pos, cell, pbc, mask, reach))
         centre = mask[cand]
-        i, j, shift = self._pairs(pos[cand], cell, pbc, centre)
+        i, j, shift = self._pairs(pos[cand], cell, pbc, centre, reach)
 
         # Candidate-local index -> real-atom index (-1: not real).
         m = len(cand)
@@ -168,30 +213,45 @@ class AcePotential(Potential):
             key = ((j[ghost] * span + s[:, 0] + half) * span + s[:, 1] + half) * span + s[:, 2] + half
             _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
             gj = j[ghost][first]
-            ghost_pos = pos[cand[gj]] + shift[ghost][first] @ cell
+            ghost_atoms = cand[gj]
+            ghost_offsets = shift[ghost][first] @ cell
             ghost_origin = np.where(local[gj] >= 0, local[gj], n_real)  # n_real = sink
             ghost_types = atoms.numbers[cand[gj]]
             lj = lj.copy()
             lj[ghost] = n_lists + inverse.ravel()
         else:
-            ghost_pos = np.zeros((0, 3))
+            ghost_atoms = np.zeros(0, dtype=np.int64)
+            ghost_offsets = np.zeros((0, 3))
             ghost_origin = np.zeros(0, dtype=np.int64)
             ghost_types = np.zeros(0, dtype=np.int64)
 
-        real_pos = pos[cand[real_c]]
         real_types = atoms.numbers[cand[real_c]]
         if sink:
-            # The sink only collects discarded forces; its position is never used.
-            real_pos = np.concatenate([real_pos, np.zeros((1, 3))])
             real_types = np.concatenate([real_types, atoms.numbers[cand[:1]]])
         order = np.argsort(li, kind="stable")
 
-        env = ACEAtomicEnvironment()
-        env.x = np.concatenate([real_pos, ghost_pos]).tolist()
+        layout = _Layout(ACEAtomicEnvironment(), cand[real_c], sink, ghost_atoms,
+                         ghost_offsets, pos.copy(), mask.copy())
+        layout.move(pos)
+        env = layout.env
         env.species_type = self._type_of_z[np.concatenate([real_types, ghost_types])].tolist()
         env.origins = np.concatenate([np.arange(n_lists), ghost_origin]).tolist()
         env.neighbour_list = _split_lists(li[order], lj[order], n_lists)
-        return env, cand[real_c]
+        return layout
+
+    def _layout_for(self, atoms: Atoms, mask: np.ndarray) -> "_Layout":
+        """The cached environment with atoms moved, or a new one when the mask, the
+        structure or the cell changed, or some atom moved more than skin / 2."""
+        key = (len(atoms), atoms.numbers.tobytes(), atoms.cell.array.tobytes(),
+               atoms.pbc.tobytes())
+        cached = self._cache
+        if cached is not None and cached[0] == key and cached[1].still_valid(atoms, mask, self.skin):
+            cached[1].move(atoms.positions)
+            return cached[1]
+        layout = self._environment(atoms, mask)
+        self._cache = (key, layout)
+        self.n_builds += 1
+        return layout
 
     def _evaluate(self, atoms: Atoms, mask: np.ndarray) -> Evaluation:
         n = len(atoms)
@@ -199,8 +259,9 @@ class AcePotential(Potential):
         energies = np.full(n, np.nan)
         if not mask.any():
             return Evaluation(forces, energies, n_evaluated=0, exact=True)
-        env, real = self._environment(atoms, mask)
-        self.calculator.compute(env)
+        layout = self._layout_for(atoms, mask)
+        real = layout.real
+        self.calculator.compute(layout.env)
         forces[real] = np.asarray(self.calculator.forces)[: len(real)]
         if not self.forces_outside_mask:
             forces[~mask] = np.nan
