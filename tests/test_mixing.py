@@ -259,3 +259,15 @@ def test_neb_runs_with_regions_built_once():
     assert barrier_mix == pytest.approx(barrier_ref, abs=0.002)
     expensive.close()
     cheap.close()
+
+
+def test_species_the_expensive_potential_lacks_refused_before_work(si_pair):
+    expensive, cheap = si_pair
+    atoms = si_vacancy(repeat=2)
+    atoms[5].symbol = "Ge"
+    calc = MixedCalculator(expensive, cheap, RegionTracker(RegionSpec(3.0, 0, expensive.cutoff),
+                                                           IndexSeeds([0])))
+    atoms.calc = calc
+    with pytest.raises(ConfigurationError, match=r"describes \['Si'\] but the structure contains \['Ge'\]"):
+        atoms.get_forces()
+    assert calc.history == [] and calc.regions is None

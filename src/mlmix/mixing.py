@@ -35,7 +35,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.data import atomic_numbers, chemical_symbols
 
 from .errors import ConfigurationError, PropertyNotDefinedError
-from .potentials.base import Evaluation, Potential, check_finite_positions
+from .potentials.base import Evaluation, Potential
 from .regions import Regions, RegionTracker
 
 
@@ -166,7 +166,9 @@ class MixedCalculator(Calculator):
     def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = atoms if atoms is not None else self.atoms
-        check_finite_positions(atoms)
+        # Input errors surface before any work: positions, then species the expensive
+        # potential must describe (every atom may become expensive).
+        self.expensive.check_atoms(atoms)
         t0 = time.perf_counter()
         regions = self.tracker.update(atoms, self.step)
         rebuilt = self.tracker.last_build == self.step

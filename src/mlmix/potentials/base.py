@@ -8,7 +8,10 @@ A backend answers a single question: given a structure and a set of atoms M (the
 on the *interior* of M: the atoms k whose every neighbour within the cutoff is in M.
 For such an atom this is exactly the force of the whole system, which is what force
 mixing needs (method.md §3): with r_buff >= the cutoff, every atom with p > 0 is
-interior to the expensive set. Off the interior a backend may return partial terms
+interior to the expensive set. (The guarantee is the whole-system force. Engines that
+book a many-body term in shares on several atoms, as LAMMPS does for SW and Tersoff,
+make E_i depend on atoms up to two cutoffs away; there the identity with the masked
+energy sum holds only two cutoffs inside M, while the interior force is still exact.) Off the interior a backend may return partial terms
 (LAMMPS) or NaN (ACE, which skips them to save time); callers must not read them.
 With ``mask=None`` every atom is interior and all forces are the full forces.
 Backends that cannot restrict the per-atom energies (a generic ASE calculator) carve a

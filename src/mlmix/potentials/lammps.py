@@ -34,8 +34,11 @@ excluded and all atoms within r_c of it are active, because no atom has moved mo
 than ``margin / 2`` since the active set was built - checked on every call). For an
 atom k whose neighbours within r_c are all in M (an *interior* atom), every term that
 depends on x_k has its centre within r_c of k, hence in M, hence complete, and no
-partial term of an out atom involves k. So the force on k equals the all-atom force,
-and it equals ``-d(sum_{i in M} E_i)/dx_k``. For mask atoms near the mask's edge the
+partial term of an out atom involves k. So the force on k equals the all-atom force.
+For styles that give each centre its own energy (SNAP, UF3, EAM, tables) it is also
+``-d(sum_{i in M} E_i)/dx_k``; SW and Tersoff tally each three-body / bond term in
+shares on the atoms it involves, so that identity holds only two cutoffs inside the
+mask (the force is still the all-atom force). For mask atoms near the mask's edge the
 forces also contain derivatives of the out atoms' partial energies: they are neither
 the all-atom forces nor the derivative of the masked sum. Force mixing gives those
 atoms weight 0 when the buffer is at least r_c (method.md section 3), so
