@@ -41,6 +41,18 @@ def reference_regions(dist, seeds, spec):
     return p, core, expensive, cheap
 
 
+def compare_with_reference(atoms, pbc, seeds, spec, radius_hint):
+    """region_arrays against the brute-force reference; returns the reference sets."""
+    dist = brute_force_distances(atoms.positions, atoms.cell.array, pbc, radius_hint)
+    p, core, expensive, cheap = reference_regions(dist, seeds, spec)
+    r = region_arrays(atoms.positions, atoms.cell.array, pbc, seeds, spec)
+    assert_allclose(r.p, p, atol=1e-12)
+    assert_array_equal(r.core, core)
+    assert_array_equal(r.expensive, expensive)
+    assert_array_equal(r.cheap, cheap)
+    return core, expensive, cheap
+
+
 @pytest.mark.parametrize("pbc", [True, (True, False, True), False])
 @pytest.mark.parametrize("blend", ["linear", "cubic"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -51,13 +63,7 @@ def test_regions_match_brute_force(pbc, blend, seed):
                       r_buff=rng.uniform(1, 4), blend=blend)
     seeds = np.zeros(len(atoms), bool)
     seeds[rng.choice(len(atoms), 3, replace=False)] = True
-    dist = brute_force_distances(atoms.positions, atoms.cell.array, pbc, 12.0)
-    p, core, expensive, cheap = reference_regions(dist, seeds, spec)
-    r = region_arrays(atoms.positions, atoms.cell.array, pbc, seeds, spec)
-    assert_allclose(r.p, p, atol=1e-12)
-    assert_array_equal(r.core, core)
-    assert_array_equal(r.expensive, expensive)
-    assert_array_equal(r.cheap, cheap)
+    core, expensive, cheap = compare_with_reference(atoms, pbc, seeds, spec, 12.0)
     # the sets are non-trivial, so the comparison means something
     assert 0 < core.sum() < expensive.sum() < len(atoms)
     assert (~cheap).sum() < core.sum()
@@ -69,12 +75,7 @@ def test_small_cell_radii_beyond_half_the_cell():
     seeds = np.zeros(len(atoms), bool)
     seeds[0] = True
     spec = RegionSpec(r_core=3.0, r_blend=2.0, r_buff=2.0, blend="cubic")
-    dist = brute_force_distances(atoms.positions, atoms.cell.array, True, 8.0)
-    p, core, expensive, cheap = reference_regions(dist, seeds, spec)
-    r = region_arrays(atoms.positions, atoms.cell.array, True, seeds, spec)
-    assert_allclose(r.p, p, atol=1e-12)
-    assert_array_equal(r.expensive, expensive)
-    assert_array_equal(r.cheap, cheap)
+    compare_with_reference(atoms, True, seeds, spec, 8.0)
 
 
 def test_blend_shapes():

@@ -257,8 +257,6 @@ class AcePotential(Potential):
         n = len(atoms)
         forces = np.zeros((n, 3))
         energies = np.full(n, np.nan)
-        if not mask.any():
-            return Evaluation(forces, energies, n_evaluated=0, exact=True)
         layout = self._layout_for(atoms, mask)
         real = layout.real
         self.calculator.compute(layout.env)

@@ -214,8 +214,6 @@ class AseClusterPotential(Potential):
         n = len(atoms)
         forces = np.zeros((n, 3))
         energies = np.full(n, np.nan)
-        if not mask.any():
-            return Evaluation(forces, energies, n_evaluated=0, exact=False)
         if mask.all():
             whole = Atoms(numbers=atoms.numbers, positions=atoms.positions,
                           cell=atoms.cell, pbc=atoms.pbc)

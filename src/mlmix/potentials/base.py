@@ -106,11 +106,13 @@ class Potential(abc.ABC):
                     f"mask must be a boolean array of shape ({n},), got "
                     f"{mask.dtype} {mask.shape}"
                 )
+        if not mask.any():  # an empty energy sum: zero forces, no work
+            return Evaluation(np.zeros((n, 3)), np.full(n, np.nan), n_evaluated=0)
         return self._evaluate(atoms, mask)
 
     @abc.abstractmethod
     def _evaluate(self, atoms: Atoms, mask: np.ndarray) -> Evaluation:
-        """Backend-specific masked evaluation; inputs already checked."""
+        """Backend-specific masked evaluation; inputs checked, mask not empty."""
 
     def as_calculator(self) -> "PotentialCalculator":
         """This potential on all atoms as an ASE calculator."""
