@@ -35,8 +35,8 @@ than ``margin / 2`` since the active set was built - checked on every call). For
 atom k whose neighbours within r_c are all in M (an *interior* atom), every term that
 depends on x_k has its centre within r_c of k, hence in M, hence complete, and no
 partial term of an out atom involves k. So the force on k equals the all-atom force.
-For styles that give each centre its own energy (SNAP, UF3, EAM, tables) it is also
-``-d(sum_{i in M} E_i)/dx_k``; SW and Tersoff tally each three-body / bond term in
+For styles that give each centre its own energy (SNAP, EAM, tables) it is also
+``-d(sum_{i in M} E_i)/dx_k``; SW, Tersoff and UF3 tally each three-body / bond term in
 shares on the atoms it involves, so that identity holds only two cutoffs inside the
 mask (the force is still the all-atom force). For mask atoms near the mask's edge the
 forces also contain derivatives of the out atoms' partial energies: they are neither
@@ -45,10 +45,10 @@ atoms weight 0 when the buffer is at least r_c (method.md section 3), so
 ``Evaluation.exact`` is True in that sense: exact on the interior of the mask.
 
 Per-atom energies (``compute pe/atom``) of mask atoms are exact for styles that assign
-each centre its own energy (SNAP, UF3 centre terms, EAM, pair tables, ZBL). SW and
-Tersoff split each three-body / bond term among the atoms it involves, so E_i of a
-mask atom also depends on the lists of its neighbours: it is exact on the interior
-of the mask and approximate on its edge.
+each centre its own energy (SNAP, EAM, pair tables, ZBL). SW, Tersoff and UF3 book
+each pair or three-body term in shares on the atoms it involves (UF3: halves and
+thirds), so E_i of a mask atom also depends on the lists of its neighbours: it is
+exact on the interior of the mask and approximate on its edge.
 
 ``n_evaluated`` is the number of atoms with a non-zero ``compute pe/atom`` entry after
 the step: atoms that LAMMPS really computed an energy (or a share of one) for. It
