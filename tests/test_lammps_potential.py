@@ -253,3 +253,16 @@ def test_empty_mask_gives_zero_forces_without_work():
     atoms = bulk("Si", "diamond", 5.43, cubic=True) * (2, 2, 2)
     ev = pot.evaluate(atoms, np.zeros(len(atoms), bool))
     assert ev.n_evaluated == 0 and not ev.forces.any() and np.isnan(ev.energies).all()
+
+
+def test_include_file_with_continuation_lines():
+    """W_2940_2017_2.snap spreads its hybrid/overlay pair_style over '&' lines: SNAP+ZBL,
+    whose energy has its minimum near the published 3.18 Å (SNAP alone has none)."""
+    from ase.build import bulk
+
+    pot = LammpsPotential.snap("W_2940_2017_2.snap", ["W"])
+    assert pot.pair_style.startswith("hybrid/overlay zbl")
+    e = [pot.evaluate(bulk("W", "bcc", a=a, cubic=True).repeat(2)).energies.sum()
+         for a in (3.10, 3.18, 3.26)]
+    assert e[1] < e[0] and e[1] < e[2]
+    pot.close()

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import demo
+from .fitting import pipeline as fit
 from .errors import MlmixError
 
 
@@ -13,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlmix", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
+    fit.add_parser(sub)
     return parser
 
 

@@ -98,12 +98,21 @@ _NULL = "NULL"
 
 
 def _data_lines(path: Path) -> list[str]:
-    """Lines of a potential file without comments and blank lines."""
+    """Lines of a potential file without comments and blank lines, with LAMMPS
+    continuation lines (a trailing ``&``) joined."""
     out = []
+    pending = ""
     for line in path.read_text(errors="replace").splitlines():
         line = line.split("#", 1)[0].strip()
+        if line.endswith("&"):
+            pending += line[:-1] + " "
+            continue
+        line = (pending + line).strip()
+        pending = ""
         if line:
             out.append(line)
+    if pending.strip():
+        out.append(pending.strip())
     return out
 
 

@@ -1,0 +1,346 @@
+"""The distillation pipeline behind ``mlmix fit CONFIG`` (method.md §5).
+
+1. Relax the expensive bulk cell (lattice and internal coordinates).
+2. Hard set: strained copies of it (6 types x 17 values within +-0.5 % by default),
+   labelled by the expensive potential; targets are energy differences per atom from
+   the unstrained cell.
+3. Soft set: MD frames at a temperature (driven by the expensive potential or a named
+   cheaper driver, relabelled by the expensive one) plus any extended-XYZ files given;
+   a fraction is held out for the report.
+4. Fit the cheap linear model twice on the same soft data: unconstrained (ridge) and
+   with the hard constraint ``||A_H c - y_H|| <= alpha`` (or exactly, ``alpha = 0``).
+5. Write both potentials (LAMMPS files) and a report (JSON and PNG) comparing the
+   expensive potential with both fits.
+
+Labels are cached on disk (``<output>/cache``), so an interrupted run resumes where it
+stopped. Everything else is written to a temporary folder that replaces the output
+folder's results only at the end, so a failed run leaves no half-written output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.build import bulk
+
+from ..config import Problems, load_toml
+from ..errors import ConfigurationError
+from ..potentials.base import Potential
+from ..potentials.factory import check_potential_spec, make_potential
+from . import data, elastic, report, solvers
+from .model import LinearModel
+
+STRAIN_TYPES = ("hydrostatic", "uniaxial_100", "uniaxial_111", "shear_xy", "shear_xz", "shear_yz")
+
+
+@dataclass
+class FitConfig:
+    """A checked fit configuration (see ``examples/fit-si.toml`` for the file form).
+
+    Lengths Å, energies eV, temperatures K, times fs.
+    """
+
+    expensive: dict
+    element: str
+    crystal: str
+    a: float
+    repeat: int
+    model: dict
+    output: Path
+    strain_types: tuple[str, ...] = STRAIN_TYPES
+    n_strains: int = 17
+    max_strain: float = 0.005
+    temperature_K: float = 500.0
+    n_frames: int = 20
+    interval: int = 20
+    timestep_fs: float = 1.0
+    driver: dict | None = None
+    extra_files: tuple[Path, ...] = ()
+    test_fraction: float = 0.25
+    seed: int = 0
+    alpha: float = 1e-4
+    method: str = "lambda"
+    energy_weight: float = 1.0
+    force_weight: float = 0.1
+    reg: float = 1e-8
+    vacancy: bool = False
+    elastic: bool = True
+    stem: str = "cheap"
+    extras: dict = field(default_factory=dict)
+
+
+MODEL_FAMILIES = {"snap", "uf3", "ace"}
+
+
+def parse_config(cfg: Mapping, base: Path = Path("."), source: str = "fit config") -> FitConfig:
+    """Check a fit configuration completely; all problems are raised in one message."""
+    p = Problems(source)
+    p.unknown_keys(cfg, "(top level)", {"expensive", "structure", "hard", "soft", "model", "fit",
+                                        "report", "output"})
+    check_potential_spec(cfg.get("expensive"), "expensive", p)
+    s = p.section(cfg, "structure")
+    hard = p.section(cfg, "hard", required=False)
+    soft = p.section(cfg, "soft", required=False)
+    model = p.section(cfg, "model")
+    fit = p.section(cfg, "fit", required=False)
+    rep = p.section(cfg, "report", required=False)
+    out = p.section(cfg, "output")
+
+    p.unknown_keys(s, "structure", {"element", "crystal", "a", "repeat"})
+    if not isinstance(s.get("element"), str):
+        p.add("structure.element", "missing: an element symbol such as 'Si'")
+    p.choice(s, "structure", "crystal", {"fcc", "bcc", "diamond", "sc"})
+    p.number(s, "structure", "a", minimum=0, strict=True)
+    p.number(s, "structure", "repeat", 2, minimum=1, integer=True)
+
+    p.unknown_keys(hard, "hard", {"strain_types", "n_strains", "max_strain"})
+    types = tuple(hard.get("strain_types", STRAIN_TYPES))
+    for t in types:
+        if t not in STRAIN_TYPES:
+            p.add("hard.strain_types", f"unknown strain type {t!r} (known: {', '.join(STRAIN_TYPES)})")
+    p.number(hard, "hard", "n_strains", 17, minimum=3, integer=True)
+    p.number(hard, "hard", "max_strain", 0.005, minimum=0, strict=True)
+
+    p.unknown_keys(soft, "soft", {"temperature_K", "n_frames", "interval", "timestep_fs",
+                                  "driver", "extra_files", "test_fraction", "seed"})
+    p.number(soft, "soft", "temperature_K", 500.0, minimum=0)
+    p.number(soft, "soft", "n_frames", 20, minimum=2, integer=True)
+    p.number(soft, "soft", "interval", 20, minimum=1, integer=True)
+    p.number(soft, "soft", "timestep_fs", 1.0, minimum=0, strict=True)
+    p.number(soft, "soft", "seed", 0, integer=True)
+    frac = p.number(soft, "soft", "test_fraction", 0.25, minimum=0, strict=True)
+    if frac is not None and frac >= 1:
+        p.add("soft.test_fraction", f"must be below 1, got {frac}")
+    if soft.get("driver") is not None:
+        check_potential_spec(soft["driver"], "soft.driver", p)
+    extra = tuple(base / f for f in soft.get("extra_files", []))
+    for f in extra:
+        if not f.is_file():
+            p.add("soft.extra_files", f"file {str(f)!r} not found")
+
+    family = p.choice(model, "model", "family", MODEL_FAMILIES)
+    if family is not None and not isinstance(model.get("species", [s.get("element")]), list):
+        p.add("model.species", "must be a list of element symbols")
+
+    p.unknown_keys(fit, "fit", {"alpha", "method", "energy_weight", "force_weight", "reg"})
+    p.number(fit, "fit", "alpha", 1e-4, minimum=0)
+    p.choice(fit, "fit", "method", {"lambda", "exact"}, "lambda")
+    p.number(fit, "fit", "energy_weight", 1.0, minimum=0, strict=True)
+    p.number(fit, "fit", "force_weight", 0.1, minimum=0)
+    p.number(fit, "fit", "reg", 1e-8, minimum=0)
+
+    p.unknown_keys(rep, "report", {"vacancy", "elastic"})
+    p.unknown_keys(out, "output", {"directory", "stem"})
+    if not isinstance(out.get("directory"), str):
+        p.add("output.directory", "missing: the folder to write the potential and report to")
+    p.raise_if_any()
+
+    return FitConfig(
+        expensive=dict(cfg["expensive"]), element=s["element"], crystal=s["crystal"],
+        a=float(s["a"]), repeat=int(s.get("repeat", 2)), model=dict(model),
+        output=base / out["directory"], strain_types=types,
+        n_strains=int(hard.get("n_strains", 17)), max_strain=float(hard.get("max_strain", 0.005)),
+        temperature_K=float(soft.get("temperature_K", 500.0)),
+        n_frames=int(soft.get("n_frames", 20)), interval=int(soft.get("interval", 20)),
+        timestep_fs=float(soft.get("timestep_fs", 1.0)), driver=soft.get("driver"),
+        extra_files=extra, test_fraction=float(soft.get("test_fraction", 0.25)),
+        seed=int(soft.get("seed", 0)), alpha=float(fit.get("alpha", 1e-4)),
+        method=fit.get("method", "lambda"), energy_weight=float(fit.get("energy_weight", 1.0)),
+        force_weight=float(fit.get("force_weight", 0.1)), reg=float(fit.get("reg", 1e-8)),
+        vacancy=bool(rep.get("vacancy", False)), elastic=bool(rep.get("elastic", True)),
+        stem=out.get("stem", "cheap"),
+    )
+
+
+def make_model(spec: Mapping, species: list[str]) -> LinearModel:
+    """The cheap model family a ``[model]`` table names."""
+    params = {k: v for k, v in spec.items() if k not in ("family", "species")}
+    species = list(spec.get("species", species))
+    if spec["family"] == "snap":
+        from .snap import SnapModel
+
+        return SnapModel(species, **params)
+    if spec["family"] == "ace":
+        from .ace_linear import AceLinearModel
+
+        return AceLinearModel(species, **params)
+    from .uf3 import Uf3Model
+
+    return Uf3Model(species, **params)
+
+
+# ----------------------------------------------------------------------- linear algebra
+
+
+def hard_rows(model: LinearModel, frames: list[Atoms], reference: Atoms):
+    """Rows and targets of the hard set: energy differences per atom from ``reference``."""
+    dm = model.design_matrix([reference, *frames], forces=False)
+    n = dm.n_atoms[:, None].astype(float)
+    rows = dm.energy[1:] / n[1:] - dm.energy[0] / n[0]
+    e_ref = reference.get_potential_energy() / len(reference)
+    targets = np.array([f.get_potential_energy() / len(f) - e_ref for f in frames])
+    return rows, targets
+
+
+def soft_rows(model: LinearModel, frames: list[Atoms], energy_weight: float,
+              force_weight: float):
+    """Weighted rows and targets of the soft set: energies per atom and forces."""
+    dm = model.design_matrix(frames, forces=force_weight > 0)
+    n = dm.n_atoms[:, None].astype(float)
+    rows = [energy_weight * dm.energy / n]
+    targets = [energy_weight * np.array([f.get_potential_energy() / len(f) for f in frames])]
+    if force_weight > 0:
+        rows.append(force_weight * dm.forces)
+        targets.append(force_weight * np.concatenate([f.get_forces().ravel() for f in frames]))
+    return np.vstack(rows), np.concatenate(targets)
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def _log(progress: Callable[[str], None] | None, message: str) -> None:
+    if progress is not None:
+        progress(message)
+
+
+def generate_data(cfg: FitConfig, expensive: Potential, cache: data.LabelCache, progress=None):
+    """Relaxed reference cell, hard set and soft set (labelled by the expensive potential)."""
+    cell = bulk(cfg.element, cfg.crystal, a=cfg.a, cubic=True).repeat(cfg.repeat)
+    _log(progress, f"relaxing the expensive {cfg.crystal} {cfg.element} cell ({len(cell)} atoms)")
+    relaxed, _ = data.relax_bulk(cell, expensive)
+    reference = cache.label([relaxed], expensive)[0]
+    values = np.linspace(-cfg.max_strain, cfg.max_strain, cfg.n_strains)
+    _log(progress, f"hard set: {len(cfg.strain_types)} strain types x {len(values)} values")
+    hard = data.strained_set(relaxed, expensive, strain_types=cfg.strain_types, values=values,
+                             cache=cache)
+    driver = make_potential(cfg.driver, "soft.driver") if cfg.driver else expensive
+    _log(progress, f"soft set: {cfg.n_frames} MD frames at {cfg.temperature_K} K")
+    soft = data.md_frames(relaxed, driver, cfg.temperature_K, cfg.n_frames, cfg.interval,
+                          cfg.timestep_fs, cfg.seed, relabel=expensive, cache=cache)
+    for path in cfg.extra_files:
+        soft += data.read_frames(path)
+    return reference, hard, soft
+
+
+def split(frames: list[Atoms], test_fraction: float, seed: int):
+    """Random train/test split of frames (at least one of each)."""
+    order = np.random.default_rng(seed).permutation(len(frames))
+    n_test = min(max(1, int(round(test_fraction * len(frames)))), len(frames) - 1)
+    return [frames[k] for k in order[n_test:]], [frames[k] for k in order[:n_test]]
+
+
+def fit_models(model: LinearModel, reference, hard, train, cfg: FitConfig):
+    """Unconstrained and constrained coefficients on the same soft data."""
+    a_h, y_h = hard_rows(model, hard, reference)
+    a_s, y_s = soft_rows(model, train, cfg.energy_weight, cfg.force_weight)
+    unconstrained = solvers.ridge(a_s, y_s, reg=cfg.reg)
+    if cfg.method == "exact" or cfg.alpha == 0:
+        constrained = solvers.equality_constrained_fit(a_s, y_s, a_h, y_h, reg=cfg.reg)
+    else:
+        constrained = solvers.constrained_fit(a_s, y_s, a_h, y_h, cfg.alpha, reg=cfg.reg)
+    return unconstrained, constrained, (a_h, y_h)
+
+
+def properties(potential: Potential, reference: Atoms, test: list[Atoms], cfg: FitConfig) -> dict:
+    """Lattice parameter, elastic constants, RMSEs, vacancy energy of one potential."""
+    relaxed, info = data.relax_bulk(reference, potential)
+    out = {"lattice_parameter_A": info.lattice_parameter}
+    if cfg.elastic:
+        result = elastic.elastic_constants(relaxed, potential)
+        out["C_GPa"] = np.asarray(result.C).round(3).tolist()
+        try:
+            out["cubic"] = result.cubic().as_dict()
+        except ConfigurationError as exc:
+            out["cubic"] = None
+            out["cubic_note"] = str(exc)
+    out.update(report.rmse(potential, test))
+    if cfg.vacancy:
+        out["vacancy_formation_eV"] = report.vacancy_formation_energy(potential, relaxed)
+    return out
+
+
+def run(cfg: FitConfig, progress: Callable[[str], None] | None = print) -> dict:
+    """Run the whole pipeline; returns the report dict (also written to disk)."""
+    t0 = time.perf_counter()
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    expensive = make_potential(cfg.expensive, "expensive")
+    model = make_model(cfg.model, [cfg.element])
+    cache = data.LabelCache(cfg.output / "cache")
+    reference, hard, soft = generate_data(cfg, expensive, cache, progress)
+    train, test = split(soft, cfg.test_fraction, cfg.seed)
+    _log(progress, f"fitting {model.name} ({model.n_coefficients} coefficients) on "
+                   f"{len(train)} frames, {len(hard)} hard constraints")
+    unconstrained, constrained, (a_h, y_h) = fit_models(model, reference, hard, train, cfg)
+
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cfg.output))
+    try:
+        pots = {
+            "unconstrained": model.potential(unconstrained, staging,
+                                             f"{cfg.stem}_unconstrained"),
+            "constrained": model.potential(constrained.coefficients, staging, cfg.stem),
+        }
+        _log(progress, "computing properties for the report")
+        models = {"expensive": properties(expensive, reference, test, cfg)}
+        for name, pot in pots.items():
+            models[name] = properties(pot, reference, test, cfg)
+        result = {
+            "config": {"element": cfg.element, "crystal": cfg.crystal, "model": cfg.model,
+                       "alpha_eV_per_atom": cfg.alpha, "method": cfg.method},
+            "fit": {
+                "lambda": constrained.lambda_,
+                "hard_residual_norm_eV_per_atom": constrained.hard_residual_norm,
+                "unconstrained_hard_residual_norm_eV_per_atom":
+                    float(np.linalg.norm(a_h @ unconstrained - y_h)),
+                "n_hard": len(hard), "n_train_frames": len(train), "n_test_frames": len(test),
+            },
+            "models": models,
+            "files": sorted(p.name for p in staging.iterdir()),
+            "seconds": time.perf_counter() - t0,
+        }
+        curves = strain_curves(hard, reference, model, a_h, y_h,
+                               {"unconstrained": unconstrained,
+                                "constrained": constrained.coefficients})
+        (staging / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+        report.plot_report(result, curves, staging / "report.png")
+        for path in staging.iterdir():
+            os.replace(path, cfg.output / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        expensive.close()
+    _log(progress, f"done in {time.perf_counter() - t0:.0f} s: {cfg.output}")
+    return result
+
+
+def strain_curves(hard, reference, model, a_h, y_h, coefficients: Mapping) -> dict:
+    """Energy-strain curves (eV/atom) of the expensive data and each fitted model."""
+    curves: dict = {}
+    for k, frame in enumerate(hard):
+        kind = frame.info["strain_type"]
+        entry = curves.setdefault(kind, {"strain": [], "expensive": [],
+                                         **{name: [] for name in coefficients}})
+        entry["strain"].append(frame.info["strain_value"])
+        entry["expensive"].append(y_h[k])
+        for name, c in coefficients.items():
+            entry[name].append(float(a_h[k] @ c))
+    return curves
+
+
+def main(args) -> int:
+    cfg = parse_config(load_toml(args.config), Path(args.config).parent, args.config)
+    run(cfg)
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("fit", help="distil a cheap linear potential from an expensive one")
+    p.add_argument("config", help="TOML file (see examples/fit-si.toml)")
+    p.set_defaults(func=main)
