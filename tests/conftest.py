@@ -48,3 +48,14 @@ def random_triclinic(rng, n: int, pbc=True):
     cell *= (12.0 * n / abs(np.linalg.det(cell))) ** (1 / 3)
     frac = rng.random((n, 3))
     return Atoms("Cu" * n, scaled_positions=frac, cell=cell, pbc=pbc)
+
+
+def energies_and_forces(pot, frames):
+    """Total energies (eV, sum of per-atom energies) and stacked forces (eV/Å) of
+    ``pot`` on every atom of each frame: the reference a design matrix must match."""
+    energies, forces = [], []
+    for at in frames:
+        ev = pot.evaluate(at)
+        energies.append(ev.energies.sum())
+        forces.append(ev.forces.ravel())
+    return np.array(energies), np.concatenate(forces)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ase.build import bulk
+from conftest import energies_and_forces
 
 from mlmix.errors import ConfigurationError
 from mlmix.fitting.ace_linear import AceLinearModel
@@ -22,19 +23,11 @@ def rattled(rng, repeat=2, alloy=False):
     return at
 
 
-def reference(pot, frames):
-    energies, forces = [], []
-    for at in frames:
-        ev = pot.evaluate(at)
-        energies.append(ev.energies.sum())
-        forces.append(ev.forces.ravel())
-    return np.array(energies), np.concatenate(forces)
-
 
 def test_fit_write_and_load_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     frames = [rattled(rng) for _ in range(4)]
-    e_ref, f_ref = reference(LammpsPotential.snap("W_2940_2017_2", ["W"]), frames)
+    e_ref, f_ref = energies_and_forces(LammpsPotential.snap("W_2940_2017_2", ["W"]), frames)
     model = AceLinearModel(["W"], cutoff=4.7, nradmax_by_orders=(6, 3), lmax_by_orders=(0, 2))
     dm = model.design_matrix(frames)
     np.testing.assert_array_equal(dm.energy[:, 0], dm.n_atoms)
@@ -43,7 +36,7 @@ def test_fit_write_and_load_round_trip(tmp_path):
     y = np.concatenate([e_ref / dm.n_atoms, f_ref])
     c = np.linalg.lstsq(a, y, rcond=None)[0]
     assert c[0] != 0.0
-    e, f = reference(model.potential(c, tmp_path, "w_lin"), frames)
+    e, f = energies_and_forces(model.potential(c, tmp_path, "w_lin"), frames)
     np.testing.assert_allclose(e, dm.energy @ c, rtol=0, atol=1e-8)  # E0 in the .yace
     np.testing.assert_allclose(f, dm.forces @ c, rtol=0, atol=1e-8)
 
@@ -54,7 +47,7 @@ def test_two_species_and_finite_differences(tmp_path):
     c = rng.normal(0.0, 0.1, model.n_coefficients)
     at = rattled(rng, alloy=True)
     dm = model.design_matrix([at])
-    e, f = reference(model.potential(c, tmp_path, "wmo"), [at])
+    e, f = energies_and_forces(model.potential(c, tmp_path, "wmo"), [at])
     np.testing.assert_allclose(e, dm.energy @ c, rtol=0, atol=1e-8)
     np.testing.assert_allclose(f, dm.forces @ c, rtol=0, atol=1e-8)
     h = 1e-5

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk
+from conftest import energies_and_forces
 
 from mlmix._lammps_runtime import potentials_dir
 from mlmix.errors import ConfigurationError
@@ -20,15 +21,6 @@ def rattled_w(rng, repeat=3, strain=0.01, rattle=0.08) -> Atoms:
     at.positions += rng.normal(0.0, rattle, at.positions.shape)
     return at
 
-
-def reference(pot: LammpsPotential, frames) -> tuple[np.ndarray, np.ndarray]:
-    """Total energies (sum of per-atom energies) and stacked forces from LAMMPS."""
-    energies, forces = [], []
-    for at in frames:
-        ev = pot.evaluate(at)
-        energies.append(ev.energies.sum())
-        forces.append(ev.forces.ravel())
-    return np.array(energies), np.concatenate(forces)
 
 
 def w2940_coefficients() -> np.ndarray:
@@ -57,7 +49,7 @@ def test_reproduces_w2940_snap():
     assert dm.energy.shape == (4, 56) and dm.forces.shape == (3 * 178, 56)
     np.testing.assert_array_equal(dm.energy[:, 0], dm.n_atoms)  # beta0 column = atom count
     np.testing.assert_array_equal(dm.forces[:, 0], 0.0)
-    e_ref, f_ref = reference(LammpsPotential.snap("W_2940_2017_2", ["W"]), frames)
+    e_ref, f_ref = energies_and_forces(LammpsPotential.snap("W_2940_2017_2", ["W"]), frames)
     np.testing.assert_allclose(dm.energy @ c, e_ref, rtol=0, atol=1e-6)
     np.testing.assert_allclose(dm.forces @ c, f_ref, rtol=0, atol=1e-8)
     # energies only: identical energy rows, no force rows
@@ -74,7 +66,7 @@ def test_open_boundaries_cluster():
     c = w2940_coefficients()
     model = SnapModel(["W"], twojmax=8, rcutfac=4.73442, bzeroflag=0)
     dm = model.design_matrix([at])
-    e_ref, f_ref = reference(LammpsPotential.snap("W_2940_2017_2", ["W"]), [at])
+    e_ref, f_ref = energies_and_forces(LammpsPotential.snap("W_2940_2017_2", ["W"]), [at])
     np.testing.assert_allclose(dm.energy @ c, e_ref, rtol=0, atol=1e-6)
     np.testing.assert_allclose(dm.forces @ c, f_ref, rtol=0, atol=1e-8)
 
@@ -83,7 +75,7 @@ def test_fit_write_and_load_round_trip(tmp_path):
     """Coefficients fitted to W_2940 data, written and loaded, give energy @ c, forces @ c."""
     rng = np.random.default_rng(1)
     frames = [rattled_w(rng, repeat=2, rattle=0.1) for _ in range(6)]
-    e_ref, f_ref = reference(LammpsPotential.snap("W_2940_2017_2", ["W"]), frames)
+    e_ref, f_ref = energies_and_forces(LammpsPotential.snap("W_2940_2017_2", ["W"]), frames)
     model = SnapModel(["W"], twojmax=4)  # bzeroflag 1, default rcutfac for W
     dm = model.design_matrix(frames)
     a = np.vstack([dm.energy / dm.n_atoms[:, None], dm.forces])
@@ -95,7 +87,7 @@ def test_fit_write_and_load_round_trip(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w_fit.snapcoeff", "w_fit.snapparam"]
     pot = model.potential(c, tmp_path, "w_fit")
     assert pot.cutoff == pytest.approx(model.cutoff)
-    e, f = reference(pot, frames)
+    e, f = energies_and_forces(pot, frames)
     np.testing.assert_allclose(e, dm.energy @ c, rtol=0, atol=1e-8)
     np.testing.assert_allclose(f, dm.forces @ c, rtol=0, atol=1e-8)
 
@@ -117,7 +109,7 @@ def test_two_species_round_trip(tmp_path):
     n_mo = [sum(s == "Mo" for s in at.get_chemical_symbols()) for at in frames]
     np.testing.assert_array_equal(dm.energy[:, 0], n_mo)
     np.testing.assert_array_equal(dm.energy[:, k + 1], dm.n_atoms - n_mo)
-    e, f = reference(model.potential(c, tmp_path, "mow"), frames)
+    e, f = energies_and_forces(model.potential(c, tmp_path, "mow"), frames)
     np.testing.assert_allclose(e, dm.energy @ c, rtol=0, atol=1e-8)
     np.testing.assert_allclose(f, dm.forces @ c, rtol=0, atol=1e-8)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk
-from conftest import shared_data
+from conftest import energies_and_forces, shared_data
 from scipy.interpolate import BSpline
 
 from mlmix.errors import ConfigurationError
@@ -29,14 +29,6 @@ def alloy(rng, repeat=2) -> Atoms:
     at.set_chemical_symbols(symbols.tolist())
     return at
 
-
-def reference(pot: LammpsPotential, frames) -> tuple[np.ndarray, np.ndarray]:
-    energies, forces = [], []
-    for at in frames:
-        ev = pot.evaluate(at)
-        energies.append(ev.energies.sum())
-        forces.append(ev.forces.ravel())
-    return np.array(energies), np.concatenate(forces)
 
 
 def test_basis_matches_scipy():
@@ -78,7 +70,7 @@ def check_file_against_lammps(path, element, a):
     rng = np.random.default_rng(5)
     frames = [rattled(element, a, rng, repeat=3), rattled(element, a, rng, repeat=2)]
     dm = model.design_matrix(frames)
-    e_ref, f_ref = reference(LammpsPotential.uf3(path, [element]), frames)
+    e_ref, f_ref = energies_and_forces(LammpsPotential.uf3(path, [element]), frames)
     np.testing.assert_allclose(dm.energy @ c, e_ref, rtol=0, atol=1e-8)
     np.testing.assert_allclose(dm.forces @ c, f_ref, rtol=0, atol=1e-8)
     return model, c
@@ -100,7 +92,7 @@ def test_fit_write_and_load_round_trip(tmp_path):
     and energy @ c up to the per-species reference energies."""
     rng = np.random.default_rng(6)
     frames = [rattled("W", 3.165, rng, rattle=0.12) for _ in range(5)]
-    e_ref, f_ref = reference(LammpsPotential.snap("W_2940_2017_2", ["W"]), frames)
+    e_ref, f_ref = energies_and_forces(LammpsPotential.snap("W_2940_2017_2", ["W"]), frames)
     model = Uf3Model(["W"], r2=5.0, n2=10, r3=3.5, n3=3)
     assert isinstance(model, LinearModel)
     dm = model.design_matrix(frames)
@@ -115,7 +107,7 @@ def test_fit_write_and_load_round_trip(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w_fit.uf3"]
     pot = model.potential(c, tmp_path, "w_fit")
     assert pot.cutoff == pytest.approx(5.0)
-    e, f = reference(pot, frames)
+    e, f = energies_and_forces(pot, frames)
     shift = np.array([model.reference_energy(c, at) for at in frames])
     np.testing.assert_allclose(shift, c[0] * dm.n_atoms)
     np.testing.assert_allclose(e, dm.energy @ c - shift, rtol=0, atol=1e-8)
@@ -133,7 +125,7 @@ def test_two_species_round_trip(tmp_path):
     c = rng.normal(0.0, 0.1, model.n_coefficients)
     frames = [alloy(rng), alloy(rng)]
     dm = model.design_matrix(frames)
-    e, f = reference(model.potential(c, tmp_path, "wmo"), frames)
+    e, f = energies_and_forces(model.potential(c, tmp_path, "wmo"), frames)
     np.testing.assert_allclose(e, dm.energy @ c, rtol=0, atol=1e-8)
     np.testing.assert_allclose(f, dm.forces @ c, rtol=0, atol=1e-8)
 

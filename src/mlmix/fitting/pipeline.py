@@ -238,15 +238,27 @@ def split(frames: list[Atoms], test_fraction: float, seed: int):
     return [frames[k] for k in order[n_test:]], [frames[k] for k in order[:n_test]]
 
 
-def fit_models(model: LinearModel, reference, hard, train, cfg: FitConfig):
-    """Unconstrained and constrained coefficients on the same soft data."""
+def fit_models(model: LinearModel, reference: Atoms, hard: list[Atoms], train: list[Atoms], *,
+               alpha: float, method: str = "lambda", energy_weight: float = 1.0,
+               force_weight: float = 0.1, reg: float = 1e-8):
+    """Unconstrained (ridge) and constrained coefficients on the same soft data.
+
+    Args:
+        reference: the unstrained cell, labelled; hard targets are energy differences
+            per atom from it.
+        alpha: eV/atom, tolerance on ``||A_H c - y_H||``; ``method="exact"`` (or
+            alpha = 0) solves with the hard rows as equality constraints.
+
+    Returns:
+        ``(unconstrained coefficients, constrained FitResult, (A_H, y_H))``.
+    """
     a_h, y_h = hard_rows(model, hard, reference)
-    a_s, y_s = soft_rows(model, train, cfg.energy_weight, cfg.force_weight)
-    unconstrained = solvers.ridge(a_s, y_s, reg=cfg.reg)
-    if cfg.method == "exact" or cfg.alpha == 0:
-        constrained = solvers.equality_constrained_fit(a_s, y_s, a_h, y_h, reg=cfg.reg)
+    a_s, y_s = soft_rows(model, train, energy_weight, force_weight)
+    unconstrained = solvers.ridge(a_s, y_s, reg=reg)
+    if method == "exact" or alpha == 0:
+        constrained = solvers.equality_constrained_fit(a_s, y_s, a_h, y_h, reg=reg)
     else:
-        constrained = solvers.constrained_fit(a_s, y_s, a_h, y_h, cfg.alpha, reg=cfg.reg)
+        constrained = solvers.constrained_fit(a_s, y_s, a_h, y_h, alpha, reg=reg)
     return unconstrained, constrained, (a_h, y_h)
 
 
@@ -279,7 +291,9 @@ def run(cfg: FitConfig, progress: Callable[[str], None] | None = print) -> dict:
     train, test = split(soft, cfg.test_fraction, cfg.seed)
     _log(progress, f"fitting {model.name} ({model.n_coefficients} coefficients) on "
                    f"{len(train)} frames, {len(hard)} hard constraints")
-    unconstrained, constrained, (a_h, y_h) = fit_models(model, reference, hard, train, cfg)
+    unconstrained, constrained, (a_h, y_h) = fit_models(
+        model, reference, hard, train, alpha=cfg.alpha, method=cfg.method,
+        energy_weight=cfg.energy_weight, force_weight=cfg.force_weight, reg=cfg.reg)
 
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cfg.output))
     try:
