@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+EMT_CUTOFF = 5.8768  # Å, range of ASE's EMT for Cu (its cutoff including the smooth tail)
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 

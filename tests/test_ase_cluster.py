@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
+from conftest import EMT_CUTOFF
 
 from mlmix.carving import carve_cluster, within
 from mlmix.errors import ConfigurationError, MissingDependencyError
 from mlmix.potentials.ase_cluster import AseClusterPotential, ReceptiveFieldWarning
 
 # ASE's EMT for Cu: energies reach rc_list = 5.88 Å (computed below for safety).
-EMT_CUTOFF = 5.8768
 
 
 def _emt_cutoff():

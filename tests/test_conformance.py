@@ -13,6 +13,7 @@ import pytest
 from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
+from conftest import EMT_CUTOFF
 
 import mlmix.testing as mt
 from mlmix.carving import within
@@ -31,7 +32,6 @@ from mlmix.testing import (
 )
 
 FD_ATOL = 1e-5  # eV/Å; measured finite-difference errors are <= 2e-6 (W-He tables)
-EMT_CUTOFF = 5.8768  # Å, ASE's EMT for Cu (see test_ase_cluster.py)
 
 
 def _rattled(atoms: Atoms, seed: int, amp: float = 0.05, vacancy: int | None = None) -> Atoms:

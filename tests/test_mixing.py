@@ -7,6 +7,7 @@ import pytest
 from ase.build import bulk
 from ase.md.verlet import VelocityVerlet
 from ase.optimize import FIRE
+from conftest import EMT_CUTOFF
 from numpy.testing import assert_allclose
 
 from mlmix import ConfigurationError, PropertyNotDefinedError
@@ -271,3 +272,30 @@ def test_species_the_expensive_potential_lacks_refused_before_work(si_pair):
     with pytest.raises(ConfigurationError, match=r"describes \['Si'\] but the structure contains \['Ge'\]"):
         atoms.get_forces()
     assert calc.history == [] and calc.regions is None
+
+
+def test_exact_with_an_ase_calculator_on_carved_clusters():
+    """Any ASE calculator as the expensive side: EMT on clusters carved with a buffer of
+    two cutoffs around the expensive set gives the all-EMT forces where p > 0."""
+    from ase.calculators.emt import EMT
+
+    from mlmix.potentials import AseClusterPotential
+
+    cutoff = EMT_CUTOFF
+    expensive = AseClusterPotential(EMT(), buffer=2 * cutoff, cutoff=cutoff)
+    cheap = LammpsPotential.eam("Cu_u3.eam", ["Cu"])
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((10, 5, 5))
+    atoms.rattle(0.05, seed=1)
+    spec = RegionSpec(r_core=2.6, r_blend=2.6, r_buff=cutoff)
+    calc = MixedCalculator(expensive, cheap, RegionTracker(spec, IndexSeeds([0]), nevery=0))
+    atoms.calc = calc
+    forces = atoms.get_forces()
+    reference = atoms.copy()
+    reference.calc = EMT()
+    f_ref = reference.get_forces()
+    weighted = calc.regions.p > 0
+    p = calc.regions.p[weighted, None]
+    f_cheap = cheap.evaluate(atoms).forces[weighted]
+    assert_allclose(forces[weighted], p * f_ref[weighted] + (1 - p) * f_cheap, rtol=0, atol=1e-8)
+    assert calc.history[-1].n_expensive < len(atoms)
+    cheap.close()
