@@ -160,6 +160,11 @@ def test_config_mistakes_named_together(tmp_path):
                  "soft.test_fraction", "model.family", "fit.alpha", "output.directory"):
         assert text in message, text
     assert "8 problem(s)" in message
+    typo = {**SI_CONFIG, "model": {"family": "snap", "twojmx": 6}, "soft": {"timestep_fs": 50.0}}
+    with pytest.raises(ConfigurationError) as info:
+        pipeline.parse_config(typo, tmp_path)
+    assert "model.twojmx: unknown key" in str(info.value)
+    assert "soft.timestep_fs: must be at most" in str(info.value)
 
 
 def test_unreachable_alpha_leaves_no_output(tmp_path):

@@ -198,7 +198,7 @@ def test_nan_positions_refused_before_work(si_pair):
     atoms.calc = calc
     with pytest.raises(ConfigurationError, match="NaN or infinite positions .* index 3"):
         atoms.get_forces()
-    assert calc.history == [] and calc.regions is None
+    assert len(calc.history) == 0 and calc.regions is None
 
 
 def test_weighted_energy_is_the_weighted_per_atom_sum(si_pair):
@@ -271,7 +271,7 @@ def test_species_the_expensive_potential_lacks_refused_before_work(si_pair):
     atoms.calc = calc
     with pytest.raises(ConfigurationError, match=r"describes \['Si'\] but the structure contains \['Ge'\]"):
         atoms.get_forces()
-    assert calc.history == [] and calc.regions is None
+    assert len(calc.history) == 0 and calc.regions is None
 
 
 def test_exact_with_an_ase_calculator_on_carved_clusters():
@@ -298,4 +298,50 @@ def test_exact_with_an_ase_calculator_on_carved_clusters():
     f_cheap = cheap.evaluate(atoms).forces[weighted]
     assert_allclose(forces[weighted], p * f_ref[weighted] + (1 - p) * f_cheap, rtol=0, atol=1e-8)
     assert calc.history[-1].n_expensive < len(atoms)
+    cheap.close()
+
+
+def test_forces_stay_exact_between_rebuilds_of_a_hot_system():
+    """Regions rebuilt once (nevery large) while hot atoms drift: the evaluation sets
+    are recomputed when atoms moved skin/2, so forces on weighted atoms stay exact."""
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
+
+    expensive = LammpsPotential.sw("Si.sw", ["Si"])
+    cheap = LammpsPotential.tersoff("Si.tersoff", ["Si"])
+    atoms = si_vacancy()
+    thermalize_momenta(atoms, 3000.0, rng=np.random.default_rng(5))
+    Stationary(atoms)
+    spec = RegionSpec(r_core=4.0, r_blend=3.0, r_buff=expensive.cutoff)
+    tracker = RegionTracker(spec, IndexSeeds([0, 1]), nevery=1000, skin=0.3)
+    calc = MixedCalculator(expensive, cheap, tracker)
+    atoms.calc = calc
+    VelocityVerlet(atoms, timestep=2.0).run(60)
+    assert tracker.last_build == 0 and tracker.n_set_builds > 1
+    forces = atoms.get_forces()
+    p = calc.regions.p
+    f_exp = expensive.evaluate(atoms).forces
+    f_cheap = cheap.evaluate(atoms).forces
+    weighted = p > 0
+    mixed = p[:, None] * f_exp + (1 - p[:, None]) * f_cheap
+    assert_allclose(forces[weighted], mixed[weighted], rtol=0, atol=1e-8)
+    expensive.close()
+    cheap.close()
+
+
+def test_message_passing_expensive_needs_allow_approximate():
+    from ase.calculators.emt import EMT
+
+    from mlmix.potentials import AseClusterPotential
+
+    mp_like = AseClusterPotential(EMT(), buffer=2 * 3 * EMT_CUTOFF, cutoff=EMT_CUTOFF,
+                                  receptive_field=3 * EMT_CUTOFF)
+    cheap = LammpsPotential.eam("Cu_u3.eam", ["Cu"])
+    tracker = RegionTracker(RegionSpec(2.6, 0.0, EMT_CUTOFF), IndexSeeds([0]))
+    with pytest.raises(ConfigurationError, match="receptive field .* allow_approximate=True"):
+        MixedCalculator(mp_like, cheap, tracker)
+    narrow = AseClusterPotential(EMT(), buffer=EMT_CUTOFF, cutoff=EMT_CUTOFF)
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(6)
+    atoms.calc = MixedCalculator(narrow, cheap, tracker)
+    with pytest.raises(ConfigurationError, match="evaluated the expensive set approximately"):
+        atoms.get_forces()
     cheap.close()

@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from . import demo
-from .fitting import pipeline as fit
 from .errors import MlmixError
+from .fitting import pipeline as fit
 
 
 def build_parser() -> argparse.ArgumentParser:

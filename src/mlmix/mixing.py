@@ -26,6 +26,7 @@ barriers, re-evaluate the images with the expensive potential.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,6 +38,9 @@ from ase.data import atomic_numbers, chemical_symbols
 from .errors import ConfigurationError, PropertyNotDefinedError
 from .potentials.base import Evaluation, Potential
 from .regions import Regions, RegionTracker
+
+HISTORY_LENGTH = 1000
+"""Number of recent :class:`StepReport` s a :class:`MixedCalculator` keeps."""
 
 
 def mix_forces(
@@ -99,8 +103,11 @@ class MixedCalculator(Calculator):
         mask_cheap: evaluate the cheap potential only on its evaluation set (all but
             the deep core); by default it runs on every atom, which is faster unless
             the deep core is a large part of the system.
-        allow_approximate: accept ``r_buff`` below a potential's cutoff (forces on
-            weighted atoms are then approximate); refused by default.
+        allow_approximate: accept approximate forces on weighted atoms: ``r_buff``
+            below a potential's cutoff, a message-passing expensive potential (its
+            receptive field exceeds its cutoff), or a backend that reports an
+            inexact evaluation (a cluster buffer below twice the receptive field).
+            Refused by default; measure the error when you accept it.
         store_arrays: write ``mlmix_p``, ``mlmix_expensive`` and ``mlmix_cheap`` onto
             ``atoms.arrays`` after every call, so trajectories carry them.
         energy: what ``get_potential_energy`` returns: ``"nan"`` (default; force
@@ -137,7 +144,9 @@ class MixedCalculator(Calculator):
         self.mask_cheap = mask_cheap
         self.store_arrays = store_arrays
         self.step = 0
-        self.history: list[StepReport] = []
+        self.allow_approximate = allow_approximate
+        # The last reports only: a long run must not grow memory step by step.
+        self.history: deque[StepReport] = deque(maxlen=HISTORY_LENGTH)
         if not allow_approximate:
             self._check_buffer(expensive)
             if mask_cheap:
@@ -145,7 +154,14 @@ class MixedCalculator(Calculator):
 
     def _check_buffer(self, potential: Potential) -> None:
         r_buff = self.tracker.spec.r_buff
-        if potential.is_local and r_buff < potential.cutoff:
+        if not potential.is_local:
+            raise ConfigurationError(
+                f"{potential.name} has a receptive field of {potential.receptive_field} Å, "
+                f"beyond its cutoff {potential.cutoff} Å (a message-passing model): masked "
+                "or clustered forces are approximate at any affordable buffer. Pass "
+                "allow_approximate=True and measure the force error against a full run"
+            )
+        if r_buff < potential.cutoff:
             raise ConfigurationError(
                 f"r_buff = {r_buff} Å is below the cutoff {potential.cutoff} Å of "
                 f"{potential.name}: forces on weighted atoms would be approximate. Set "
@@ -179,6 +195,12 @@ class MixedCalculator(Calculator):
         exp = Evaluation(np.zeros((n, 3)), np.full(n, np.nan), 0)
         if regions.expensive.any():
             exp = self.expensive.evaluate(atoms, regions.expensive)
+            if not exp.exact and not self.allow_approximate:
+                raise ConfigurationError(
+                    f"{self.expensive.name} evaluated the expensive set approximately "
+                    "(a carved cluster narrower than twice its receptive field); widen its "
+                    "buffer or pass allow_approximate=True"
+                )
         t2 = time.perf_counter()
 
         cheap = Evaluation(np.zeros((n, 3)), np.full(n, np.nan), 0)

@@ -26,7 +26,7 @@ from ase import Atoms
 
 from .carving import candidates_near
 from .errors import ConfigurationError
-from .identity import ensure_ids, values_by_id
+from .identity import ID_ARRAY, ensure_ids, values_by_id
 from .neighbours import pair_finder
 from .seeds import Seeds
 
@@ -163,6 +163,43 @@ def relax_weights(
     return p
 
 
+def _finder(positions, cell, pbc, active: np.ndarray, reach: float):
+    # Every atom a region step can touch lies within `reach` of an active atom: an O(N)
+    # bin filter picks those, and one k-d tree over them serves the small queries.
+    cand = np.flatnonzero(candidates_near(positions, cell, pbc, active, reach))
+    return pair_finder(positions, cell, pbc, cand)
+
+
+def evaluation_sets(
+    positions: np.ndarray, cell: np.ndarray, pbc, p: np.ndarray, r_buff: float, find=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The two evaluation sets for weights p (method.md §2, steps 4-5).
+
+    Args:
+        positions: ``(N, 3)`` Å. cell: ``(3, 3)`` Å. pbc: bool or three bools.
+        p: ``(N,)`` weights.
+        r_buff: Å, buffer width (the tracker adds its skin here).
+        find: a :func:`~mlmix.neighbours.pair_finder` query covering the atoms within
+            r_buff of the weighted atoms; built here when None.
+
+    Returns:
+        ``(expensive, cheap)``, ``(N,)`` bool each: atoms with p > 0 and their buffer;
+        all atoms but the deep core (p = 1 with every atom within r_buff at p = 1).
+    """
+    weighted = p > 0
+    if not weighted.any():
+        return weighted.copy(), np.ones(len(p), bool)
+    if find is None:
+        find = _finder(positions, cell, pbc, weighted, r_buff)
+    expensive = weighted.copy()
+    expensive[find(np.flatnonzero(weighted), r_buff)[1]] = True
+    full = p >= 1.0
+    i, j, _ = find(np.flatnonzero(full), r_buff)
+    near_partial = np.zeros(len(p), bool)
+    near_partial[i[p[j] < 1.0]] = True
+    return expensive, ~(full & ~near_partial)
+
+
 def region_arrays(
     positions: np.ndarray,
     cell: np.ndarray,
@@ -171,6 +208,7 @@ def region_arrays(
     spec: RegionSpec,
     p_prev: np.ndarray | None = None,
     fractions: tuple[float, float] | None = None,
+    skin: float = 0.0,
 ) -> Regions:
     """Build the regions from seeds (method.md §2, steps 1-5).
 
@@ -183,6 +221,8 @@ def region_arrays(
         p_prev: ``(N,)`` previous weights, for hysteresis; None for a first build.
         fractions: ``(fraction_in, fraction_out)`` for :func:`relax_weights`; None
             means no hysteresis (p = p*).
+        skin: Å added to r_buff for the evaluation sets, so that they stay valid
+            while atoms move less than skin / 2 (see :class:`RegionTracker`).
 
     Only atoms near the seeds or near previously weighted atoms enter the neighbour
     search (an O(N) bin filter first), so a rebuild costs O(N) with a small constant.
@@ -197,14 +237,10 @@ def region_arrays(
         # Every atom expensive (e.g. a classifier before its first query).
         return Regions(np.ones(n), seeds.copy(), core, np.ones(n, bool), np.zeros(n, bool))
 
-    # Every atom the steps below can touch lies within `reach` of an active atom; one
-    # k-d tree over those candidates serves the four small queries.
-    cand = np.flatnonzero(candidates_near(positions, cell, pbc, active, spec.reach))
-    find = pair_finder(positions, cell, pbc, cand)
-
+    r_sets = spec.r_buff + skin
+    find = _finder(positions, cell, pbc, active, spec.r_core + spec.r_blend + r_sets)
     # 1. core
-    j = find(np.flatnonzero(seeds), spec.r_core)[1]
-    core[j] = True
+    core[find(np.flatnonzero(seeds), spec.r_core)[1]] = True
     p[core] = 1.0
     # 2. blend: max of b(d / r_blend) over core atoms within r_blend
     if spec.r_blend > 0:
@@ -214,16 +250,8 @@ def region_arrays(
     # 3. hysteresis
     if p_prev is not None and fractions is not None:
         p = relax_weights(p_prev, p, *fractions)
-    # 4. expensive set: p > 0 and its buffer
-    weighted = p > 0
-    expensive = weighted.copy()
-    expensive[find(np.flatnonzero(weighted), spec.r_buff)[1]] = True
-    # 5. cheap set: all but the deep core (p = 1 with every atom within r_buff at p = 1)
-    full = p >= 1.0
-    i, j, _ = find(np.flatnonzero(full), spec.r_buff)
-    near_partial = np.zeros(n, bool)
-    near_partial[i[p[j] < 1.0]] = True
-    cheap = ~(full & ~near_partial)
+    # 4-5. evaluation sets
+    expensive, cheap = evaluation_sets(positions, cell, pbc, p, r_sets, find)
     return Regions(p, seeds.copy(), core, expensive, cheap)
 
 
@@ -237,25 +265,38 @@ class RegionTracker:
     Call :meth:`update` once per step with the current atoms and step number. Regions
     are rebuilt at the first call and then every ``nevery`` steps (``nevery = 0``:
     built once and then only carried along, as for relaxations and NEB); between
-    rebuilds the weights and sets stay attached to the same atoms.
+    rebuilds the weights stay attached to the same atoms.
+
+    The evaluation sets must keep covering every atom within r_buff of a weighted atom
+    as atoms move, or forces stop being exact between rebuilds. So they are built with
+    ``r_buff + skin`` and recomputed from the current weights (at no change of the
+    weights) whenever an atom has moved more than ``skin / 2`` since they were built,
+    the Verlet-list rule.
 
     Attributes:
         spec: radii and blend shape.
         seeds: where the seeds come from (:mod:`mlmix.seeds`).
         nevery: rebuild period in steps (0 = once).
         hysteresis: optional time hysteresis (needs ``nevery > 0``).
+        skin: Å, margin of the evaluation sets (see above); 0 recomputes them at
+            every call.
     """
 
     spec: RegionSpec
     seeds: Seeds
     nevery: int = 1
     hysteresis: Hysteresis | None = None
+    skin: float = 0.5
     _ids: np.ndarray | None = field(default=None, init=False, repr=False)
     _regions: Regions | None = field(default=None, init=False, repr=False)
     _next_id: int = field(default=1, init=False, repr=False)
     _last_build: int | None = field(default=None, init=False, repr=False)
+    _x_sets: np.ndarray | None = field(default=None, init=False, repr=False)
+    n_set_builds: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
+        if not np.isfinite(self.skin) or self.skin < 0:
+            raise ConfigurationError(f"skin must be >= 0 Å, got {self.skin!r}")
         if not isinstance(self.nevery, (int, np.integer)) or self.nevery < 0:
             raise ConfigurationError(
                 f"nevery must be an integer >= 0 (0 = build once), got {self.nevery!r}"
@@ -276,12 +317,6 @@ class RegionTracker:
         """Step of the last rebuild (None before the first)."""
         return self._last_build
 
-    def state(self) -> dict[str, np.ndarray]:
-        """Arrays that restore the tracker (for checkpoints): ids and weights."""
-        if self._regions is None:
-            return {}
-        return {"ids": self._ids.copy(), "p": self._regions.p.copy()}
-
     def is_rebuild_step(self, step: int) -> bool:
         """True when :meth:`update` at ``step`` rebuilds the regions."""
         if self._regions is None:
@@ -292,20 +327,41 @@ class RegionTracker:
         """Regions for ``atoms`` at ``step`` (rebuilt if due, else carried by identity)."""
         if step < 0:
             raise ConfigurationError(f"step must be >= 0, got {step}")
-        ids, self._next_id = ensure_ids(atoms, self._next_id)
-        rebuild = self.is_rebuild_step(step) or self._has_new_atoms(ids)
-        seeds = self.seeds.select(atoms, ids, step, sample=rebuild or self._regions is None)
-        if rebuild:
+        same_atoms = self._ids is not None and np.array_equal(
+            atoms.arrays.get(ID_ARRAY), self._ids)
+        if same_atoms:
+            ids = self._ids
+        else:
+            first_new = self._next_id
+            ids, self._next_id = ensure_ids(atoms, self._next_id)
+        # Atoms added since the last build have no weight yet: rebuild to place them.
+        added = not same_atoms and self._ids is not None and bool((ids >= first_new).any())
+        if self.is_rebuild_step(step) or added:
+            seeds = self.seeds.select(atoms, ids, step, sample=True)
             self._regions = self._build(atoms, ids, seeds)
             self._last_build = step
-        elif not np.array_equal(ids, self._ids):
-            self._regions = self._carry(ids)
+            self._x_sets = atoms.positions.copy()
+            self.n_set_builds += 1
+        else:
+            if not same_atoms:
+                self._regions = self._carry(ids)
+                self._x_sets = values_by_id(self._ids, self._x_sets, ids, np.nan)[0]
+            if self._moved_too_far(atoms.positions):
+                self._rebuild_sets(atoms)
         self._ids = ids
         return self._regions
 
-    def _has_new_atoms(self, ids: np.ndarray) -> bool:
-        # Atoms added since the last build have no weight yet: rebuild to place them.
-        return self._ids is not None and not np.isin(ids, self._ids).all()
+    def _moved_too_far(self, positions: np.ndarray) -> bool:
+        d = positions - self._x_sets
+        return bool(np.einsum("ij,ij->i", d, d).max() >= (0.5 * self.skin) ** 2)
+
+    def _rebuild_sets(self, atoms: Atoms) -> None:
+        r = self._regions
+        expensive, cheap = evaluation_sets(atoms.positions, atoms.cell.array, atoms.pbc,
+                                           r.p, self.spec.r_buff + self.skin)
+        self._regions = Regions(r.p, r.seeds, r.core, expensive, cheap)
+        self._x_sets = atoms.positions.copy()
+        self.n_set_builds += 1
 
     def _build(self, atoms: Atoms, ids: np.ndarray, seeds: np.ndarray) -> Regions:
         p_prev = fractions = None
@@ -324,9 +380,8 @@ class RegionTracker:
                     atoms.positions, atoms.cell.array, atoms.pbc, seeds, self.spec
                 ).p
                 p_prev[~known] = target[~known]
-        return region_arrays(
-            atoms.positions, atoms.cell.array, atoms.pbc, seeds, self.spec, p_prev, fractions
-        )
+        return region_arrays(atoms.positions, atoms.cell.array, atoms.pbc, seeds, self.spec,
+                             p_prev, fractions, self.skin)
 
     def _carry(self, ids: np.ndarray) -> Regions:
         old = self._regions

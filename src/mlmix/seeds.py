@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from ase import Atoms
+from ase.data import atomic_numbers
 
 from .errors import ConfigurationError
 from .identity import values_by_id
@@ -101,9 +102,12 @@ class SpeciesSeeds(Seeds):
         self.symbols = list(self.symbols)
         if not self.symbols:
             raise ConfigurationError("SpeciesSeeds needs at least one chemical symbol")
+        unknown = [s for s in self.symbols if s not in atomic_numbers]
+        if unknown:
+            raise ConfigurationError(f"unknown element symbols {unknown} in SpeciesSeeds")
 
     def select(self, atoms, ids, step, sample):
-        mask = np.isin(atoms.get_chemical_symbols(), self.symbols)
+        mask = np.isin(atoms.numbers, [atomic_numbers[s] for s in self.symbols])
         if not self._checked:
             if not mask.any():
                 present = sorted(set(atoms.get_chemical_symbols()))

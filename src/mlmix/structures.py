@@ -32,7 +32,11 @@ def vacancy_supercell(
     return atoms, neighbours
 
 
-def thermalize(atoms: Atoms, temperature_K: float, seed: int = 0) -> None:
-    """Maxwell-Boltzmann momenta at ``temperature_K`` (K), zero total momentum."""
+def thermalize(atoms: Atoms, temperature_K: float,
+               seed: int | np.random.Generator = 0) -> None:
+    """Maxwell-Boltzmann momenta at ``temperature_K`` (K), zero total momentum.
+
+    ``seed`` is an integer or a numpy Generator (to share one random stream).
+    """
     thermalize_momenta(atoms, temperature_K, rng=np.random.default_rng(seed))
     Stationary(atoms)

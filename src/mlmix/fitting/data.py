@@ -26,7 +26,7 @@ uniaxial_111       n n, n = [111]/sqrt(3)              (C11 + 2 C12 + 4 C44) / 3
 shear_xy/xz/yz     (x y + y x) / 2  (engineering       C44
                    shear gamma_xy = s)
 shear_110_001      (n m + m n) / 2, n=[110], m=[001]   C44
-shear_110_1-12     (n m + m n) / 2, n=[110], m=[1-12]  (C11 - C12 + C44) / 3
+shear_110_1-12     (n m + m n) / 2, n=[110], m=[1-12]  (C11 - C12 + 4 C44) / 6
 =================  ==================================  ==========================
 
 with ``E(s) / V0 = E0 / V0 + 1/2 s^2 v^T C v`` (v the Voigt vector of U with
@@ -54,6 +54,7 @@ from scipy.spatial import cKDTree
 
 from ..errors import CalculationError, ConfigurationError
 from ..potentials.base import Potential
+from ..structures import thermalize
 
 __all__ = [
     "STRAIN_TYPES",
@@ -533,6 +534,11 @@ def label_frame(atoms: Atoms, potential: Potential) -> Atoms:
     return out
 
 
+MAX_STRAIN = 0.1
+"""Largest strain value accepted for a hard set (the elastic regime)."""
+MAX_TIMESTEP_FS = 10.0
+"""Longest MD time step accepted, fs."""
+
 DEFAULT_STRAIN_TYPES = ("hydrostatic", "uniaxial_100", "uniaxial_111", "shear_xy", "shear_xz", "shear_yz")
 
 
@@ -566,7 +572,7 @@ def strained_set(
     values = np.asarray(values, dtype=float)
     if values.ndim != 1 or values.size == 0 or not np.isfinite(values).all():
         raise ConfigurationError(f"values must be a non-empty 1-D list of finite strains, got {values!r}")
-    if np.abs(values).max() > 0.1:
+    if np.abs(values).max() > MAX_STRAIN:
         raise ConfigurationError(
             f"strain values up to {np.abs(values).max()} are not small; the hard set is "
             "meant for the elastic regime (|s| <~ 0.01)"
@@ -625,7 +631,6 @@ def md_frames(
     """
     from ase.constraints import FixCom
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
     for name, v in (("n_frames", n_frames), ("interval", interval)):
         if int(v) != v or v < 1:
@@ -635,7 +640,7 @@ def md_frames(
             f"temperature_K, timestep_fs and friction_per_fs must be > 0, got "
             f"{temperature_K}, {timestep_fs}, {friction_per_fs}"
         )
-    if timestep_fs > 10:
+    if timestep_fs > MAX_TIMESTEP_FS:
         raise ConfigurationError(f"timestep_fs={timestep_fs} fs is far too long for atomistic MD; use ~1-5 fs")
     work = atoms.copy()
     if isinstance(driver, Potential):
@@ -646,8 +651,7 @@ def md_frames(
     else:
         raise ConfigurationError(f"driver must be an mlmix Potential or an ASE calculator, got {type(driver).__name__}")
     rng = np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(work, temperature_K=temperature_K, rng=rng)
-    Stationary(work)
+    thermalize(work, temperature_K, rng)
     # The centre of mass is held by a constraint: ASE's fixcm=True Langevin does not
     # sample NVT exactly (and is deprecated since ASE 3.28).
     work.set_constraint(FixCom())

@@ -19,6 +19,7 @@ folder's results only at the end, so a failed run leaves no half-written output.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -39,7 +40,7 @@ from ..potentials.factory import check_potential_spec, make_potential
 from . import data, elastic, report, solvers
 from .model import LinearModel
 
-STRAIN_TYPES = ("hydrostatic", "uniaxial_100", "uniaxial_111", "shear_xy", "shear_xz", "shear_yz")
+STRAIN_TYPES = data.DEFAULT_STRAIN_TYPES
 
 
 @dataclass
@@ -105,17 +106,22 @@ def parse_config(cfg: Mapping, base: Path = Path("."), source: str = "fit config
     p.unknown_keys(hard, "hard", {"strain_types", "n_strains", "max_strain"})
     types = tuple(hard.get("strain_types", STRAIN_TYPES))
     for t in types:
-        if t not in STRAIN_TYPES:
-            p.add("hard.strain_types", f"unknown strain type {t!r} (known: {', '.join(STRAIN_TYPES)})")
+        if t not in data.STRAIN_TYPES:
+            p.add("hard.strain_types",
+                  f"unknown strain type {t!r} (known: {', '.join(data.STRAIN_TYPES)})")
     p.number(hard, "hard", "n_strains", 17, minimum=3, integer=True)
-    p.number(hard, "hard", "max_strain", 0.005, minimum=0, strict=True)
+    strain = p.number(hard, "hard", "max_strain", 0.005, minimum=0, strict=True)
+    if strain is not None and strain > data.MAX_STRAIN:
+        p.add("hard.max_strain", f"must be at most {data.MAX_STRAIN} (the elastic regime), got {strain}")
 
     p.unknown_keys(soft, "soft", {"temperature_K", "n_frames", "interval", "timestep_fs",
                                   "driver", "extra_files", "test_fraction", "seed"})
-    p.number(soft, "soft", "temperature_K", 500.0, minimum=0)
+    p.number(soft, "soft", "temperature_K", 500.0, minimum=0, strict=True)
     p.number(soft, "soft", "n_frames", 20, minimum=2, integer=True)
     p.number(soft, "soft", "interval", 20, minimum=1, integer=True)
-    p.number(soft, "soft", "timestep_fs", 1.0, minimum=0, strict=True)
+    dt = p.number(soft, "soft", "timestep_fs", 1.0, minimum=0, strict=True)
+    if dt is not None and dt > data.MAX_TIMESTEP_FS:
+        p.add("soft.timestep_fs", f"must be at most {data.MAX_TIMESTEP_FS} fs, got {dt}")
     p.number(soft, "soft", "seed", 0, integer=True)
     frac = p.number(soft, "soft", "test_fraction", 0.25, minimum=0, strict=True)
     if frac is not None and frac >= 1:
@@ -128,8 +134,11 @@ def parse_config(cfg: Mapping, base: Path = Path("."), source: str = "fit config
             p.add("soft.extra_files", f"file {str(f)!r} not found")
 
     family = p.choice(model, "model", "family", MODEL_FAMILIES)
-    if family is not None and not isinstance(model.get("species", [s.get("element")]), list):
-        p.add("model.species", "must be a list of element symbols")
+    if family is not None:
+        if not isinstance(model.get("species", [s.get("element")]), list):
+            p.add("model.species", "must be a list of element symbols")
+        accepted = set(inspect.signature(model_class(family)).parameters) - {"self"}
+        p.unknown_keys(model, "model", accepted | {"family"})
 
     p.unknown_keys(fit, "fit", {"alpha", "method", "energy_weight", "force_weight", "reg"})
     p.number(fit, "fit", "alpha", 1e-4, minimum=0)
@@ -161,21 +170,25 @@ def parse_config(cfg: Mapping, base: Path = Path("."), source: str = "fit config
     )
 
 
-def make_model(spec: Mapping, species: list[str]) -> LinearModel:
-    """The cheap model family a ``[model]`` table names."""
-    params = {k: v for k, v in spec.items() if k not in ("family", "species")}
-    species = list(spec.get("species", species))
-    if spec["family"] == "snap":
+def model_class(family: str) -> type[LinearModel]:
+    """The LinearModel class of a family name (imported on demand)."""
+    if family == "snap":
         from .snap import SnapModel
 
-        return SnapModel(species, **params)
-    if spec["family"] == "ace":
+        return SnapModel
+    if family == "ace":
         from .ace_linear import AceLinearModel
 
-        return AceLinearModel(species, **params)
+        return AceLinearModel
     from .uf3 import Uf3Model
 
-    return Uf3Model(species, **params)
+    return Uf3Model
+
+
+def make_model(spec: Mapping, species: list[str]) -> LinearModel:
+    """The cheap model a ``[model]`` table describes (keys checked by parse_config)."""
+    params = {k: v for k, v in spec.items() if k not in ("family", "species")}
+    return model_class(spec["family"])(list(spec.get("species", species)), **params)
 
 
 # ----------------------------------------------------------------------- linear algebra
@@ -286,6 +299,14 @@ def run(cfg: FitConfig, progress: Callable[[str], None] | None = print) -> dict:
     cfg.output.mkdir(parents=True, exist_ok=True)
     expensive = make_potential(cfg.expensive, "expensive")
     model = make_model(cfg.model, [cfg.element])
+    try:
+        return _run(cfg, expensive, model, progress, t0)
+    finally:
+        expensive.close()
+        getattr(model, "close", lambda: None)()
+
+
+def _run(cfg: FitConfig, expensive: Potential, model: LinearModel, progress, t0: float) -> dict:
     cache = data.LabelCache(cfg.output / "cache")
     reference, hard, soft = generate_data(cfg, expensive, cache, progress)
     train, test = split(soft, cfg.test_fraction, cfg.seed)
@@ -296,6 +317,7 @@ def run(cfg: FitConfig, progress: Callable[[str], None] | None = print) -> dict:
         energy_weight=cfg.energy_weight, force_weight=cfg.force_weight, reg=cfg.reg)
 
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cfg.output))
+    pots: dict[str, Potential] = {}
     try:
         pots = {
             "unconstrained": model.potential(unconstrained, staging,
@@ -312,6 +334,7 @@ def run(cfg: FitConfig, progress: Callable[[str], None] | None = print) -> dict:
             "fit": {
                 "lambda": constrained.lambda_,
                 "hard_residual_norm_eV_per_atom": constrained.hard_residual_norm,
+                "n_binding_constraints": int(np.sum(constrained.binding)),
                 "unconstrained_hard_residual_norm_eV_per_atom":
                     float(np.linalg.norm(a_h @ unconstrained - y_h)),
                 "n_hard": len(hard), "n_train_frames": len(train), "n_test_frames": len(test),
@@ -320,21 +343,22 @@ def run(cfg: FitConfig, progress: Callable[[str], None] | None = print) -> dict:
             "files": sorted(p.name for p in staging.iterdir()),
             "seconds": time.perf_counter() - t0,
         }
-        curves = strain_curves(hard, reference, model, a_h, y_h,
-                               {"unconstrained": unconstrained,
-                                "constrained": constrained.coefficients})
+        curves = strain_curves(hard, a_h, y_h, {"unconstrained": unconstrained,
+                                                "constrained": constrained.coefficients})
         (staging / "report.json").write_text(json.dumps(result, indent=2) + "\n")
         report.plot_report(result, curves, staging / "report.png")
         for path in staging.iterdir():
             os.replace(path, cfg.output / path.name)
     finally:
+        for pot in pots.values():
+            pot.close()
         shutil.rmtree(staging, ignore_errors=True)
-        expensive.close()
     _log(progress, f"done in {time.perf_counter() - t0:.0f} s: {cfg.output}")
     return result
 
 
-def strain_curves(hard, reference, model, a_h, y_h, coefficients: Mapping) -> dict:
+def strain_curves(hard: list[Atoms], a_h: np.ndarray, y_h: np.ndarray,
+                  coefficients: Mapping) -> dict:
     """Energy-strain curves (eV/atom) of the expensive data and each fitted model."""
     curves: dict = {}
     for k, frame in enumerate(hard):

@@ -266,6 +266,6 @@ class AcePotential(Potential):
         e_real = np.asarray(self.calculator.energies)[: len(real)]
         in_mask = mask[real]
         energies[real[in_mask]] = e_real[in_mask]
-        # Every mask atom got its full neighbour list (an isolated one an empty list,
-        # whose energy is then exactly 0, as pyace's own calculator gives).
-        return Evaluation(forces, energies, n_evaluated=int(mask.sum()), exact=True)
+        # Every real atom costs a full C++ evaluation: the mask, plus the shell within
+        # the cutoff when forces outside the mask are wanted.
+        return Evaluation(forces, energies, n_evaluated=len(real), exact=True)

@@ -14,7 +14,8 @@ their own neighbourhood and a :class:`ReceptiveFieldWarning` is issued. For
 message-passing networks (``receptive_field = n_layers * cutoff``, 20-25 Å) an exact
 buffer is unaffordable; the error of a smaller one must be measured.
 
-What is returned for a proper subset M (``exact=False``):
+What is returned for a proper subset M (``exact`` is True when
+``buffer >= 2 * receptive_field``, else False):
 - forces on atoms of M from the cluster; forces on all other atoms are ZERO. The
   interface promises ``-d(sum_{i in M} E_i)/dx_j``; a cluster gives
   ``-d(E_cluster)/dx_j`` instead, which for j outside M is not that quantity, so
@@ -227,4 +228,5 @@ class AseClusterPotential(Potential):
         forces[index[inside]] = f[inside]
         if e is not None:
             energies[index[inside]] = e[inside]
-        return Evaluation(forces, energies, n_evaluated=len(cluster), exact=False)
+        exact = self.buffer >= 2 * self.receptive_field
+        return Evaluation(forces, energies, n_evaluated=len(cluster), exact=exact)

@@ -82,8 +82,8 @@ from ase import Atoms
 from ase.data import atomic_masses, atomic_numbers, chemical_symbols
 
 from .._lammps_runtime import new_lammps, potentials_dir
-from ..errors import CalculationError, ConfigurationError
 from ..carving import within
+from ..errors import CalculationError, ConfigurationError
 from .base import Evaluation, Potential, check_finite_positions
 from .files import resolve_potential_file
 
