@@ -35,8 +35,7 @@ import numpy as np
 from ase import Atoms
 
 from ..errors import ConfigurationError, missing_dependency
-from .model import DesignMatrix, LinearModel
-from .snap import check_frames, check_species
+from .model import DesignMatrix, LinearModel, check_frames, check_species
 
 __all__ = ["AceLinearModel"]
 

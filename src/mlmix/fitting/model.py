@@ -8,13 +8,17 @@ fitting is linear least squares. Units: eV, eV/Å, Å.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from ase import Atoms
+from ase.data import atomic_numbers
 
+from ..errors import ConfigurationError
 from ..potentials.base import Potential
 
 
@@ -69,3 +73,64 @@ class LinearModel(abc.ABC):
     @abc.abstractmethod
     def potential(self, coefficients: np.ndarray, directory: Path, stem: str) -> Potential:
         """Write the files and load them as an mlmix potential (a LammpsPotential)."""
+
+
+# ------------------------------------------------------------- shared by the models
+
+
+def check_species(species: Sequence[str]) -> tuple[str, ...]:
+    """Validate a species list: known element symbols, no duplicates, not empty."""
+    species = tuple(species) if not isinstance(species, str) else (species,)
+    if not species:
+        raise ConfigurationError("species must name at least one element, got []")
+    unknown = [s for s in species if s not in atomic_numbers or s == "X"]
+    if unknown:
+        raise ConfigurationError(f"unknown element symbols {unknown} in species {list(species)}")
+    if len(set(species)) != len(species):
+        raise ConfigurationError(f"species {list(species)} contains duplicates")
+    return species
+
+
+def check_frames(frames: Sequence[Atoms], species: Sequence[str], model: str) -> list[Atoms]:
+    """Reject an empty frame list, empty frames and elements the model does not describe."""
+    frames = list(frames)
+    if not frames:
+        raise ConfigurationError(f"{model}: the frame list is empty; pass at least one ase.Atoms")
+    allowed = set(species)
+    for k, at in enumerate(frames):
+        if not isinstance(at, Atoms):
+            raise ConfigurationError(f"{model}: frame {k} is a {type(at).__name__}, not ase.Atoms")
+        if len(at) == 0:
+            raise ConfigurationError(f"{model}: frame {k} has no atoms")
+        extra = sorted(set(at.get_chemical_symbols()) - allowed)
+        if extra:
+            raise ConfigurationError(
+                f"{model}: frame {k} contains {extra}, but the model describes only "
+                f"{list(species)}; add them to species or drop the frame"
+            )
+        if not np.isfinite(at.positions).all() or not np.isfinite(at.cell.array).all():
+            raise ConfigurationError(f"{model}: frame {k} has NaN or infinite positions or cell")
+    return frames
+
+
+def write_texts_atomically(texts: Mapping[Path, str]) -> list[Path]:
+    """Write several text files so that either all appear complete or none changes.
+
+    Each file is written to a temporary name in its target folder and renamed only
+    after every file was written (``os.replace`` is atomic on one file system).
+    """
+    tmps: list[tuple[str, Path]] = []
+    try:
+        for path, text in texts.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            tmps.append((tmp, path))
+        for tmp, path in tmps:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in tmps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return [path for _, path in tmps]

@@ -58,8 +58,13 @@ from ..errors import ConfigurationError
 from ..neighbours import neighbour_pairs
 from ..potentials.files import resolve_potential_file
 from ..potentials.lammps import LammpsPotential
-from .model import DesignMatrix, LinearModel
-from .snap import check_frames, check_species, write_texts_atomically
+from .model import (
+    DesignMatrix,
+    LinearModel,
+    check_frames,
+    check_species,
+    write_texts_atomically,
+)
 
 __all__ = ["Uf3Model", "clamped_knots", "cubic_bspline_basis"]
 
