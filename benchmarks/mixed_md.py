@@ -82,7 +82,7 @@ def mixed_md(atoms: Atoms, expensive, cheap, seeds, r_blend: float, steps: int) 
     t = time.perf_counter()
     md.run(steps)
     per_step = (time.perf_counter() - t) / steps
-    reports = calc.history[1:]
+    reports = list(calc.history)[1:]
     return {
         "seconds_per_step": per_step,
         "counts": reports[-1].counts,
