@@ -117,15 +117,15 @@ def backend(request):
 
 def test_conformance(backend):
     name, pot, atoms, mask = backend
-    # buffer >= 2 cutoffs: the carved cluster is exact although it says exact=False
-    inexact = 1e-8 if name == "ase-cluster-emt" else None
-    report = check_conformance(pot, atoms, mask, inexact_atol=inexact)
+    report = check_conformance(pot, atoms, mask)
     assert report["checks"] == list(CONFORMANCE_CHECKS)
     assert 0 < report["n_interior"] < report["n_mask"] < len(atoms)
     assert report["max_abs_force"] > 0.1  # rattled: forces do not vanish by symmetry
     assert report["max_interior_force_error"] <= 1e-8
     assert report["max_mask_change_force_error"] <= 1e-8
-    assert report["exact"] == (name != "ase-cluster-emt")
+    # every backend here is exact on the interior (the EMT cluster has a buffer of two
+    # cutoffs, so it says so too)
+    assert report["exact"]
 
 
 def test_forces_all_atoms_match_finite_differences(backend):
