@@ -15,45 +15,13 @@ from __future__ import annotations
 
 import numpy as np
 from ase import Atoms
-from ase.cell import Cell
 
 from .errors import ConfigurationError
-from .neighbours import dilate
+from .neighbours import complete_cell, dilate, perpendicular_widths
 
 # Upper bound on the number of bins per atom; bins may be made wider than the radius
 # (that keeps the result a superset), never narrower.
 _MAX_BINS_PER_ATOM = 8
-
-
-def perpendicular_widths(cell: np.ndarray) -> np.ndarray:
-    """Distances between opposite faces of the cell, ``(3,)`` Å.
-
-    Width k is ``V / |a_l x a_m|``, the extent of the cell along the normal of the
-    face spanned by the other two lattice vectors. A displacement with fractional
-    component ``ds_k`` has a Cartesian length of at least ``|ds_k| * width_k``.
-    """
-    cell = np.asarray(cell, dtype=float)
-    volume = abs(np.linalg.det(cell))
-    cross = np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]])
-    return volume / np.linalg.norm(cross, axis=1)
-
-
-def _binning_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
-    # Open directions may have a zero (or any) cell vector in ASE; bins only need a
-    # non-singular frame there, so missing vectors are completed with orthogonal ones.
-    full = Cell(np.asarray(cell, dtype=float)).complete().array
-    if abs(np.linalg.det(full)) < 1e-12:
-        raise ConfigurationError(
-            f"the cell {np.asarray(cell).tolist()} is singular; give three independent "
-            "lattice vectors (rows, Å) for a periodic structure"
-        )
-    for k in np.flatnonzero(pbc):
-        if not np.linalg.norm(np.asarray(cell, dtype=float)[k]) > 0:
-            raise ConfigurationError(
-                f"direction {k} is periodic but its cell vector is zero; set the cell "
-                "or make that direction non-periodic"
-            )
-    return full
 
 
 def _dilate_bins(grid: np.ndarray, periodic: np.ndarray, reach: np.ndarray) -> np.ndarray:
@@ -118,7 +86,7 @@ def candidates_near(
     if radius <= 0:
         return members.copy()
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
-    frame = _binning_cell(cell, pbc)
+    frame = complete_cell(cell, pbc)
     frac = positions @ np.linalg.inv(frame)
     widths = perpendicular_widths(frame)
 
@@ -196,7 +164,7 @@ def carve_cluster(atoms: Atoms, keep: np.ndarray, interaction_range: float, vacu
     pos = atoms.positions[index]
     if pbc.any():
         cell = atoms.cell.array
-        frame = _binning_cell(cell, pbc)
+        frame = complete_cell(cell, pbc)
         frac = pos @ np.linalg.inv(frame)
         d = frac - frac[0]
         d[:, pbc] -= np.round(d[:, pbc])

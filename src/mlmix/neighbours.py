@@ -13,6 +13,8 @@ import numpy as np
 from ase.cell import Cell
 from scipy.spatial import cKDTree
 
+from .errors import ConfigurationError
+
 
 def _box(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     # vesin ignores the box along open directions but rejects a singular box when
@@ -84,10 +86,39 @@ def dilate(
     return out
 
 
-def _complete_cell(cell: np.ndarray) -> np.ndarray:
-    # Open directions may carry a zero cell vector; a non-singular frame is still
-    # needed for fractional coordinates there, so complete it with orthogonal vectors.
-    return Cell(np.asarray(cell, dtype=float)).complete().array
+def perpendicular_widths(cell: np.ndarray) -> np.ndarray:
+    """Distances between opposite faces of the cell, ``(3,)`` Å.
+
+    Width k is ``V / |a_l x a_m|``, the extent of the cell along the normal of the
+    face spanned by the other two lattice vectors. A displacement with fractional
+    component ``ds_k`` has a Cartesian length of at least ``|ds_k| * width_k``.
+    """
+    cell = np.asarray(cell, dtype=float)
+    volume = abs(np.linalg.det(cell))
+    cross = np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]])
+    return volume / np.linalg.norm(cross, axis=1)
+
+
+def complete_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """A non-singular ``(3, 3)`` frame for fractional coordinates (Å).
+
+    Open directions may carry a zero (or any) cell vector in ASE; missing vectors are
+    completed with orthogonal ones. A periodic direction with a zero vector, or a
+    singular cell, is a ConfigurationError.
+    """
+    full = Cell(np.asarray(cell, dtype=float)).complete().array
+    if abs(np.linalg.det(full)) < 1e-12:
+        raise ConfigurationError(
+            f"the cell {np.asarray(cell).tolist()} is singular; give three independent "
+            "lattice vectors (rows, Å) for a periodic structure"
+        )
+    for k in np.flatnonzero(pbc):
+        if not np.linalg.norm(np.asarray(cell, dtype=float)[k]) > 0:
+            raise ConfigurationError(
+                f"direction {k} is periodic but its cell vector is zero; set the cell "
+                "or make that direction non-periodic"
+            )
+    return full
 
 
 def pair_finder(
@@ -114,7 +145,7 @@ def pair_finder(
     """
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
     targets = np.asarray(targets, dtype=np.int64)
-    frame = _complete_cell(cell) if pbc.any() else np.eye(3)
+    frame = complete_cell(cell, pbc) if pbc.any() else np.eye(3)
     inverse = np.linalg.inv(frame)
 
     def wrap(x: np.ndarray) -> np.ndarray:
@@ -125,8 +156,7 @@ def pair_finder(
         return frac @ frame
 
     tree = cKDTree(wrap(positions[targets]))
-    cross = np.cross(frame[[1, 2, 0]], frame[[2, 0, 1]])
-    widths = abs(np.linalg.det(frame)) / np.linalg.norm(cross, axis=1)
+    widths = perpendicular_widths(frame)
 
     def find(sources: np.ndarray, radius: float):
         sources = np.asarray(sources, dtype=np.int64)
