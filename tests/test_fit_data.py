@@ -275,6 +275,25 @@ def test_md_and_strained_set_label_through_the_cache(tmp_path):
     assert expensive.calls == n and hard[1].info["strain_value"] == 0.002
 
 
+def test_strained_set_resume_skips_internal_relaxations(tmp_path):
+    """Diamond needs internal relaxation per strained frame: a resumed run reads the
+    relaxed frames back and calls the potential not at all."""
+    sw = Counting(LammpsPotential.sw("Si.sw", ["Si"]))
+    cell = bulk("Si", "diamond", a=5.431, cubic=True)
+    kw = {"strain_types": ("shear_xy",), "values": [-0.004, 0.004], "cache": LabelCache(tmp_path)}
+    first = strained_set(cell, sw, **kw)
+    assert sw.calls > 4  # relaxation steps, not just two labels
+    n = sw.calls
+    again = strained_set(cell, sw, **{**kw, "cache": LabelCache(tmp_path)})
+    assert sw.calls == n
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a.positions, b.positions)
+        assert a.get_potential_energy() == b.get_potential_energy()
+    # the shear really moved the internal coordinates
+    plain = apply_strain(cell, 0.004 * strain_tensor("shear_xy"))
+    assert np.abs(again[1].positions - plain.positions).max() > 1e-3
+
+
 # ---- read_frames ----------------------------------------------------------------
 
 

@@ -563,8 +563,9 @@ def strained_set(
         relaxed: the relaxed cell (from :func:`relax_bulk`).
         values: dimensionless strain values (default 17 in [-0.005, 0.005]).
         fmax: eV/Å, internal relaxation tolerance.
-        cache: label through this :class:`LabelCache` (energy and forces only), so
-            an interrupted run does not label again.
+        cache: a :class:`LabelCache`; labels, and relaxed positions when internal
+            coordinates are relaxed, are stored per frame, so an interrupted run
+            resumes without relaxing or labelling again.
 
     Returns:
         ``len(strain_types) * len(values)`` frames, type-major.
@@ -585,9 +586,13 @@ def strained_set(
     for name, U in zip(strain_types, units_):
         for s in values:
             a = apply_strain(relaxed, s * U)
-            if relax_internal:
-                a = relax_internal_fn(a, potential, fmax=fmax)
-            a = cache.label([a], potential)[0] if cache is not None else label_frame(a, potential)
+            if relax_internal and cache is not None:
+                a = cache.relaxed(a, potential, lambda x: relax_internal_fn(x, potential, fmax=fmax),
+                                  tag=f"fixed cell, fmax {fmax}")
+            elif relax_internal:
+                a = label_frame(relax_internal_fn(a, potential, fmax=fmax), potential)
+            else:
+                a = cache.label([a], potential)[0] if cache is not None else label_frame(a, potential)
             a.info["strain_type"] = name
             a.info["strain_value"] = float(s)
             frames.append(a)
@@ -752,7 +757,6 @@ class LabelCache:
 
     def label(self, frames: Sequence[Atoms], potential: Potential, identity: str | None = None) -> list[Atoms]:
         """Labelled copies of ``frames`` (info kept), from the cache where possible."""
-        import ase.io
 
         ident = potential_identity(potential) if identity is None else identity
         out = []
@@ -760,16 +764,7 @@ class LabelCache:
             path = self.path(atoms, ident)
             cached = self._read(path, atoms)
             if cached is None:
-                labelled = label_frame(atoms, potential)
-                fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp_", suffix=".extxyz")
-                try:
-                    with os.fdopen(fd, "w") as fh:
-                        ase.io.write(fh, labelled, format="extxyz")
-                    os.replace(tmp, path)
-                except BaseException:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
-                    raise
+                self._store(path, label_frame(atoms, potential))
                 self.n_computed += 1
                 cached = self._read(path, atoms)
                 if cached is None:  # pragma: no cover - the file system lost the file
@@ -781,6 +776,48 @@ class LabelCache:
             new.calc = SinglePointCalculator(new, energy=energy, forces=forces)
             out.append(new)
         return out
+
+    def relaxed(self, atoms: Atoms, potential: Potential, relax, tag: str) -> Atoms:
+        """``relax(atoms)`` labelled by ``potential``, cached with its relaxed positions.
+
+        The key is the *input* geometry plus the potential identity and ``tag`` (which
+        should name the relaxation settings), so a resumed run skips the relaxation as
+        well as the labelling.
+        """
+        import ase.io
+
+        path = self.path(atoms, potential_identity(potential) + "\nrelaxed:" + tag)
+        if path.exists():
+            try:
+                with open(path) as fh:
+                    stored = ase.io.read(fh, format="extxyz")
+                energy, forces = stored.get_potential_energy(), stored.get_forces()
+            except (OSError, ValueError, KeyError, RuntimeError):
+                stored = None  # unreadable: relax again
+            if stored is not None and np.array_equal(stored.numbers, atoms.numbers):
+                out = atoms.copy()
+                out.positions = stored.positions
+                out.calc = SinglePointCalculator(out, energy=energy, forces=forces)
+                self.n_cached += 1
+                return out
+        result = label_frame(relax(atoms), potential)
+        self._store(path, result)
+        self.n_computed += 1
+        return self.relaxed(atoms, potential, relax, tag)  # read back: bit-identical resumes
+
+    def _store(self, path: Path, atoms: Atoms) -> None:
+        """Write one labelled frame atomically (temporary name, then rename)."""
+        import ase.io
+
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp_", suffix=".extxyz")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                ase.io.write(fh, atoms, format="extxyz")
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
     @staticmethod
     def _read(path: Path, atoms: Atoms) -> tuple[float, np.ndarray] | None:
