@@ -11,6 +11,7 @@ from .errors import (
     MlmixError,
     PropertyNotDefinedError,
 )
+from .md import RegionLangevin
 from .mixing import MixedCalculator, mix_forces
 from .regions import Hysteresis, Regions, RegionSpec, RegionTracker
 from .seeds import ClassifierSeeds, IndexSeeds, SpeciesSeeds, coordination
@@ -24,6 +25,7 @@ __all__ = [
     "MixedCalculator",
     "MlmixError",
     "PropertyNotDefinedError",
+    "RegionLangevin",
     "RegionSpec",
     "RegionTracker",
     "Regions",
