@@ -164,14 +164,6 @@ class AceLinearModel(LinearModel):
         return DesignMatrix(energy=energy, forces=np.vstack(f_rows) if forces else None,
                             n_atoms=np.array([len(a) for a in frames]))
 
-    def _check_coefficients(self, coefficients: np.ndarray) -> np.ndarray:
-        c = np.asarray(coefficients, dtype=float).ravel()
-        if c.shape != (self.n_coefficients,):
-            raise ConfigurationError(f"AceLinearModel expects {self.n_coefficients} coefficients, got {c.size}")
-        if not np.isfinite(c).all():
-            raise ConfigurationError("coefficients contain NaN or infinite values")
-        return c
-
     def write(self, coefficients: np.ndarray, directory: Path, stem: str) -> list[Path]:
         """Write ``<stem>.yace`` (C-tilde basis, readable by AcePotential); returns ``[path]``."""
         pyace = _pyace()

@@ -261,7 +261,8 @@ def cubic_lattice_parameter(atoms: Atoms, tol: float = 1e-3) -> float:
 # ----------------------------------------------------------------------------------
 
 
-def _energy(atoms: Atoms, potential: Potential) -> float:
+def total_energy(potential: Potential, atoms: Atoms) -> float:
+    """Total energy (eV) of ``atoms`` with ``potential`` on all atoms; non-finite is an error."""
     ev = potential.evaluate(atoms)
     e = float(np.sum(ev.energies))
     if not math.isfinite(e):
@@ -351,7 +352,7 @@ class _StrainEnergy:
 
     def __call__(self, eps: np.ndarray) -> float:
         self.n += 1
-        return _energy(self.structure(eps), self.potential)
+        return total_energy(self.potential, self.structure(eps))
 
 
 def relax_bulk(

@@ -58,6 +58,18 @@ class LinearModel(abc.ABC):
     def n_coefficients(self) -> int:
         """Number of coefficients."""
 
+    def _check_coefficients(self, coefficients: np.ndarray, detail: str = "") -> np.ndarray:
+        """``coefficients`` as a flat float array of the right length, all finite."""
+        c = np.asarray(coefficients, dtype=float).ravel()
+        if c.shape != (self.n_coefficients,):
+            raise ConfigurationError(
+                f"{type(self).__name__} expects {self.n_coefficients} coefficients"
+                f"{detail}, got {c.size}"
+            )
+        if not np.isfinite(c).all():
+            raise ConfigurationError("coefficients contain NaN or infinite values")
+        return c
+
     @abc.abstractmethod
     def design_matrix(self, frames: Sequence[Atoms], forces: bool = True) -> DesignMatrix:
         """Rows for ``frames`` (positions, cell, species are read; labels ignored)."""

@@ -34,7 +34,12 @@ from ase.data import atomic_masses, atomic_numbers
 
 from .._lammps_runtime import new_lammps
 from ..errors import CalculationError, ConfigurationError
-from ..potentials.lammps import LammpsFrame, LammpsPotential, lammps_frame
+from ..potentials.lammps import (
+    LammpsFrame,
+    LammpsPotential,
+    format_number,
+    lammps_frame,
+)
 from .model import (
     DesignMatrix,
     LinearModel,
@@ -55,9 +60,6 @@ _RCUTFAC_DEFAULT = 4.7
 # helpers shared by the linear models
 # ----------------------------------------------------------------------------------
 
-
-def _fmt(x: float) -> str:
-    return repr(float(x))
 
 
 # ----------------------------------------------------------------------------------
@@ -165,10 +167,10 @@ class SnapModel(LinearModel):
 
     def compute_args(self) -> str:
         """Arguments of ``compute ID all snap ...`` for this model."""
-        rad = " ".join(_fmt(r) for r in self.radelem)
-        w = " ".join(_fmt(v) for v in self.wj)
-        return (f"{_fmt(self.rcutfac)} {_fmt(self.rfac0)} {self.twojmax} {rad} {w} "
-                f"rmin0 {_fmt(self.rmin0)} bzeroflag {self.bzeroflag} "
+        rad = " ".join(format_number(r) for r in self.radelem)
+        w = " ".join(format_number(v) for v in self.wj)
+        return (f"{format_number(self.rcutfac)} {format_number(self.rfac0)} {self.twojmax} {rad} {w} "
+                f"rmin0 {format_number(self.rmin0)} bzeroflag {self.bzeroflag} "
                 f"switchflag {self.switchflag} quadraticflag 0 bikflag 0")
 
     # -- design matrix ------------------------------------------------------------------
@@ -226,23 +228,14 @@ class SnapModel(LinearModel):
 
     # -- files ---------------------------------------------------------------------------
 
-    def _check_coefficients(self, coefficients: np.ndarray) -> np.ndarray:
-        c = np.asarray(coefficients, dtype=float).ravel()
-        if c.shape != (self.n_coefficients,):
-            raise ConfigurationError(
-                f"SnapModel expects {self.n_coefficients} coefficients "
-                f"({len(self.species)} species x (1 + {self.n_descriptors})), got {c.size}"
-            )
-        if not np.isfinite(c).all():
-            raise ConfigurationError("coefficients contain NaN or infinite values")
-        return c
-
     def snapcoeff_text(self, coefficients: np.ndarray) -> str:
         """Contents of the ``.snapcoeff`` file for ``coefficients``."""
-        c = self._check_coefficients(coefficients).reshape(len(self.species), -1)
+        c = self._check_coefficients(
+            coefficients, f" ({len(self.species)} species x (1 + {self.n_descriptors}))"
+        ).reshape(len(self.species), -1)
         lines = ["# linear SNAP written by mlmix", "", f"{len(self.species)} {self.n_descriptors + 1}"]
         for s, r, w, beta in zip(self.species, self.radelem, self.wj, c):
-            lines.append(f"{s} {_fmt(r)} {_fmt(w)}")
+            lines.append(f"{s} {format_number(r)} {format_number(w)}")
             lines += [f"{b:.17g}" for b in beta]
         return "\n".join(lines) + "\n"
 
@@ -250,8 +243,8 @@ class SnapModel(LinearModel):
         """Contents of the ``.snapparam`` file."""
         return "\n".join([
             "# linear SNAP parameters written by mlmix", "",
-            f"rcutfac {_fmt(self.rcutfac)}", f"twojmax {self.twojmax}",
-            f"rfac0 {_fmt(self.rfac0)}", f"rmin0 {_fmt(self.rmin0)}",
+            f"rcutfac {format_number(self.rcutfac)}", f"twojmax {self.twojmax}",
+            f"rfac0 {format_number(self.rfac0)}", f"rmin0 {format_number(self.rmin0)}",
             f"bzeroflag {self.bzeroflag}", f"switchflag {self.switchflag}",
             "quadraticflag 0", "",
         ])
@@ -305,15 +298,15 @@ class _SnapEngine:
         m = self.model
         b, o = frame.box, frame.origin
         hi = o + np.diag(b)
-        bounds = " ".join(f"{_fmt(o[k])} {_fmt(hi[k])}" for k in range(3))
+        bounds = " ".join(f"{format_number(o[k])} {format_number(hi[k])}" for k in range(3))
         cmds = [
             "units metal", "atom_style atomic", "atom_modify map array sort 0 0",
             "boundary " + " ".join("p" if p else "s" for p in frame.pbc),
             # Always a triclinic box, so that change_box can set any later cell.
-            f"region mlmix_box prism {bounds} {_fmt(b[1, 0])} {_fmt(b[2, 0])} {_fmt(b[2, 1])} units box",
+            f"region mlmix_box prism {bounds} {format_number(b[1, 0])} {format_number(b[2, 0])} {format_number(b[2, 1])} units box",
             f"create_box {len(m.species)} mlmix_box",
-            *[f"mass {k + 1} {_fmt(atomic_masses[atomic_numbers[s]])}" for k, s in enumerate(m.species)],
-            f"pair_style zero {_fmt(m.cutoff)}", "pair_coeff * *",
+            *[f"mass {k + 1} {format_number(atomic_masses[atomic_numbers[s]])}" for k, s in enumerate(m.species)],
+            f"pair_style zero {format_number(m.cutoff)}", "pair_coeff * *",
             "neighbor 1.0 bin", "neigh_modify every 1 delay 0 check yes",
             "thermo_style custom step",
         ]
@@ -339,9 +332,9 @@ class _SnapEngine:
         else:
             b = frame.box
             self._cmd(
-                f"change_box all x final 0 {_fmt(b[0, 0])} y final 0 {_fmt(b[1, 1])} "
-                f"z final 0 {_fmt(b[2, 2])} xy final {_fmt(b[1, 0])} xz final {_fmt(b[2, 0])} "
-                f"yz final {_fmt(b[2, 1])} units box"
+                f"change_box all x final 0 {format_number(b[0, 0])} y final 0 {format_number(b[1, 1])} "
+                f"z final 0 {format_number(b[2, 2])} xy final {format_number(b[1, 0])} xz final {format_number(b[2, 0])} "
+                f"yz final {format_number(b[2, 1])} units box"
             )
             x = np.ascontiguousarray(x)
             self.lmp.scatter("x", 1, 3, np.ctypeslib.as_ctypes(x.ravel()))

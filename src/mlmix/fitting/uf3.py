@@ -57,7 +57,7 @@ from ase.data import atomic_numbers
 from ..errors import ConfigurationError
 from ..neighbours import neighbour_pairs
 from ..potentials.files import resolve_potential_file
-from ..potentials.lammps import LammpsPotential
+from ..potentials.lammps import LammpsPotential, format_number
 from .model import (
     DesignMatrix,
     LinearModel,
@@ -187,9 +187,6 @@ def _table3(shape: tuple[int, int, int], symmetric: bool, offset: int) -> np.nda
     return table
 
 
-def _fmt(x: float) -> str:
-    return repr(float(x))
-
 
 # ----------------------------------------------------------------------------------
 # the model
@@ -251,9 +248,9 @@ class Uf3Model(LinearModel):
                     "neighbours from the two-body list"
                 )
             # round-trip through text so the knots are exactly what LAMMPS reads
-            k2 = np.array([float(_fmt(v)) for v in clamped_knots(r2_min, r2, int(n2))])
-            k3 = np.array([float(_fmt(v)) for v in clamped_knots(r3_min, r3, int(n3))])
-            kjk = np.array([float(_fmt(v)) for v in clamped_knots(r3_min, 2 * r3, 2 * int(n3))])
+            k2 = np.array([float(format_number(v)) for v in clamped_knots(r2_min, r2, int(n2))])
+            k3 = np.array([float(format_number(v)) for v in clamped_knots(r3_min, r3, int(n3))])
+            kjk = np.array([float(format_number(v)) for v in clamped_knots(r3_min, 2 * r3, 2 * int(n3))])
             _knots2 = {p: k2 for p in itertools.combinations_with_replacement(range(ns), 2)}
             _knots3 = {(i, *p): (k3, k3, kjk) for i in range(ns)
                        for p in itertools.combinations_with_replacement(range(ns), 2)}
@@ -472,14 +469,6 @@ class Uf3Model(LinearModel):
 
     # -- coefficients <-> file --------------------------------------------------------
 
-    def _check_coefficients(self, coefficients: np.ndarray) -> np.ndarray:
-        c = np.asarray(coefficients, dtype=float).ravel()
-        if c.shape != (self._n,):
-            raise ConfigurationError(f"Uf3Model expects {self._n} coefficients, got {c.size}")
-        if not np.isfinite(c).all():
-            raise ConfigurationError("coefficients contain NaN or infinite values")
-        return c
-
     def uf3_text(self, coefficients: np.ndarray) -> str:
         """Contents of the LAMMPS ``.uf3`` file (one-body energies are not written)."""
         c = self._check_coefficients(coefficients)
@@ -489,16 +478,16 @@ class Uf3Model(LinearModel):
             coef = np.zeros(len(blk.knots) - 4)
             coef[: blk.n_free] = c[blk.offset : blk.offset + blk.n_free]
             out += [head, f"2B {self._names(blk.pair).replace('-', ' ')} 0 {_TRIM} nk",
-                    f"{_fmt(blk.cutoff)} {len(blk.knots)}", " ".join(_fmt(v) for v in blk.knots),
-                    str(len(coef)), " ".join(_fmt(v) for v in coef), "#"]
+                    f"{format_number(blk.cutoff)} {len(blk.knots)}", " ".join(format_number(v) for v in blk.knots),
+                    str(len(coef)), " ".join(format_number(v) for v in coef), "#"]
         for blk in self._blocks3:
             kij, kik, kjk = blk.knots
             full = np.where(blk.table >= 0, c[np.maximum(blk.table, 0)], 0.0)
             out += [head, f"3B {self._names(blk.triple).replace('-', ' ')} 0 {_TRIM} nk",
-                    f"{_fmt(kjk[-1])} {_fmt(kik[-1])} {_fmt(kij[-1])} {len(kjk)} {len(kik)} {len(kij)}",
-                    " ".join(_fmt(v) for v in kjk), " ".join(_fmt(v) for v in kik),
-                    " ".join(_fmt(v) for v in kij), " ".join(str(s) for s in full.shape)]
-            out += [" ".join(_fmt(v) for v in full[a, b]) for a in range(full.shape[0]) for b in range(full.shape[1])]
+                    f"{format_number(kjk[-1])} {format_number(kik[-1])} {format_number(kij[-1])} {len(kjk)} {len(kik)} {len(kij)}",
+                    " ".join(format_number(v) for v in kjk), " ".join(format_number(v) for v in kik),
+                    " ".join(format_number(v) for v in kij), " ".join(str(s) for s in full.shape)]
+            out += [" ".join(format_number(v) for v in full[a, b]) for a in range(full.shape[0]) for b in range(full.shape[1])]
             out.append("#")
         return "\n".join(out) + "\n"
 

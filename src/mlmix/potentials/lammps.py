@@ -370,8 +370,10 @@ def lammps_frame(cell: np.ndarray, pbc: Sequence[bool], positions: np.ndarray, p
     return LammpsFrame(q, box, origin, lpbc)  # type: ignore[arg-type]
 
 
-def _fmt(x: float) -> str:
+def format_number(x: float) -> str:
+    """A float as LAMMPS input text, exactly (shortest repr that round-trips)."""
     return repr(float(x))
+
 
 
 # ----------------------------------------------------------------------------------
@@ -481,10 +483,10 @@ class LammpsPotential(Potential):
         """LAMMPS input lines that define this potential (masses, pair style and
         coefficients, neighbour settings), for use in a LAMMPS script of your own."""
         cmds = list(self.pre_commands)
-        cmds += [f"mass {k + 1} {_fmt(m)}" for k, m in enumerate(self.masses)]
+        cmds += [f"mass {k + 1} {format_number(m)}" for k, m in enumerate(self.masses)]
         cmds.append(f"pair_style {self.pair_style}")
         cmds += list(self.pair_coeff)
-        cmds.append(f"neighbor {_fmt(self.skin)} bin")
+        cmds.append(f"neighbor {format_number(self.skin)} bin")
         cmds.append("neigh_modify every 1 delay 0 check yes")
         return cmds
 
@@ -727,9 +729,9 @@ class LammpsPotential(Potential):
         self.n_instances += 1
         b, o = frame.box, frame.origin
         hi = o + np.diag(b)
-        bounds = " ".join(f"{_fmt(o[k])} {_fmt(hi[k])}" for k in range(3))
+        bounds = " ".join(f"{format_number(o[k])} {format_number(hi[k])}" for k in range(3))
         if frame.triclinic:
-            region = f"region mlmix_box prism {bounds} {_fmt(b[1, 0])} {_fmt(b[2, 0])} {_fmt(b[2, 1])} units box"
+            region = f"region mlmix_box prism {bounds} {format_number(b[1, 0])} {format_number(b[2, 0])} {format_number(b[2, 1])} units box"
         else:
             region = f"region mlmix_box block {bounds} units box"
         n = len(types)
