@@ -111,9 +111,11 @@ def test_end_to_end_against_a_real_expensive_snap(which, request):
 
 def test_vacancy_formation_energy_reported_when_asked(w_fit):
     _, result = w_fit
-    energies = {k: m["vacancy_formation_eV"] for k, m in result["models"].items()}
-    assert 2.5 < energies["expensive"] < 4.0  # SNAP W, 16-atom cell
-    assert all(np.isfinite(v) for v in energies.values())
+    models = result["models"]
+    assert 2.5 < models["expensive"]["vacancy_formation_eV"] < 4.0  # SNAP W, 16-atom cell
+    for m in models.values():  # a number only where the relaxation converged
+        e = m["vacancy_formation_eV"]
+        assert (e is not None and np.isfinite(e)) or "did not reach fmax" in m["vacancy_note"]
 
 
 def test_fitted_files_drive_a_mixed_vacancy_relaxation(si_fit):

@@ -34,7 +34,7 @@ from ase import Atoms
 from ase.build import bulk
 
 from ..config import Problems, load_toml
-from ..errors import ConfigurationError
+from ..errors import CalculationError, ConfigurationError
 from ..potentials.base import Potential
 from ..potentials.factory import check_potential_spec, make_potential
 from . import data, elastic, report, solvers
@@ -289,7 +289,12 @@ def properties(potential: Potential, reference: Atoms, test: list[Atoms], cfg: F
             out["cubic_note"] = str(exc)
     out.update(report.rmse(potential, test))
     if cfg.vacancy:
-        out["vacancy_formation_eV"] = report.vacancy_formation_energy(potential, relaxed)
+        try:
+            out["vacancy_formation_eV"] = report.vacancy_formation_energy(potential, relaxed)
+        except CalculationError as exc:
+            # A poor model may have no nearby vacancy minimum: say so, invent nothing.
+            out["vacancy_formation_eV"] = None
+            out["vacancy_note"] = str(exc)
     return out
 
 

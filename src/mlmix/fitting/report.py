@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.optimize import FIRE
 
 from ..errors import ConfigurationError
 from ..potentials.base import Potential
+from .data import relax_internal, total_energy
 
 
 def rmse(potential: Potential, frames: Sequence[Atoms]) -> dict[str, float]:
@@ -40,28 +40,19 @@ def rmse(potential: Potential, frames: Sequence[Atoms]) -> dict[str, float]:
     }
 
 
-def total_energy(potential: Potential, atoms: Atoms) -> float:
-    """Total energy (eV) of ``atoms`` with ``potential`` on all atoms."""
-    return float(np.sum(potential.evaluate(atoms).energies))
-
-
-def relax_positions(potential: Potential, atoms: Atoms, fmax: float = 1e-3,
-                    steps: int = 2000) -> Atoms:
-    """A copy of ``atoms`` with internal coordinates relaxed at fixed cell (FIRE)."""
-    relaxed = atoms.copy()
-    relaxed.calc = potential.as_calculator()
-    FIRE(relaxed, logfile=None).run(fmax=fmax, steps=steps)
-    return relaxed
-
-
 def vacancy_formation_energy(potential: Potential, bulk_cell: Atoms, fmax: float = 1e-3) -> float:
-    """E_f = E(N-1, relaxed at fixed cell) - (N-1)/N E(N), eV, for a relaxed bulk cell."""
+    """E_f = E(N-1, relaxed at fixed cell) - (N-1)/N E(N), eV, for a relaxed bulk cell.
+
+    Raises:
+        CalculationError: the vacancy cell did not relax to ``fmax`` (eV/Å); no energy
+            of an unrelaxed structure is passed off as a formation energy.
+    """
     n = len(bulk_cell)
     e_bulk = total_energy(potential, bulk_cell)
     vacancy = bulk_cell.copy()
     del vacancy[0]
     vacancy.rattle(1e-3, seed=0)  # break the symmetry that would stall the relaxation
-    e_vac = total_energy(potential, relax_positions(potential, vacancy, fmax))
+    e_vac = total_energy(potential, relax_internal(vacancy, potential, fmax=fmax))
     return e_vac - (n - 1) / n * e_bulk
 
 
