@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import demo
+from . import demo, run
 from .errors import MlmixError
 from .fitting import pipeline as fit
 
@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
     fit.add_parser(sub)
+    run.add_parser(sub)
     return parser
 
 

@@ -83,3 +83,31 @@ class Problems:
         for key in table:
             if key not in known:
                 self.add(f"{where}.{key}", f"unknown key (known: {', '.join(sorted(known))})")
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value) if value == value and abs(value) != float("inf") else (
+            "nan" if value != value else ("inf" if value > 0 else "-inf"))
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write a {type(value).__name__} to TOML")
+
+
+def dump_toml(cfg: Mapping, _prefix: str = "") -> str:
+    """A TOML text for nested dicts of strings, numbers, bools and lists.
+
+    ``tomllib.loads(dump_toml(d)) == d`` for such dicts (tables nest as
+    ``[a.b]`` headers).
+    """
+    lines = [f"{key} = {_toml_value(v)}" for key, v in cfg.items() if not isinstance(v, Mapping)]
+    for key, v in cfg.items():
+        if isinstance(v, Mapping):
+            name = f"{_prefix}{key}"
+            lines.append(f"\n[{name}]")
+            lines.append(dump_toml(v, name + "."))
+    return "\n".join(line for line in lines if line).strip("\n") + "\n"

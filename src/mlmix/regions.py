@@ -317,6 +317,32 @@ class RegionTracker:
         """Step of the last rebuild (None before the first)."""
         return self._last_build
 
+    def state(self) -> dict:
+        """Everything :meth:`update` carries between steps, for a checkpoint.
+
+        Weights (hysteresis history), evaluation sets and the positions they were
+        built at, identities, the last rebuild step and the seed source's history:
+        a tracker restored from it continues exactly as the original would.
+        """
+        r = self._regions
+        arrays = {} if r is None else {
+            "p": r.p, "seeds": r.seeds, "core": r.core, "expensive": r.expensive,
+            "cheap": r.cheap}
+        return {"ids": self._ids, "regions": arrays, "next_id": self._next_id,
+                "last_build": self._last_build, "x_sets": self._x_sets,
+                "n_set_builds": self.n_set_builds, "seed_source": self.seeds.state()}
+
+    def restore(self, state: dict) -> None:
+        """Continue from a :meth:`state` of a tracker configured the same way."""
+        r = state["regions"]
+        self._regions = Regions(**r) if r else None
+        self._ids = state["ids"]
+        self._next_id = int(state["next_id"])
+        self._last_build = state["last_build"]
+        self._x_sets = state["x_sets"]
+        self.n_set_builds = int(state["n_set_builds"])
+        self.seeds.restore(state["seed_source"])
+
     def is_rebuild_step(self, step: int) -> bool:
         """True when :meth:`update` at ``step`` rebuilds the regions."""
         if self._regions is None:

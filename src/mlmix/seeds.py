@@ -19,6 +19,7 @@ import abc
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 from ase import Atoms
@@ -33,7 +34,22 @@ Quantity = Callable[[Atoms], np.ndarray]
 
 
 class Seeds(abc.ABC):
-    """A source of seed atoms."""
+    """A source of seed atoms.
+
+    Subclasses list the private attributes that carry their history between steps in
+    ``_STATE``, so a checkpoint can continue the selection exactly.
+    """
+
+    _STATE: ClassVar[tuple[str, ...]] = ()
+
+    def state(self) -> dict:
+        """The selection history (numpy arrays and plain values) for a checkpoint."""
+        return {name: getattr(self, name) for name in self._STATE}
+
+    def restore(self, state: dict) -> None:
+        """Continue from a :meth:`state` of a source configured the same way."""
+        for name in self._STATE:
+            setattr(self, name, state[name])
 
     def check_schedule(self, nevery: int) -> None:
         """Raise :class:`ConfigurationError` if the source cannot work with ``nevery``."""
@@ -76,6 +92,7 @@ class IndexSeeds(Seeds):
 
     indices: Sequence[int] | np.ndarray
     _seed_ids: np.ndarray | None = field(default=None, init=False, repr=False)
+    _STATE: ClassVar[tuple[str, ...]] = ("_seed_ids",)
 
     def __post_init__(self) -> None:
         self.indices = _as_indices(self.indices, "seed indices")
@@ -95,6 +112,7 @@ class SpeciesSeeds(Seeds):
 
     symbols: Sequence[str]
     _checked: bool = field(default=False, init=False, repr=False)
+    _STATE: ClassVar[tuple[str, ...]] = ("_checked",)
 
     def __post_init__(self) -> None:
         if isinstance(self.symbols, str):
@@ -148,6 +166,13 @@ class ClassifierSeeds(Seeds):
     _nevery: int = field(default=1, init=False, repr=False)
     _history: deque = field(default_factory=deque, init=False, repr=False)
     _seed_ids: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    def state(self) -> dict:
+        return {"_seed_ids": self._seed_ids, "_history": [list(h) for h in self._history]}
+
+    def restore(self, state: dict) -> None:
+        self._seed_ids = state["_seed_ids"]
+        self._history = deque((tuple(h) for h in state["_history"]), maxlen=self.window)
 
     def __post_init__(self) -> None:
         if not callable(self.quantity):

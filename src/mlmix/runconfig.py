@@ -1,0 +1,503 @@
+"""The `mlmix run` configuration: one TOML file, checked whole before anything runs.
+
+Sections (lengths Å, times fs, temperatures K, forces eV/Å)::
+
+    [structure]            builder = "bulk" | "vacancy" | "interstitial" |
+                           "substitution" | "dislocation" | "file"
+    [potentials.expensive] a potential table (mlmix.potentials.factory)
+    [potentials.cheap]     the same for the cheap potential
+    [regions]              r_core, r_blend, r_buff (default: the expensive cutoff),
+                           blend, nevery, skin
+    [regions.seeds]        kind = "defect" | "indices" | "species" | "classifier"
+    [regions.hysteresis]   tau_in_fs, tau_out_fs
+    [mixing]               subtract_mean_force, mask_cheap, allow_approximate
+    [task]                 kind = "md" | "relax" | "neb" and its settings
+    [output]               directory, trajectory_every, log_every, checkpoint_every,
+                           progress, figures
+
+``examples/run-*.toml`` show each task. :func:`parse_run_config` records every mistake
+(unknown keys, wrong types, out-of-range values, missing files, settings that do not fit
+together) and raises them in one :class:`~mlmix.errors.ConfigurationError`.
+:func:`build_structure`, :func:`build_seeds` and :func:`build_tracker` turn a checked
+config into the library's objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.data import atomic_numbers
+
+from .config import Problems
+from .errors import ConfigurationError
+from .potentials.factory import check_potential_spec
+from .potentials.files import resolve_potential_file
+from .regions import Hysteresis, RegionSpec, RegionTracker
+from .seeds import ClassifierSeeds, IndexSeeds, Seeds, SpeciesSeeds, coordination
+from . import structures
+
+BUILDERS = {"bulk", "vacancy", "interstitial", "substitution", "dislocation", "file"}
+DEFECT_BUILDERS = {"vacancy", "interstitial", "substitution"}
+TASKS = {"md", "relax", "neb"}
+ENSEMBLES = {"nve", "nvt"}
+OPTIMIZERS = {"FIRE", "BFGS", "LBFGS"}
+NEB_METHODS = {"aseneb", "improvedtangent", "eb", "spline", "string"}
+THERMOSTAT_WEIGHTS = {"cheap", "expensive", "all"}
+QUANTITIES = {"coordination": {"r_cut"}}
+MAX_TIMESTEP_FS = 10.0
+
+# Nearest and second-neighbour distances in units of the lattice parameter.
+SHELLS = {"sc": (1.0, 2**0.5), "fcc": (0.5**0.5, 1.0), "bcc": (3**0.5 / 2, 1.0),
+          "diamond": (3**0.5 / 4, 0.5**0.5)}
+
+DEFAULT_NEVERY = {"md": 10, "relax": 0, "neb": 0}
+
+
+@dataclass
+class RunConfig:
+    """A checked run configuration; tables with their defaults filled in.
+
+    ``raw`` is the normalised file (potential paths made absolute), which a run
+    directory keeps as its ``config.toml``.
+    """
+
+    structure: dict
+    expensive: dict
+    cheap: dict
+    regions: dict
+    seeds: dict
+    hysteresis: dict | None
+    mixing: dict
+    task: dict
+    output: dict
+    raw: dict
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _flag(p: Problems, table: Mapping, where: str, key: str, default: bool) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        p.add(f"{where}.{key}", f"must be true or false, got {value!r}")
+        return default
+    return value
+
+
+def _int_list(p: Problems, table: Mapping, where: str, key: str, length: int | None = None):
+    value = table.get(key)
+    ok = isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if not ok or (length is not None and len(value) != length) or (ok and not value):
+        shape = f"{length} integers" if length else "a non-empty list of integers"
+        p.add(f"{where}.{key}", f"must be {shape}, got {value!r}")
+        return None
+    return value
+
+
+def _element(p: Problems, table: Mapping, where: str, key: str, required=True):
+    value = table.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or value not in atomic_numbers:
+        p.add(f"{where}.{key}", f"must be an element symbol such as 'W', got {value!r}")
+        return None
+    return value
+
+
+def _absolute_files(spec: dict, base: Path, where: str, p: Problems) -> dict:
+    """Potential file names made absolute when they are relative to the config."""
+    spec = dict(spec)
+    name = spec.get("file")
+    if not isinstance(name, str):
+        return spec
+    local = base / name
+    stem_files = [local.with_name(local.name + ext) for ext in (".snapcoeff", ".snapparam")]
+    if local.is_file() or (spec.get("style") == "snap" and all(f.is_file() for f in stem_files)):
+        spec["file"] = str(local.resolve())
+        return spec
+    try:
+        if spec.get("style") == "snap" and not name.endswith((".snap", ".snapcoeff")):
+            resolve_potential_file(name + ".snapcoeff")
+        else:
+            resolve_potential_file(name)
+    except ConfigurationError as exc:
+        p.add(f"{where}.file", f"{exc} (nor relative to the config, in {base})")
+    return spec
+
+
+def _structure(p: Problems, raw: Mapping, base: Path) -> dict:
+    s = p.section(raw, "structure")
+    if not s:
+        return s
+    builder = p.choice(s, "structure", "builder", BUILDERS)
+    lattice = {"element", "crystal", "a", "repeat"}
+    known = {"builder"} | {
+        "bulk": lattice, "vacancy": lattice | {"index", "bond"},
+        "interstitial": lattice | {"species", "site", "position"},
+        "substitution": lattice | {"species", "index"},
+        "dislocation": {"element", "a", "C11", "C12", "C44", "radius", "length"},
+        "file": {"path", "format", "species"},
+    }.get(builder, set())
+    p.unknown_keys(s, "structure", known)
+    if builder in (BUILDERS - {"file", "dislocation"}):
+        _element(p, s, "structure", "element")
+        crystal = p.choice(s, "structure", "crystal", set(SHELLS))
+        a = p.number(s, "structure", "a", minimum=0, strict=True)
+        repeat = s.get("repeat")
+        if isinstance(repeat, int) and not isinstance(repeat, bool):
+            if repeat < 1:
+                p.add("structure.repeat", f"must be >= 1, got {repeat}")
+        elif _int_list(p, s, "structure", "repeat", 3) is not None and min(repeat) < 1:
+            p.add("structure.repeat", f"every entry must be >= 1, got {repeat}")
+        if crystal and a:
+            s.setdefault("bond", a * sum(SHELLS[crystal]) / 2)
+    if builder == "vacancy" and "bond" in s:  # absent only when crystal or a is wrong
+        p.number(s, "structure", "bond", minimum=0, strict=True)
+    if builder in ("vacancy", "substitution") and "index" in s:
+        p.number(s, "structure", "index", minimum=0, integer=True)
+    if builder == "interstitial":
+        s.setdefault("species", s.get("element"))
+        _element(p, s, "structure", "species")
+        crystal = s.get("crystal")
+        if "position" in s:
+            pos = s["position"]
+            if not (isinstance(pos, list) and len(pos) == 3
+                    and all(isinstance(x, (int, float)) for x in pos)):
+                p.add("structure.position", f"must be [x, y, z] in Å, got {pos!r}")
+        elif crystal in structures.INTERSTITIAL_SITES:
+            sites = structures.INTERSTITIAL_SITES[crystal]
+            s.setdefault("site", next(iter(sites)))
+            p.choice(s, "structure", "site", set(sites))
+        elif crystal:
+            p.add("structure.position", f"required for crystal {crystal!r} (no named sites)")
+    if builder == "substitution":
+        _element(p, s, "structure", "species")
+    if builder == "dislocation":
+        _element(p, s, "structure", "element")
+        for key in ("a", "C11", "C12", "C44", "radius"):
+            p.number(s, "structure", key, minimum=0, strict=True)
+        p.number(s, "structure", "length", 3, minimum=1, integer=True)
+        s.setdefault("length", 3)
+    if builder == "file":
+        path = s.get("path")
+        if not isinstance(path, str):
+            p.add("structure.path", f"must be a file name, got {path!r}")
+        elif not (base / path).is_file():
+            p.add("structure.path", f"file {path!r} not found (relative to {base})")
+        else:
+            s["path"] = str((base / path).resolve())
+        if "species" in s:
+            species = s["species"]
+            if not (isinstance(species, list) and all(v in atomic_numbers for v in species)):
+                p.add("structure.species",
+                      f"must list the element of each LAMMPS atom type, got {species!r}")
+    return s
+
+
+def _seeds(p: Problems, regions: Mapping, builder: str | None) -> dict:
+    where = "regions.seeds"
+    seeds = p.section(regions, "seeds", required=builder not in DEFECT_BUILDERS)
+    if not seeds and builder in DEFECT_BUILDERS:
+        seeds = {"kind": "defect"}
+    if not seeds:
+        return seeds
+    kind = p.choice(seeds, where, "kind", {"defect", "indices", "species", "classifier"})
+    known = {"kind"} | {
+        "defect": set(), "indices": {"indices"}, "species": {"species"},
+        "classifier": {"quantity", "lb", "ub", "nfreq", "window", "initial", "r_cut"},
+    }.get(kind, set())
+    p.unknown_keys(seeds, where, known)
+    if kind == "defect" and builder not in DEFECT_BUILDERS:
+        p.add(f"{where}.kind", f"'defect' needs a structure builder in "
+              f"{sorted(DEFECT_BUILDERS)} (it has {builder!r}); give indices, species "
+              "or a classifier")
+    if kind == "indices":
+        _int_list(p, seeds, where, "indices")
+    if kind == "species":
+        species = seeds.get("species")
+        if isinstance(species, str):
+            seeds["species"] = species = [species]
+        if not (isinstance(species, list) and species
+                and all(s in atomic_numbers for s in species)):
+            p.add(f"{where}.species", f"must list element symbols, got {species!r}")
+    if kind == "classifier":
+        quantity = p.choice(seeds, where, "quantity", set(QUANTITIES))
+        for key in QUANTITIES.get(quantity, ()):
+            p.number(seeds, where, key, minimum=0, strict=True)
+        for key in ("lb", "ub"):
+            if key in seeds:
+                p.number(seeds, where, key)
+        if not ("lb" in seeds or "ub" in seeds):
+            p.add(where, "a classifier needs lb and/or ub (seeds: lb <= q <= ub)")
+        for key in ("nfreq", "window"):
+            p.number(seeds, where, key, 1, minimum=1, integer=True)
+        if "initial" in seeds:
+            _int_list(p, seeds, where, "initial")
+    return seeds
+
+
+def _regions(p: Problems, raw: Mapping, task_kind: str | None) -> tuple[dict, dict | None]:
+    r = p.section(raw, "regions")
+    p.unknown_keys(r, "regions", {"r_core", "r_blend", "r_buff", "blend", "nevery", "skin",
+                                  "seeds", "hysteresis"})
+    p.number(r, "regions", "r_core", minimum=0)
+    r.setdefault("r_blend", 0.0)
+    p.number(r, "regions", "r_blend", minimum=0)
+    if "r_buff" in r:
+        p.number(r, "regions", "r_buff", minimum=0)
+    r.setdefault("blend", "linear")
+    p.choice(r, "regions", "blend", {"linear", "cubic"})
+    r.setdefault("nevery", DEFAULT_NEVERY.get(task_kind, 10))
+    nevery = p.number(r, "regions", "nevery", minimum=0, integer=True)
+    r.setdefault("skin", 0.5)
+    p.number(r, "regions", "skin", minimum=0)
+    hyst = None
+    if "hysteresis" in r:
+        hyst = p.section(r, "hysteresis")
+        p.unknown_keys(hyst, "regions.hysteresis", {"tau_in_fs", "tau_out_fs"})
+        for key in ("tau_in_fs", "tau_out_fs"):
+            p.number(hyst, "regions.hysteresis", key, minimum=0)
+        if nevery == 0:
+            p.add("regions.hysteresis", "needs regions that are rebuilt: set nevery > 0")
+        if task_kind != "md":
+            p.add("regions.hysteresis", "is for MD (it is measured in time)")
+    return r, hyst
+
+
+def _task(p: Problems, raw: Mapping, builder: str | None) -> dict:
+    t = p.section(raw, "task")
+    kind = p.choice(t, "task", "kind", TASKS)
+    if kind == "md":
+        p.unknown_keys(t, "task", {"kind", "ensemble", "timestep_fs", "steps", "temperature_K",
+                                   "friction_per_fs", "thermostat_weights", "seed"})
+        ensemble = p.choice(t, "task", "ensemble", ENSEMBLES, "nve")
+        t.setdefault("timestep_fs", 1.0)
+        dt = p.number(t, "task", "timestep_fs", minimum=0, strict=True)
+        if dt is not None and dt > MAX_TIMESTEP_FS:
+            p.add("task.timestep_fs", f"{dt} fs is too long for atomistic MD "
+                  f"(at most {MAX_TIMESTEP_FS} fs; 1-2 fs is usual)")
+        p.number(t, "task", "steps", minimum=1, integer=True)
+        t.setdefault("temperature_K", 0.0)
+        temp = p.number(t, "task", "temperature_K", minimum=0)
+        if ensemble == "nvt":
+            if temp == 0:
+                p.add("task.temperature_K", "NVT needs a target temperature > 0 K")
+            t.setdefault("friction_per_fs", 0.01)
+            p.number(t, "task", "friction_per_fs", minimum=0, strict=True)
+            t.setdefault("thermostat_weights", "cheap")
+            p.choice(t, "task", "thermostat_weights", THERMOSTAT_WEIGHTS)
+        else:
+            for key in ("friction_per_fs", "thermostat_weights"):
+                if key in t:
+                    p.add(f"task.{key}", "only for ensemble = 'nvt'")
+        t.setdefault("seed", 0)
+        p.number(t, "task", "seed", minimum=0, integer=True)
+    elif kind == "relax":
+        p.unknown_keys(t, "task", {"kind", "fmax", "max_steps", "optimizer",
+                                   "expensive_energy"})
+        t.setdefault("fmax", 0.01)
+        p.number(t, "task", "fmax", minimum=0, strict=True)
+        t.setdefault("max_steps", 1000)
+        p.number(t, "task", "max_steps", minimum=1, integer=True)
+        p.choice(t, "task", "optimizer", OPTIMIZERS, t.setdefault("optimizer", "FIRE"))
+        t["expensive_energy"] = _flag(p, t, "task", "expensive_energy", False)
+    elif kind == "neb":
+        p.unknown_keys(t, "task", {"kind", "images", "fmax", "max_steps", "climb", "method",
+                                   "hop", "final"})
+        t.setdefault("images", 5)
+        p.number(t, "task", "images", minimum=1, integer=True)
+        t.setdefault("fmax", 0.01)
+        p.number(t, "task", "fmax", minimum=0, strict=True)
+        t.setdefault("max_steps", 2000)
+        p.number(t, "task", "max_steps", minimum=1, integer=True)
+        t["climb"] = _flag(p, t, "task", "climb", True)
+        p.choice(t, "task", "method", NEB_METHODS, t.setdefault("method", "improvedtangent"))
+        if ("hop" in t) == ("final" in t):
+            p.add("task", "an NEB needs exactly one of hop (for a vacancy: the index of the "
+                  "seed neighbour that jumps, 0 = the first) or final (a structure file)")
+        if "hop" in t:
+            p.number(t, "task", "hop", minimum=0, integer=True)
+            if builder != "vacancy":
+                p.add("task.hop", f"needs structure.builder = 'vacancy', not {builder!r}")
+        if "final" in t and not isinstance(t["final"], str):
+            p.add("task.final", f"must be a structure file name, got {t['final']!r}")
+    return t
+
+
+def _output(p: Problems, raw: Mapping, source_stem: str) -> dict:
+    o = p.section(raw, "output", required=False)
+    p.unknown_keys(o, "output", {"directory", "trajectory_every", "log_every",
+                                 "checkpoint_every", "progress", "figures"})
+    o.setdefault("directory", f"{source_stem}-run")
+    if not isinstance(o["directory"], str) or not o["directory"]:
+        p.add("output.directory", f"must be a folder name, got {o['directory']!r}")
+    for key, default in (("trajectory_every", 100), ("log_every", 10),
+                         ("checkpoint_every", 1000)):
+        o.setdefault(key, default)
+        p.number(o, "output", key, minimum=0, integer=True)
+    o.setdefault("progress", "auto")
+    if o["progress"] not in (True, False, "auto"):
+        p.add("output.progress", f"must be true, false or 'auto', got {o['progress']!r}")
+    o["figures"] = _flag(p, o, "output", "figures", True)
+    return o
+
+
+def parse_run_config(raw: Mapping, base: Path = Path("."), source: str = "run config",
+                     ) -> RunConfig:
+    """Check a whole run config; raise every mistake in one ConfigurationError.
+
+    Args:
+        raw: the parsed TOML.
+        base: folder relative paths in the file are relative to (the config's folder).
+        source: name used in messages (the file name).
+    """
+    p = Problems(source)
+    p.unknown_keys(raw, "top level", {"structure", "potentials", "regions", "mixing", "task",
+                                      "output"})
+    structure = _structure(p, raw, base)
+    builder = structure.get("builder")
+    pots = p.section(raw, "potentials")
+    p.unknown_keys(pots, "potentials", {"expensive", "cheap"})
+    specs = {}
+    for role in ("expensive", "cheap"):
+        spec = pots.get(role)
+        where = f"potentials.{role}"
+        if spec is None:
+            p.add(where, "missing table")
+            continue
+        check_potential_spec(spec, where, p)
+        specs[role] = _absolute_files(spec, base, where, p) if isinstance(spec, Mapping) else {}
+    task = _task(p, raw, builder)
+    regions, hyst = _regions(p, raw, task.get("kind"))
+    seeds = _seeds(p, regions, builder)
+    if (seeds.get("kind") == "classifier" and regions.get("nevery")
+            and isinstance(seeds.get("nfreq"), int) and seeds["nfreq"] % regions["nevery"]):
+        p.add("regions.seeds.nfreq", f"({seeds['nfreq']}) must be a multiple of "
+              f"regions.nevery ({regions['nevery']})")
+    if task.get("kind") in ("relax", "neb") and regions.get("nevery"):
+        p.add("regions.nevery", f"must be 0 for {task['kind']} (regions built once: an "
+              "optimiser must not chase moving regions)")
+    mixing = p.section(raw, "mixing", required=False)
+    p.unknown_keys(mixing, "mixing", {"subtract_mean_force", "mask_cheap", "allow_approximate"})
+    for key in ("subtract_mean_force", "mask_cheap", "allow_approximate"):
+        mixing[key] = _flag(p, mixing, "mixing", key, False)
+    output = _output(p, raw, Path(source).stem)
+    p.raise_if_any()
+    normalised = {
+        "structure": structure, "potentials": specs,
+        "regions": {**{k: v for k, v in regions.items() if k not in ("seeds", "hysteresis")},
+                    "seeds": seeds, **({"hysteresis": hyst} if hyst else {})},
+        "mixing": mixing, "task": task, "output": output,
+    }
+    return RunConfig(structure, specs["expensive"], specs["cheap"], regions, seeds, hyst,
+                     mixing, task, output, normalised)
+
+
+# --------------------------------------------------------------------------- builders
+
+
+@dataclass
+class Structure:
+    """A built structure and what the builder knows about it.
+
+    Attributes:
+        atoms: the structure.
+        defect_seeds: ``(k,)`` indices of the atoms next to or at the defect (None
+            for defect-free builders).
+        vacancy_site: Å, ``(3,)`` where the removed atom was (vacancy builder only).
+    """
+
+    atoms: Atoms
+    defect_seeds: np.ndarray | None = None
+    vacancy_site: np.ndarray | None = None
+
+
+def build_structure(s: Mapping) -> Structure:
+    """The structure a checked ``[structure]`` table describes."""
+    builder = s["builder"]
+    if builder == "file":
+        return Structure(_read_structure(s))
+    if builder == "dislocation":
+        return Structure(_dislocation(s))
+    atoms = structures.cubic_supercell(s["element"], s["crystal"], s["a"], s["repeat"])
+    index = s.get("index", structures.central_atom(atoms))
+    if index >= len(atoms):
+        raise ConfigurationError(
+            f"structure.index = {index} is out of range: the cell has {len(atoms)} atoms")
+    if builder == "vacancy":
+        site = atoms.positions[index].copy()
+        atoms, neighbours = structures.remove_atom(atoms, index, s["bond"])
+        return Structure(atoms, neighbours, site)
+    if builder == "interstitial":
+        position = s.get("position") or structures.interstitial_position(
+            atoms, s["crystal"], s["a"], s["site"])
+        atoms, added = structures.add_interstitial(atoms, s["species"], position)
+        return Structure(atoms, np.array([added]))
+    if builder == "substitution":
+        atoms[index].symbol = s["species"]
+        return Structure(atoms, np.array([index]))
+    return Structure(atoms)
+
+
+def _read_structure(s: Mapping) -> Atoms:
+    from ase.io import read
+
+    kwargs = {}
+    fmt = s.get("format")
+    if fmt is None and s["path"].endswith((".lmpdata", ".data")):
+        fmt = "lammps-data"
+    if fmt == "lammps-data":
+        kwargs = {"atom_style": "atomic", "units": "metal"}
+        if "species" in s:
+            kwargs["Z_of_type"] = {i + 1: atomic_numbers[e] for i, e in enumerate(s["species"])}
+    try:
+        atoms = read(s["path"], format=fmt, **kwargs)
+    except Exception as exc:  # ASE raises many kinds for unreadable files
+        raise ConfigurationError(f"structure.path: cannot read {s['path']}: {exc}") from None
+    if fmt == "lammps-data" and "species" not in s:
+        raise ConfigurationError(
+            "structure.species: a LAMMPS data file has atom types, not elements; list the "
+            "element of each type, e.g. species = ['W', 'He']")
+    return atoms
+
+
+def _dislocation(s: Mapping) -> Atoms:
+    build = getattr(structures, "screw_dislocation", None)
+    if build is None:
+        raise ConfigurationError("this mlmix has no dislocation builder")
+    return build(s["element"], s["a"], s["C11"], s["C12"], s["C44"], radius=s["radius"],
+                 length=s["length"])
+
+
+def build_seeds(seeds: Mapping, structure: Structure) -> Seeds:
+    """The seed source a checked ``[regions.seeds]`` table describes."""
+    kind = seeds["kind"]
+    if kind == "defect":
+        return IndexSeeds(structure.defect_seeds)
+    if kind == "indices":
+        return IndexSeeds(seeds["indices"])
+    if kind == "species":
+        return SpeciesSeeds(seeds["species"])
+    quantity = {"coordination": lambda: coordination(seeds["r_cut"])}[seeds["quantity"]]()
+    return ClassifierSeeds(quantity, seeds.get("lb", -np.inf), seeds.get("ub", np.inf),
+                           nfreq=seeds["nfreq"], window=seeds["window"],
+                           initial=seeds.get("initial"))
+
+
+def build_tracker(cfg: RunConfig, structure: Structure, expensive_cutoff: float
+                  ) -> RegionTracker:
+    """The region tracker of a checked config; r_buff defaults to the expensive cutoff."""
+    r = cfg.regions
+    spec = RegionSpec(r["r_core"], r["r_blend"], r.get("r_buff", expensive_cutoff), r["blend"])
+    hysteresis = None
+    if cfg.hysteresis:
+        hysteresis = Hysteresis(cfg.hysteresis.get("tau_in_fs", 0.0),
+                                cfg.hysteresis.get("tau_out_fs", 0.0),
+                                cfg.task["timestep_fs"])
+    return RegionTracker(spec, build_seeds(cfg.seeds, structure), nevery=r["nevery"],
+                         hysteresis=hysteresis, skin=r["skin"])
