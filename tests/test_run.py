@@ -13,9 +13,9 @@ from ase.io import read
 import mlmix.run as runner
 from mlmix.cli import main as cli_main
 from mlmix.config import dump_toml
-from mlmix.errors import CalculationError, ConfigurationError
+from mlmix.errors import ConfigurationError
 from mlmix.potentials.lammps import LammpsPotential
-from mlmix.runconfig import parse_run_config
+from mlmix.runconfig import build_structure, parse_run_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -258,3 +258,74 @@ def test_neb_barrier_matches_all_expensive(tmp_path):
     summary = json.loads((tmp_path / "mixed" / "summary.json").read_text())
     assert len(summary["image_energies_eV"]) == 5
     assert summary["image_energies_eV"][0] == 0.0
+
+
+# --------------------------------------------------------------------------- dislocation
+
+
+def w_screw_config() -> dict:
+    """A thin W screw dislocation: W SNAP expensive, Zhou EAM cheap, centrosymmetry seeds."""
+    return {
+        "structure": {"builder": "dislocation", "element": "W", "a": 3.1805, "C11": 517.7,
+                      "C12": 194.5, "C44": 144.3, "radius": 12.0, "n_burgers": 2,
+                      "fix_width": 5.0},
+        "potentials": {"expensive": {"backend": "lammps", "style": "include",
+                                     "file": "W_2940_2017_2.snap", "species": ["W"]},
+                       "cheap": {"backend": "lammps", "style": "eam_alloy",
+                                 "file": "W_zhou.eam.alloy", "species": ["W"]}},
+        "regions": {"r_core": 3.0, "r_blend": 2.0, "nevery": 5,
+                    "seeds": {"kind": "classifier", "quantity": "centrosymmetry",
+                              "lb": 4.0, "nfreq": 10, "window": 2}},
+        "task": {"kind": "md", "ensemble": "nvt", "timestep_fs": 2.0, "steps": 30,
+                 "temperature_K": 600.0, "seed": 4},
+        "output": {"trajectory_every": 5, "log_every": 5, "checkpoint_every": 10,
+                   "figures": False, "progress": False},
+    }
+
+
+def test_dislocation_and_classifier_settings_are_checked():
+    cfg = w_screw_config()
+    cfg["structure"]["fix_width"] = 13.0
+    cfg["structure"]["n_burgers"] = 0
+    cfg["regions"]["seeds"]["n_neighbours"] = 7
+    with pytest.raises(ConfigurationError) as err:
+        parse_run_config(cfg)
+    message = str(err.value)
+    for text in ("structure.fix_width", "structure.n_burgers", "regions.seeds.n_neighbours"):
+        assert text in message
+    cfg = w_screw_config()
+    cfg["regions"]["seeds"].update(quantity="coordination", n_neighbours=8)
+    with pytest.raises(ConfigurationError, match="n_neighbours.*not a parameter"):
+        parse_run_config(cfg)
+
+
+def test_dislocation_md_keeps_its_shell_fixed_and_seeds_at_the_core(tmp_path, monkeypatch):
+    path = write_config(tmp_path, w_screw_config())
+    runner.run(path, output=tmp_path / "whole")
+    frames = read(tmp_path / "whole" / "trajectory.extxyz", ":")
+    first, last = frames[0], frames[-1]
+    built = runner.load_run_config(path)
+    structure = build_structure(built.structure)
+    fixed = structure.atoms.constraints[0].index
+    assert len(fixed) > 0
+    # The shell does not move; the interior does.
+    assert np.abs(last.positions[fixed] - first.positions[fixed]).max() < 1e-8
+    assert np.abs(last.positions - first.positions).max() > 1e-2
+    # The surface of the cylinder is not centrosymmetric, yet it never seeds: the core
+    # region sits on the line, away from the fixed shell.
+    core = structure.core_position
+    radial = np.hypot(*(last.positions[:, :2] - core[:2]).T)
+    p = last.arrays["mlmix_p"]
+    interior = built.structure["radius"] - built.structure["fix_width"]
+    assert (p == 1).any() and radial[p == 1].max() < interior
+    assert np.all(p[fixed] == 0)
+    # A killed run resumes with the shell still fixed and the same trajectory.
+    with monkeypatch.context() as m:
+        _kill_at(m, 17)
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(path, output=tmp_path / "killed")
+    runner.run(path, output=tmp_path / "killed", resume=True)
+    resumed = read(tmp_path / "killed" / "trajectory.extxyz", ":")
+    assert len(resumed) == len(frames)
+    for a, b in zip(frames, resumed):
+        assert np.abs(a.positions - b.positions).max() < 1e-9

@@ -49,7 +49,13 @@ from .outputs import (
 from .potentials.base import Potential
 from .potentials.factory import make_potential
 from .regions import RegionTracker
-from .runconfig import RunConfig, Structure, build_structure, build_tracker, parse_run_config
+from .runconfig import (
+    RunConfig,
+    Structure,
+    build_structure,
+    build_tracker,
+    parse_run_config,
+)
 from .structures import thermalize
 
 RELAX_COLUMNS = ("iteration", "fmax_eV_per_A", "n_core", "n_weighted", "n_expensive",
@@ -242,6 +248,7 @@ def run_md(setup: Setup, *, resume: bool = False, overwrite: bool = False) -> di
         atoms = Atoms(a["numbers"], a["positions"], cell=a["cell"], pbc=a["pbc"],
                       momenta=a["momenta"])
         atoms.arrays[ID_ARRAY] = a["ids"]
+        atoms.set_constraint([c.copy() for c in setup.structure.atoms.constraints])
         calc.tracker.restore(state["tracker"])
         rng.bit_generator.state = state["rng"]
         start, wall0 = int(state["step"]), float(state["wall_seconds"])

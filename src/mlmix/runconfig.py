@@ -30,24 +30,36 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
+from ase.constraints import FixAtoms
 from ase.data import atomic_numbers
 
+from . import structures
 from .config import Problems
 from .errors import ConfigurationError
 from .potentials.factory import check_potential_spec
 from .potentials.files import resolve_potential_file
 from .regions import Hysteresis, RegionSpec, RegionTracker
-from .seeds import ClassifierSeeds, IndexSeeds, Seeds, SpeciesSeeds, coordination
-from . import structures
+from .seeds import (
+    ClassifierSeeds,
+    IndexSeeds,
+    Seeds,
+    SpeciesSeeds,
+    centrosymmetry,
+    coordination,
+    masked,
+)
 
 BUILDERS = {"bulk", "vacancy", "interstitial", "substitution", "dislocation", "file"}
-DEFECT_BUILDERS = {"vacancy", "interstitial", "substitution"}
+DEFECT_BUILDERS = {"vacancy", "interstitial", "substitution", "dislocation"}
+CORE_AXIS_RADIUS = 2.5  # Å: dislocation "defect" seeds, the atoms nearest the line
 TASKS = {"md", "relax", "neb"}
 ENSEMBLES = {"nve", "nvt"}
 OPTIMIZERS = {"FIRE", "BFGS", "LBFGS"}
 NEB_METHODS = {"aseneb", "improvedtangent", "eb", "spline", "string"}
 THERMOSTAT_WEIGHTS = {"cheap", "expensive", "all"}
-QUANTITIES = {"coordination": {"r_cut"}}
+# classifier quantities and their parameters (with defaults; None = required)
+QUANTITIES = {"coordination": {"r_cut": None},
+              "centrosymmetry": {"r_cut": 3.6, "n_neighbours": 8}}
 MAX_TIMESTEP_FS = 10.0
 
 # Nearest and second-neighbour distances in units of the lattice parameter.
@@ -140,7 +152,8 @@ def _structure(p: Problems, raw: Mapping, base: Path) -> dict:
         "bulk": lattice, "vacancy": lattice | {"index", "bond"},
         "interstitial": lattice | {"species", "site", "position"},
         "substitution": lattice | {"species", "index"},
-        "dislocation": {"element", "a", "C11", "C12", "C44", "radius", "length"},
+        "dislocation": {"element", "a", "C11", "C12", "C44", "radius", "n_burgers",
+                        "fix_width"},
         "file": {"path", "format", "species"},
     }.get(builder, set())
     p.unknown_keys(s, "structure", known)
@@ -181,8 +194,14 @@ def _structure(p: Problems, raw: Mapping, base: Path) -> dict:
         _element(p, s, "structure", "element")
         for key in ("a", "C11", "C12", "C44", "radius"):
             p.number(s, "structure", key, minimum=0, strict=True)
-        p.number(s, "structure", "length", 3, minimum=1, integer=True)
-        s.setdefault("length", 3)
+        s.setdefault("n_burgers", 4)
+        p.number(s, "structure", "n_burgers", minimum=1, integer=True)
+        s.setdefault("fix_width", 6.0)
+        fix = p.number(s, "structure", "fix_width", minimum=0, strict=True)
+        radius = s.get("radius")
+        if isinstance(fix, (int, float)) and isinstance(radius, (int, float)) and fix >= radius:
+            p.add("structure.fix_width", f"({fix} Å) must be smaller than the radius "
+                  f"({radius} Å): the fixed shell is the outer part of the cylinder")
     if builder == "file":
         path = s.get("path")
         if not isinstance(path, str):
@@ -209,7 +228,8 @@ def _seeds(p: Problems, regions: Mapping, builder: str | None) -> dict:
     kind = p.choice(seeds, where, "kind", {"defect", "indices", "species", "classifier"})
     known = {"kind"} | {
         "defect": set(), "indices": {"indices"}, "species": {"species"},
-        "classifier": {"quantity", "lb", "ub", "nfreq", "window", "initial", "r_cut"},
+        "classifier": {"quantity", "lb", "ub", "nfreq", "window", "initial", "r_cut",
+                       "n_neighbours"},
     }.get(kind, set())
     p.unknown_keys(seeds, where, known)
     if kind == "defect" and builder not in DEFECT_BUILDERS:
@@ -227,8 +247,19 @@ def _seeds(p: Problems, regions: Mapping, builder: str | None) -> dict:
             p.add(f"{where}.species", f"must list element symbols, got {species!r}")
     if kind == "classifier":
         quantity = p.choice(seeds, where, "quantity", set(QUANTITIES))
-        for key in QUANTITIES.get(quantity, ()):
-            p.number(seeds, where, key, minimum=0, strict=True)
+        params = QUANTITIES.get(quantity, {})
+        for key in ({"r_cut", "n_neighbours"} - set(params)) & set(seeds):
+            p.add(f"{where}.{key}", f"is not a parameter of quantity {quantity!r}")
+        for key, default in params.items():
+            if default is not None:
+                seeds.setdefault(key, default)
+        if "r_cut" in params:
+            p.number(seeds, where, "r_cut", minimum=0, strict=True)
+        if "n_neighbours" in params:
+            n = p.number(seeds, where, "n_neighbours", minimum=2, integer=True)
+            if isinstance(n, int) and (n % 2 or n > 12):
+                p.add(f"{where}.n_neighbours", f"must be even and at most 12 (8 for bcc, "
+                      f"12 for fcc), got {n}")
         for key in ("lb", "ub"):
             if key in seeds:
                 p.number(seeds, where, key)
@@ -410,11 +441,14 @@ class Structure:
         defect_seeds: ``(k,)`` indices of the atoms next to or at the defect (None
             for defect-free builders).
         vacancy_site: Å, ``(3,)`` where the removed atom was (vacancy builder only).
+        core_position: Å, ``(3,)`` a point on the dislocation line (dislocation builder
+            only; its fixed outer shell is a FixAtoms constraint on ``atoms``).
     """
 
     atoms: Atoms
     defect_seeds: np.ndarray | None = None
     vacancy_site: np.ndarray | None = None
+    core_position: np.ndarray | None = None
 
 
 def build_structure(s: Mapping) -> Structure:
@@ -423,7 +457,13 @@ def build_structure(s: Mapping) -> Structure:
     if builder == "file":
         return Structure(_read_structure(s))
     if builder == "dislocation":
-        return Structure(_dislocation(s))
+        atoms, fixed = structures.bcc_screw_dislocation(
+            s["element"], s["a"], s["C11"], s["C12"], s["C44"], s["radius"],
+            n_burgers=s["n_burgers"], fix_width=s["fix_width"])
+        atoms.set_constraint(FixAtoms(mask=fixed))
+        core = atoms.info["core_position"]
+        near_axis = np.hypot(*(atoms.positions[:, :2] - core[:2]).T) < CORE_AXIS_RADIUS
+        return Structure(atoms, np.flatnonzero(near_axis), core_position=core)
     atoms = structures.cubic_supercell(s["element"], s["crystal"], s["a"], s["repeat"])
     index = s.get("index", structures.central_atom(atoms))
     if index >= len(atoms):
@@ -466,14 +506,6 @@ def _read_structure(s: Mapping) -> Atoms:
     return atoms
 
 
-def _dislocation(s: Mapping) -> Atoms:
-    build = getattr(structures, "screw_dislocation", None)
-    if build is None:
-        raise ConfigurationError("this mlmix has no dislocation builder")
-    return build(s["element"], s["a"], s["C11"], s["C12"], s["C44"], radius=s["radius"],
-                 length=s["length"])
-
-
 def build_seeds(seeds: Mapping, structure: Structure) -> Seeds:
     """The seed source a checked ``[regions.seeds]`` table describes."""
     kind = seeds["kind"]
@@ -483,10 +515,25 @@ def build_seeds(seeds: Mapping, structure: Structure) -> Seeds:
         return IndexSeeds(seeds["indices"])
     if kind == "species":
         return SpeciesSeeds(seeds["species"])
-    quantity = {"coordination": lambda: coordination(seeds["r_cut"])}[seeds["quantity"]]()
+    if seeds["quantity"] == "coordination":
+        quantity = coordination(seeds["r_cut"])
+    else:
+        quantity = centrosymmetry(seeds["n_neighbours"], seeds["r_cut"])
+    fixed = fixed_mask(structure.atoms)
+    if fixed.any():  # a fixed shell's free surface is not a defect
+        quantity = masked(quantity, fixed)
+    initial = seeds.get("initial", structure.defect_seeds)
     return ClassifierSeeds(quantity, seeds.get("lb", -np.inf), seeds.get("ub", np.inf),
-                           nfreq=seeds["nfreq"], window=seeds["window"],
-                           initial=seeds.get("initial"))
+                           nfreq=seeds["nfreq"], window=seeds["window"], initial=initial)
+
+
+def fixed_mask(atoms: Atoms) -> np.ndarray:
+    """``(N,)`` bool: the atoms a FixAtoms constraint holds."""
+    mask = np.zeros(len(atoms), dtype=bool)
+    for c in atoms.constraints:
+        if isinstance(c, FixAtoms):
+            mask[c.index] = True
+    return mask
 
 
 def build_tracker(cfg: RunConfig, structure: Structure, expensive_cutoff: float

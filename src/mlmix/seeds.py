@@ -253,3 +253,102 @@ def coordination(r_cut: float) -> Quantity:
         return np.bincount(i, minlength=len(atoms)).astype(float)
 
     return q
+
+
+def masked(quantity: Quantity, mask: np.ndarray, value: float = 0.0) -> Quantity:
+    """``quantity`` with the atoms of ``mask`` ((N,) bool) set to ``value``.
+
+    For atoms that must never seed, e.g. a fixed outer shell whose free surface a
+    centrosymmetry or coordination classifier would otherwise take for a defect.
+    """
+    mask = np.asarray(mask, dtype=bool)
+
+    def q(atoms: Atoms) -> np.ndarray:
+        if len(atoms) != len(mask):
+            raise ConfigurationError(f"the mask covers {len(mask)} atoms, the structure "
+                                     f"has {len(atoms)}")
+        out = np.array(quantity(atoms), dtype=float)
+        out[mask] = value
+        return out
+
+    return q
+
+
+def perfect_matchings(n: int) -> np.ndarray:
+    """Every way to split ``0..n-1`` (n even) into n/2 unordered pairs.
+
+    Returns:
+        ``(M, n/2, 2)`` int array, M = (n - 1)!! (105 for n = 8, 10,395 for n = 12).
+    """
+    if n == 0:
+        return np.zeros((1, 0, 2), dtype=np.int64)
+    out = []
+    for rest in perfect_matchings(n - 2):
+        # pair element 0 with each k; the others are the n - 2 elements left, relabelled
+        for k in range(1, n):
+            others = np.array([m for m in range(1, n) if m != k])
+            out.append(np.vstack([[0, k], others[rest]]) if rest.size else np.array([[0, k]]))
+    return np.array(out, dtype=np.int64)
+
+
+def neighbour_vectors(atoms: Atoms, n: int, r_cut: float) -> np.ndarray:
+    """Vectors (Å) from each atom to its ``n`` nearest neighbours within ``r_cut``.
+
+    Returns:
+        ``(N, n, 3)``, nearest first; rows of atoms with fewer than ``n`` neighbours
+        within ``r_cut`` (at a surface) are padded with zero vectors.
+    """
+    i, d, vec = neighbour_pairs(atoms.positions, atoms.cell.array, atoms.pbc, r_cut, "idD")
+    order = np.lexsort((d, i))
+    i, vec = i[order], vec[order]
+    start = np.searchsorted(i, np.arange(len(atoms)))
+    rank = np.arange(len(i)) - start[i]
+    keep = rank < n
+    out = np.zeros((len(atoms), n, 3))
+    out[i[keep], rank[keep]] = vec[keep]
+    return out
+
+
+def centrosymmetry(n_neighbours: int = 8, r_cut: float = 3.6) -> Quantity:
+    """Per-atom centrosymmetry parameter, Å^2 (Kelchner, Plimpton, Hamilton 1998).
+
+    P_i = min over pairings of the ``n_neighbours`` nearest neighbours into opposite
+    pairs (j, k) of sum |r_ij + r_ik|^2; the minimum is taken over every pairing (the
+    "matching" form, each neighbour used once), not LAMMPS's sum of the n/2 smallest
+    pair terms. P is 0 for any affinely strained centrosymmetric crystal (bcc: n = 8,
+    fcc: 12) and of order |r_nn|^2 next to a vacancy or at a surface; a dislocation
+    core sits in between. A missing neighbour (fewer than n within ``r_cut``) is a zero
+    vector, so its would-be partner adds its own |r|^2: surfaces are not centrosymmetric.
+
+    Args:
+        n_neighbours: even, 2..12 (8 for bcc, 12 for fcc).
+        r_cut: Å, search radius; put it beyond the n-th neighbour shell (for bcc W,
+            8 neighbours at 2.75 Å and 6 more at 3.18 Å, 3.6 Å leaves room for
+            thermal motion) so that the n nearest are picked from enough candidates.
+
+    Returns:
+        ``q(atoms) -> (N,)`` array, Å^2.
+    """
+    if isinstance(n_neighbours, bool) or not isinstance(n_neighbours, (int, np.integer)) \
+            or n_neighbours < 2 or n_neighbours > 12 or n_neighbours % 2:
+        raise ConfigurationError(
+            f"n_neighbours must be an even integer from 2 to 12 (8 for bcc, 12 for fcc), "
+            f"got {n_neighbours!r}"
+        )
+    if not np.isfinite(r_cut) or r_cut <= 0:
+        raise ConfigurationError(f"r_cut must be > 0 Å, got {r_cut}")
+    pairs = perfect_matchings(int(n_neighbours))  # (M, n/2, 2)
+    # atoms per chunk: keep the (chunk, M, n/2) cost array near 16 MB
+    chunk = max(1, 2_000_000 // (pairs.shape[0] * pairs.shape[1]))
+
+    def q(atoms: Atoms) -> np.ndarray:
+        vec = neighbour_vectors(atoms, int(n_neighbours), r_cut)
+        out = np.empty(len(atoms))
+        for s in range(0, len(atoms), chunk):
+            v = vec[s:s + chunk]
+            sums = v[:, :, None, :] + v[:, None, :, :]           # (c, n, n, 3)
+            cost = np.einsum("cabk,cabk->cab", sums, sums)       # |r_a + r_b|^2
+            out[s:s + chunk] = cost[:, pairs[..., 0], pairs[..., 1]].sum(axis=2).min(axis=1)
+        return out
+
+    return q

@@ -11,7 +11,6 @@ from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from .neighbours import neighbour_pairs
 
-
 # Interstitial sites in fractions of the conventional cubic cell.
 INTERSTITIAL_SITES = {
     "bcc": {"octahedral": (0.5, 0.5, 0.0), "tetrahedral": (0.5, 0.25, 0.0)},
@@ -110,3 +109,60 @@ def thermalize(atoms: Atoms, temperature_K: float,
     """
     thermalize_momenta(atoms, temperature_K, rng=np.random.default_rng(seed))
     Stationary(atoms)
+
+
+def bcc_screw_dislocation(symbol: str, a: float, C11: float, C12: float, C44: float,
+                          radius: float, n_burgers: int = 4,
+                          fix_width: float = 6.0) -> tuple[Atoms, np.ndarray]:
+    """A 1/2<111> screw dislocation in a bcc cylinder, periodic along the line (matscipy).
+
+    The displacement field is the self-consistent anisotropic elastic solution of
+    :class:`matscipy.dislocation.BCCScrew111Dislocation` (no relaxation with any
+    potential). Axes: x = [11-2] (glide direction), y = [-110] (glide-plane normal),
+    z = [111] (line and Burgers vector). The cell is periodic along z only
+    (``pbc = (False, False, True)``), with vacuum around the cylinder.
+
+    Args:
+        symbol: element, e.g. ``"W"``.
+        a: lattice parameter, Å.
+        C11, C12, C44: cubic elastic constants, GPa (of the potential that will run
+            the structure, so the elastic field matches it).
+        radius: Å, cylinder radius around the core.
+        n_burgers: the cell length along the line in Burgers vectors (>= 1).
+        fix_width: Å, the outer shell ``radius - fix_width <= r`` meant to be held
+            fixed (make it at least the potential's cutoff).
+
+    Returns:
+        The atoms and a ``(N,)`` bool mask of the fixed shell. ``atoms.info`` holds
+        ``core_position`` (Å, (3,)), ``burgers_vector`` (Å, (3,), Cartesian),
+        ``glide_distance`` (Å, between Peierls valleys along x) and ``radius``.
+    """
+    from .errors import ConfigurationError
+
+    if not (np.isfinite(radius) and np.isfinite(fix_width) and 0 < fix_width < radius):
+        raise ConfigurationError(
+            f"need 0 < fix_width < radius (Å), got fix_width={fix_width}, radius={radius}")
+    if not isinstance(n_burgers, (int, np.integer)) or n_burgers < 1:
+        raise ConfigurationError(f"n_burgers must be an integer >= 1, got {n_burgers!r}")
+    if not all(np.isfinite(c) and c > 0 for c in (a, C11, C44)) or not C11 > abs(C12):
+        raise ConfigurationError(
+            f"need a > 0 Å and elastic constants (GPa) with C11 > |C12|, C44 > 0 "
+            f"(mechanically stable), got a={a}, C11={C11}, C12={C12}, C44={C44}")
+    # matscipy is heavy: import at first use
+    from matscipy.dislocation import BCCScrew111Dislocation
+
+    disl = BCCScrew111Dislocation(a, C11, C12, C44, symbol=symbol)
+    _, cyl, fixed = disl.build_cylinder(radius, fix_width=fix_width, method="adsl",
+                                        return_fix_mask=True, verbose=False)
+    core = np.asarray(cyl.info["core_positions"][0], dtype=float)
+    burgers = np.asarray(cyl.info["burgers_vectors"][0], dtype=float)
+    # matscipy gives b in the crystal frame; the cell's z axis is the line direction
+    burgers = np.array([0.0, 0.0, np.linalg.norm(burgers)])
+    atoms = cyl.repeat((1, 1, int(n_burgers)))
+    fixed = np.tile(np.asarray(fixed, dtype=bool), int(n_burgers))
+    atoms.set_constraint()
+    atoms.pbc = (False, False, True)
+    atoms.info.clear()
+    atoms.info.update(core_position=core, burgers_vector=burgers,
+                      glide_distance=float(disl.glide_distance), radius=float(radius))
+    return atoms, fixed
