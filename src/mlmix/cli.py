@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import demo, run
+from . import demo, drift, run
 from .errors import MlmixError
 from .fitting import pipeline as fit
 
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub)
     fit.add_parser(sub)
     run.add_parser(sub)
+    drift.add_parser(sub)
     return parser
 
 
