@@ -164,7 +164,7 @@ class AcePotential(Potential):
         keep = centres[i]
         return i[keep].astype(np.int64), j[keep].astype(np.int64), shift[keep]
 
-    def _environment(self, atoms: Atoms, mask: np.ndarray) -> "_Layout":
+    def _environment(self, atoms: Atoms, mask: np.ndarray) -> _Layout:
         """Build the masked ``ACEAtomicEnvironment`` from neighbour lists of range
         cutoff + skin (pyace drops pairs beyond the cutoff itself, so the lists stay
         valid until some atom has moved by skin / 2).
@@ -239,7 +239,7 @@ class AcePotential(Potential):
         env.neighbour_list = _split_lists(li[order], lj[order], n_lists)
         return layout
 
-    def _layout_for(self, atoms: Atoms, mask: np.ndarray) -> "_Layout":
+    def _layout_for(self, atoms: Atoms, mask: np.ndarray) -> _Layout:
         """The cached environment with atoms moved, or a new one when the mask, the
         structure or the cell changed, or some atom moved more than skin / 2."""
         key = (len(atoms), atoms.numbers.tobytes(), atoms.cell.array.tobytes(),

@@ -161,7 +161,7 @@ class AseClusterPotential(Potential):
 
     @classmethod
     def sevennet(cls, model: str = "7net-0", *, buffer: float, device: str = "cpu",
-                 **kwargs) -> "AseClusterPotential":
+                 **kwargs) -> AseClusterPotential:
         """A SevenNet model (pretrained name or checkpoint path) on carved clusters.
 
         Needs the ``sevenn`` extra. SevenNet's warning that no tensor-product
@@ -179,7 +179,7 @@ class AseClusterPotential(Potential):
 
     @classmethod
     def chgnet(cls, model: str | None = None, *, buffer: float, device: str = "cpu",
-               **kwargs) -> "AseClusterPotential":
+               **kwargs) -> AseClusterPotential:
         """A CHGNet model (default: the shipped pretrained one, or a version name such
         as ``"0.3.0"``) on carved clusters, with per-atom (site) energies.
 
@@ -200,7 +200,7 @@ class AseClusterPotential(Potential):
         calc.reset()  # drop results of an earlier, different structure
         try:
             calc.calculate(atoms, props, all_changes)
-        except Exception as exc:  # noqa: BLE001 - any backend failure is reported alike
+        except Exception as exc:
             raise CalculationError(f"{self.name} failed on {len(atoms)} atoms: {exc}") from exc
         forces = np.asarray(calc.results["forces"], dtype=float)
         energies = calc.results.get("energies")

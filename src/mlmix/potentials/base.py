@@ -114,7 +114,7 @@ class Potential(abc.ABC):
     def _evaluate(self, atoms: Atoms, mask: np.ndarray) -> Evaluation:
         """Backend-specific masked evaluation; inputs checked, mask not empty."""
 
-    def as_calculator(self) -> "PotentialCalculator":
+    def as_calculator(self) -> PotentialCalculator:
         """This potential on all atoms as an ASE calculator."""
         return PotentialCalculator(self)
 

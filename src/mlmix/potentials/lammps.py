@@ -87,7 +87,7 @@ from ..errors import CalculationError, ConfigurationError
 from .base import Evaluation, Potential, check_finite_positions
 from .files import resolve_potential_file
 
-__all__ = ["LammpsPotential", "lammps_frame", "LammpsFrame"]
+__all__ = ["LammpsFrame", "LammpsPotential", "lammps_frame"]
 
 _NULL = "NULL"
 
@@ -533,7 +533,7 @@ class LammpsPotential(Potential):
 
     @classmethod
     def snap(cls, coeff: str | os.PathLike, species: Sequence[str] | None = None, *,
-             param: str | os.PathLike | None = None, **kw) -> "LammpsPotential":
+             param: str | os.PathLike | None = None, **kw) -> LammpsPotential:
         """SNAP from a ``.snapcoeff``/``.snapparam`` pair, a stem, or a ``.snap`` include file.
 
         ``snap("Si_Zuo_JPCA2020.quadratic", ["Si"])`` finds ``.snapcoeff`` and
@@ -556,39 +556,39 @@ class LammpsPotential(Potential):
         return cls("snap", [], sp, _coeffs=[line], **kw)
 
     @classmethod
-    def _manybody(cls, style: str, file, species, reader, **kw) -> "LammpsPotential":
+    def _manybody(cls, style: str, file, species, reader, **kw) -> LammpsPotential:
         path = resolve_potential_file(file)
         sp = _check_species(species, reader(path), path)
         kw.setdefault("name", f"{style.split()[0]}:{path.name}")
         return cls(style, [], sp, _coeffs=[_Coeff(("*", "*"), (str(path), *sp), True)], **kw)
 
     @classmethod
-    def uf3(cls, file, species: Sequence[str] | None = None, **kw) -> "LammpsPotential":
+    def uf3(cls, file, species: Sequence[str] | None = None, **kw) -> LammpsPotential:
         """UF3 (2+3 body) from a LAMMPS ``.uf3`` file: ``pair_style uf3 3``."""
         return cls._manybody("uf3 3", file, species, uf3_elements, **kw)
 
     @classmethod
-    def eam_alloy(cls, file, species: Sequence[str] | None = None, **kw) -> "LammpsPotential":
+    def eam_alloy(cls, file, species: Sequence[str] | None = None, **kw) -> LammpsPotential:
         """EAM in setfl format (``pair_style eam/alloy``), e.g. ``W_zhou.eam.alloy``."""
         return cls._manybody("eam/alloy", file, species, setfl_elements, **kw)
 
     @classmethod
-    def eam_fs(cls, file, species: Sequence[str] | None = None, **kw) -> "LammpsPotential":
+    def eam_fs(cls, file, species: Sequence[str] | None = None, **kw) -> LammpsPotential:
         """Finnis-Sinclair EAM (``pair_style eam/fs``), e.g. ``Fe_mm.eam.fs``."""
         return cls._manybody("eam/fs", file, species, setfl_elements, **kw)
 
     @classmethod
-    def sw(cls, file, species: Sequence[str] | None = None, **kw) -> "LammpsPotential":
+    def sw(cls, file, species: Sequence[str] | None = None, **kw) -> LammpsPotential:
         """Stillinger-Weber (``pair_style sw``), e.g. ``Si.sw``."""
         return cls._manybody("sw", file, species, manybody_file_elements, **kw)
 
     @classmethod
-    def tersoff(cls, file, species: Sequence[str] | None = None, **kw) -> "LammpsPotential":
+    def tersoff(cls, file, species: Sequence[str] | None = None, **kw) -> LammpsPotential:
         """Tersoff (``pair_style tersoff``), e.g. ``Si.tersoff``."""
         return cls._manybody("tersoff", file, species, manybody_file_elements, **kw)
 
     @classmethod
-    def eam(cls, files, species: Sequence[str] | None = None, **kw) -> "LammpsPotential":
+    def eam(cls, files, species: Sequence[str] | None = None, **kw) -> LammpsPotential:
         """EAM in funcfl format (``pair_style eam``), one file per species, e.g. ``Cu_u3.eam``.
 
         The element of each file comes from the atomic number on its second line.
@@ -606,7 +606,7 @@ class LammpsPotential(Potential):
 
     @classmethod
     def table(cls, tables: Mapping[tuple[str, str], tuple], species: Sequence[str],
-              style: str = "linear", n: int = 1000, **kw) -> "LammpsPotential":
+              style: str = "linear", n: int = 1000, **kw) -> LammpsPotential:
         """Tabulated pair potential (``pair_style table style n``).
 
         Args:
@@ -634,7 +634,7 @@ class LammpsPotential(Potential):
         return cls(f"table {style} {int(n)}", [], species, _coeffs=lines, **kw)
 
     @classmethod
-    def from_include(cls, file, species: Sequence[str] | None = None, **kw) -> "LammpsPotential":
+    def from_include(cls, file, species: Sequence[str] | None = None, **kw) -> LammpsPotential:
         """Run a LAMMPS include file such as ``W_2940_2017_2_He_JW2013.snap``.
 
         ``variable`` lines become pre-commands; ``pair_style``/``pair_coeff`` lines
@@ -685,7 +685,7 @@ class LammpsPotential(Potential):
         return cls(style, [], species, pre_commands=pre, _coeffs=lines, **kw)
 
     @classmethod
-    def hybrid_overlay(cls, *parts: "LammpsPotential", name: str | None = None, **kw) -> "LammpsPotential":
+    def hybrid_overlay(cls, *parts: LammpsPotential, name: str | None = None, **kw) -> LammpsPotential:
         """Sum several potentials with ``pair_style hybrid/overlay``.
 
         Species are the union in order of appearance; each part's pair_coeff lines
