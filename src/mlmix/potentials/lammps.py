@@ -81,7 +81,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import atomic_masses, atomic_numbers, chemical_symbols
 
-from .._lammps_runtime import new_lammps, potentials_dir
+from .._lammps_runtime import new_lammps, potentials_dir, serial_comm
 from ..carving import within
 from ..errors import CalculationError, ConfigurationError
 from .base import Evaluation, Potential, check_finite_positions
@@ -498,7 +498,7 @@ class LammpsPotential(Potential):
         """
         nt = len(self.type_species)
         spacing = 60.0
-        lmp = new_lammps()
+        lmp = new_lammps(comm=serial_comm())  # every rank reads its own info file
         fd, tmp = tempfile.mkstemp(prefix="mlmix_info_", suffix=".txt")
         os.close(fd)
         try:
