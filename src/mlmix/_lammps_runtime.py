@@ -61,11 +61,20 @@ def new_lammps(extra_args: tuple[str, ...] = (), comm=None):
 
 def mpi_world_size() -> int:
     """Number of ranks ``mpirun`` started (1 outside mpirun), from its environment."""
-    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"):
         value = os.environ.get(name, "")
         if value.isdigit():
             return int(value)
     return 1
+
+
+def mpi_world_rank() -> int:
+    """This process's rank under ``mpirun`` (0 outside mpirun), from its environment."""
+    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
 
 
 def serial_comm():

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import demo, drift, run
+from ._lammps_runtime import mpi_world_rank
 from .errors import MlmixError
 from .fitting import pipeline as fit
 
@@ -25,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except MlmixError as exc:
-        print(f"mlmix: error: {exc}", file=sys.stderr)
+        if mpi_world_rank() == 0:  # under mpirun every rank has the same error: say it once
+            print(f"mlmix: error: {exc}", file=sys.stderr)
         return 2
 
 

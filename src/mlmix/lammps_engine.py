@@ -91,6 +91,7 @@ ThermostatWeights = Literal["cheap", "expensive", "all"]
 
 _FIX_EXT = "mlmix_ext"
 _REF = "d2_mlmix_xref"
+_FTH = "d2_mlmix_fth"  # the thermostat force of the last step, migrating with its atom
 _HALT_VAR = "mlmix_halt"
 _CLASSIFIER = "mlmix_q"
 # Components of the cluster that lie closer than this many (cutoff + skin) are merged,
@@ -317,6 +318,11 @@ class LammpsEngine:
             ``engine.tracker.state()`` on rank 0, saved with a :meth:`snapshot`);
             pass the same dict on every rank. Weights, hysteresis and classifier
             history then continue where they were.
+        thermostat_force: ``(N, 3)`` eV/Å, NVT only: the thermostat force of step
+            ``start_step`` of the run being continued (a :meth:`snapshot`'s
+            ``mlmix_thermostat_force`` array). Its drag was computed from the
+            half-step velocities, which a snapshot does not hold; with it the
+            continued run repeats the uninterrupted one bit for bit.
         comm: an mpi4py communicator spanning the LAMMPS ranks (default: world).
 
     Attributes:
@@ -345,6 +351,7 @@ class LammpsEngine:
         allow_approximate: bool = False,
         start_step: int = 0,
         tracker_state: dict | None = None,
+        thermostat_force: np.ndarray | None = None,
         comm=None,
     ) -> None:
         self.comm = comm or mpi_comm() or _SerialComm()
@@ -395,7 +402,15 @@ class LammpsEngine:
         self.frame = lammps_frame(atoms.cell.array, atoms.pbc, atoms.positions)
         self._cell_ase = atoms.cell.array.copy()
         self._pbc_ase = atoms.pbc.copy()
-        self._start_lammps(atoms, masses)
+        if thermostat_force is not None:
+            thermostat_force = np.asarray(thermostat_force, dtype=float)
+            if ensemble != "nvt" or thermostat_force.shape != (len(atoms), 3) \
+                    or not np.isfinite(thermostat_force).all():
+                raise ConfigurationError(
+                    f"thermostat_force must be a finite ({len(atoms)}, 3) array of an NVT "
+                    f"run, got shape {thermostat_force.shape} for ensemble {ensemble!r}")
+        self._start_lammps(atoms, masses, thermostat_force)
+        self._replay_thermostat = thermostat_force is not None
         self._root_atoms = None
         if self.is_root:
             # not wrapped: positions stay continuous with the input's
@@ -536,7 +551,8 @@ class LammpsEngine:
         cmds.append("neigh_modify every 1 delay 0 check yes")
         return cmds
 
-    def _start_lammps(self, atoms: Atoms, masses: list[float]) -> None:
+    def _start_lammps(self, atoms: Atoms, masses: list[float],
+                      thermostat_force: np.ndarray | None) -> None:
         fr = self.frame
         self._lmp = new_lammps()
         b, o = fr.box, fr.origin
@@ -585,6 +601,14 @@ class LammpsEngine:
         for c in cmds:
             err = ConfigurationError if c.startswith("compute") else CalculationError
             self._command(c, "setting up the LAMMPS engine", err)
+        if self.ensemble == "nvt":
+            self._command(f"fix mlmix_fth all property/atom {_FTH} 3 ghost no")
+            if thermostat_force is not None:
+                nlocal = int(self._lmp.extract_setting("nlocal"))
+                tag = np.asarray(self._lmp.numpy.extract_atom("id")[:nlocal], dtype=np.int64)
+                fth = self._lmp.numpy.extract_atom(_FTH)
+                if nlocal:
+                    fth[:nlocal] = (thermostat_force @ self.frame.rotation)[tag - 1]
         self._lmp.set_fix_external_callback(_FIX_EXT, self._callback)
         self._mvv2e = float(self._lmp.extract_global("mvv2e"))
         self._boltz = float(self._lmp.extract_global("boltz"))
@@ -741,6 +765,12 @@ class LammpsEngine:
             w = p
         else:
             w = np.ones(nlocal)
+        stored = self._lmp.numpy.extract_atom(_FTH)
+        stored = np.zeros((0, 3)) if stored is None else stored[:nlocal]  # rank without atoms
+        if self._replay_thermostat:  # the first call of a continued run: step start_step
+            self._replay_thermostat = False
+            fext[:nlocal] += stored
+            return
         v = np.asarray(self._lmp.numpy.extract_atom("v")[:nlocal])
         types = np.asarray(self._lmp.numpy.extract_atom("type")[:nlocal])
         m = self._type_mass[types][:, None]
@@ -750,7 +780,8 @@ class LammpsEngine:
         drag = -gamma * m * v * self._mvv2e  # eV/Å
         sigma = np.sqrt(2.0 * gamma * m * kt * self._mvv2e / dt)  # eV/Å
         noise = sigma * counter_normals(self.seed, step, tag)
-        fext[:nlocal] += w[:, None] * (drag + noise)
+        stored[:] = w[:, None] * (drag + noise)
+        fext[:nlocal] += stored
 
     def _set_plan(self, plan: tuple) -> None:
         index, weighted, p = plan
@@ -1012,17 +1043,22 @@ class LammpsEngine:
         Positions (Å, continuous: not wrapped back into the cell), momenta, the mixed
         forces (eV/Å, through a SinglePointCalculator; no energy, force mixing has
         none), and the per-atom arrays ``mlmix_id``, ``mlmix_p``, ``mlmix_expensive``,
-        ``mlmix_cheap``, in the frame of the input structure.
+        ``mlmix_cheap`` (and, NVT, ``mlmix_thermostat_force``, eV/Å, included in the
+        forces), in the frame of the input structure.
         """
         nlocal = int(self._lmp.extract_setting("nlocal"))
         tag = np.asarray(self._lmp.numpy.extract_atom("id")[:nlocal], dtype=np.int64)
         x = np.array(self._lmp.numpy.extract_atom("x")[:nlocal])
         v = np.array(self._lmp.numpy.extract_atom("v")[:nlocal])
         f = np.array(self._lmp.numpy.extract_atom("f")[:nlocal])
-        got = self._gather_by_tag(tag, x, v, f)
+        columns = [x, v, f]
+        if self.ensemble == "nvt":
+            fth = self._lmp.numpy.extract_atom(_FTH)
+            columns.append(np.array(fth[:nlocal]) if fth is not None else np.zeros((0, 3)))
+        got = self._gather_by_tag(tag, *columns)
         if not self.is_root:
             return None
-        xw, v, f = got
+        xw, v, f = got[:3]
         ra = self._root_atoms
         ra.positions = ra.positions + self.frame.min_image(xw - ra.positions)
         rot = self.frame.rotation
@@ -1034,6 +1070,8 @@ class LammpsEngine:
         atoms.arrays[ID_ARRAY] = np.arange(1, self.n_atoms + 1)
         if self.tracker.regions is not None:
             atoms.arrays.update(self.tracker.regions.per_atom_arrays())
+        if self.ensemble == "nvt":
+            atoms.arrays["mlmix_thermostat_force"] = got[3] @ rot.T
         atoms.calc = SinglePointCalculator(atoms, forces=f @ rot.T)
         return atoms
 

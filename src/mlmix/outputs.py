@@ -81,7 +81,8 @@ class TrajectoryWriter(_AppendFile):
             frame.arrays["forces"] = np.asarray(forces, float).copy()
         frame.info.update(step=int(step), time_fs=float(time_fs))
         buffer = io.StringIO()
-        write(buffer, frame, format="extxyz")
+        # parallel=False: under mpirun only rank 0 writes; ASE would otherwise broadcast
+        write(buffer, frame, format="extxyz", parallel=False)
         self._fh.write(buffer.getvalue())
         self._fh.flush()
 

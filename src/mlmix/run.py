@@ -156,7 +156,10 @@ def run(config: str | Path | RunConfig, *, resume: bool = False, overwrite: bool
     _prepare_dir(cfg, run_dir, resume, overwrite)
     setup = prepare(cfg, run_dir)
     try:
-        task = {"md": run_md, "relax": run_relax, "neb": run_neb}[cfg.task["kind"]]
+        if cfg.engine["kind"] == "lammps":
+            from .run_lammps import run_md_lammps as task
+        else:
+            task = {"md": run_md, "relax": run_relax, "neb": run_neb}[cfg.task["kind"]]
         summary = task(setup, resume=resume, overwrite=overwrite)
     finally:
         setup.close()
@@ -497,9 +500,11 @@ def _plot_path(relative: np.ndarray, path: Path) -> None:
 def main(args) -> int:
     summary = run(args.config, resume=args.resume, overwrite=args.overwrite,
                   output=args.output, progress=True if args.progress else None)
-    keys = [k for k in ("task", "n_atoms", "steps", "seconds_per_step_median", "converged",
-                        "barrier_eV", "drift_estimate_eV_per_ps") if k in summary]
-    print("; ".join(f"{k} = {summary[k]}" for k in keys))
+    keys = [k for k in ("task", "engine", "mpi_ranks", "n_atoms", "steps",
+                        "seconds_per_step_median", "converged", "barrier_eV",
+                        "drift_estimate_eV_per_ps") if k in summary]
+    if summary:  # {} on MPI ranks other than 0
+        print("; ".join(f"{k} = {summary[k]}" for k in keys))
     return 0
 
 

@@ -8,12 +8,16 @@ Sections (lengths Å, times fs, temperatures K, forces eV/Å)::
     [potentials.cheap]     the same for the cheap potential
     [regions]              r_core, r_blend, r_buff (default: the expensive cutoff),
                            blend, nevery, skin
-    [regions.seeds]        kind = "defect" | "indices" | "species" | "classifier"
+    [regions.seeds]        kind = "defect" | "indices" | "species" | "classifier" |
+                           "lammps_compute" (a LAMMPS per-atom compute, LAMMPS engine)
     [regions.hysteresis]   tau_in_fs, tau_out_fs
     [mixing]               subtract_mean_force, mask_cheap, allow_approximate
     [task]                 kind = "md" | "relax" | "neb" and its settings
     [output]               directory, trajectory_every, log_every, checkpoint_every,
                            progress, figures
+    [engine]               kind = "ase" (default) | "lammps" (MD only: LAMMPS integrates
+                           and computes the cheap potential, over MPI ranks when started
+                           with ``mpirun -np P mlmix run CONFIG``)
 
 ``examples/run-*.toml`` show each task. :func:`parse_run_config` records every mistake
 (unknown keys, wrong types, out-of-range values, missing files, settings that do not fit
@@ -61,6 +65,7 @@ THERMOSTAT_WEIGHTS = {"cheap", "expensive", "all"}
 QUANTITIES = {"coordination": {"r_cut": None},
               "centrosymmetry": {"r_cut": 3.6, "n_neighbours": 8}}
 MAX_TIMESTEP_FS = 10.0
+ENGINES = {"ase", "lammps"}
 
 # Nearest and second-neighbour distances in units of the lattice parameter.
 SHELLS = {"sc": (1.0, 2**0.5), "fcc": (0.5**0.5, 1.0), "bcc": (3**0.5 / 2, 1.0),
@@ -86,6 +91,7 @@ class RunConfig:
     mixing: dict
     task: dict
     output: dict
+    engine: dict
     raw: dict
 
 
@@ -225,11 +231,13 @@ def _seeds(p: Problems, regions: Mapping, builder: str | None) -> dict:
         seeds = {"kind": "defect"}
     if not seeds:
         return seeds
-    kind = p.choice(seeds, where, "kind", {"defect", "indices", "species", "classifier"})
+    kind = p.choice(seeds, where, "kind", {"defect", "indices", "species", "classifier",
+                                           "lammps_compute"})
+    averaged = {"lb", "ub", "nfreq", "window", "initial"}
     known = {"kind"} | {
         "defect": set(), "indices": {"indices"}, "species": {"species"},
-        "classifier": {"quantity", "lb", "ub", "nfreq", "window", "initial", "r_cut",
-                       "n_neighbours"},
+        "classifier": averaged | {"quantity", "r_cut", "n_neighbours"},
+        "lammps_compute": averaged | {"compute", "args"},
     }.get(kind, set())
     p.unknown_keys(seeds, where, known)
     if kind == "defect" and builder not in DEFECT_BUILDERS:
@@ -245,6 +253,17 @@ def _seeds(p: Problems, regions: Mapping, builder: str | None) -> dict:
         if not (isinstance(species, list) and species
                 and all(s in atomic_numbers for s in species)):
             p.add(f"{where}.species", f"must list element symbols, got {species!r}")
+    if kind == "lammps_compute":
+        compute = seeds.get("compute")
+        if not (isinstance(compute, str) and compute.endswith("/atom")):
+            p.add(f"{where}.compute", "must name a per-atom LAMMPS compute style such as "
+                  f"'coord/atom', 'cna/atom' or 'centro/atom', got {compute!r}")
+        seeds.setdefault("args", "")
+        if not isinstance(seeds["args"], str):
+            p.add(f"{where}.args", f"must be the compute's arguments as one string, e.g. "
+                  f"'cutoff 2.9' or 'bcc', got {seeds['args']!r}")
+    if kind in ("classifier", "lammps_compute"):
+        _averaged_seeds(p, seeds, where)
     if kind == "classifier":
         quantity = p.choice(seeds, where, "quantity", set(QUANTITIES))
         params = QUANTITIES.get(quantity, {})
@@ -260,16 +279,21 @@ def _seeds(p: Problems, regions: Mapping, builder: str | None) -> dict:
             if isinstance(n, int) and (n % 2 or n > 12):
                 p.add(f"{where}.n_neighbours", f"must be even and at most 12 (8 for bcc, "
                       f"12 for fcc), got {n}")
-        for key in ("lb", "ub"):
-            if key in seeds:
-                p.number(seeds, where, key)
-        if not ("lb" in seeds or "ub" in seeds):
-            p.add(where, "a classifier needs lb and/or ub (seeds: lb <= q <= ub)")
-        for key in ("nfreq", "window"):
-            p.number(seeds, where, key, 1, minimum=1, integer=True)
-        if "initial" in seeds:
-            _int_list(p, seeds, where, "initial")
     return seeds
+
+
+def _averaged_seeds(p: Problems, seeds: dict, where: str) -> None:
+    """Bounds and schedule of a time-averaged classifier (mlmix.seeds.ClassifierSeeds)."""
+    for key in ("lb", "ub"):
+        if key in seeds:
+            p.number(seeds, where, key)
+    if not ("lb" in seeds or "ub" in seeds):
+        p.add(where, "a classifier needs lb and/or ub (seeds: lb <= q <= ub)")
+    for key in ("nfreq", "window"):
+        seeds.setdefault(key, 1)
+        p.number(seeds, where, key, minimum=1, integer=True)
+    if "initial" in seeds:
+        _int_list(p, seeds, where, "initial")
 
 
 def _regions(p: Problems, raw: Mapping, task_kind: str | None) -> tuple[dict, dict | None]:
@@ -378,6 +402,33 @@ def _output(p: Problems, raw: Mapping, source_stem: str) -> dict:
     return o
 
 
+def _engine(p: Problems, raw: Mapping, cfg: Mapping) -> dict:
+    """``[engine]``; the LAMMPS engine runs MD with a LAMMPS cheap pair style only."""
+    e = p.section(raw, "engine", required=False)
+    p.unknown_keys(e, "engine", {"kind"})
+    kind = p.choice(e, "engine", "kind", ENGINES, e.setdefault("kind", "ase"))
+    if kind != "lammps":
+        if cfg["seeds"].get("kind") == "lammps_compute":
+            p.add("regions.seeds.kind", "'lammps_compute' needs engine.kind = 'lammps'; with "
+                  "the ASE engine use kind = 'classifier'")
+        return e
+    task, cheap, mixing = cfg["task"].get("kind"), cfg["cheap"], cfg["mixing"]
+    if task not in (None, "md"):
+        p.add("engine.kind", f"the LAMMPS engine runs MD; a {task} runs with kind = 'ase'")
+    if cheap and cheap.get("backend") != "lammps":
+        p.add("engine.kind", "the LAMMPS engine computes the cheap potential as a LAMMPS "
+              f"pair style: potentials.cheap.backend must be 'lammps', not "
+              f"{cheap.get('backend')!r}")
+    for key in ("subtract_mean_force", "mask_cheap"):
+        if mixing.get(key):
+            p.add(f"mixing.{key}", "is not available with the LAMMPS engine (it always "
+                  "evaluates the cheap potential on every atom); use kind = 'ase'")
+    if cfg["structure"].get("builder") == "dislocation":
+        p.add("engine.kind", "the LAMMPS engine does not hold atoms fixed yet, and the "
+              "dislocation builder fixes an outer shell; use kind = 'ase'")
+    return e
+
+
 def parse_run_config(raw: Mapping, base: Path = Path("."), source: str = "run config",
                      ) -> RunConfig:
     """Check a whole run config; raise every mistake in one ConfigurationError.
@@ -389,7 +440,7 @@ def parse_run_config(raw: Mapping, base: Path = Path("."), source: str = "run co
     """
     p = Problems(source)
     p.unknown_keys(raw, "top level", {"structure", "potentials", "regions", "mixing", "task",
-                                      "output"})
+                                      "output", "engine"})
     structure = _structure(p, raw, base)
     builder = structure.get("builder")
     pots = p.section(raw, "potentials")
@@ -406,7 +457,7 @@ def parse_run_config(raw: Mapping, base: Path = Path("."), source: str = "run co
     task = _task(p, raw, builder)
     regions, hyst = _regions(p, raw, task.get("kind"))
     seeds = _seeds(p, regions, builder)
-    if (seeds.get("kind") == "classifier" and regions.get("nevery")
+    if (seeds.get("kind") in ("classifier", "lammps_compute") and regions.get("nevery")
             and isinstance(seeds.get("nfreq"), int) and seeds["nfreq"] % regions["nevery"]):
         p.add("regions.seeds.nfreq", f"({seeds['nfreq']}) must be a multiple of "
               f"regions.nevery ({regions['nevery']})")
@@ -418,15 +469,17 @@ def parse_run_config(raw: Mapping, base: Path = Path("."), source: str = "run co
     for key in ("subtract_mean_force", "mask_cheap", "allow_approximate"):
         mixing[key] = _flag(p, mixing, "mixing", key, False)
     output = _output(p, raw, Path(source).stem)
+    engine = _engine(p, raw, {"task": task, "cheap": specs.get("cheap", {}), "seeds": seeds,
+                              "mixing": mixing, "structure": structure})
     p.raise_if_any()
     normalised = {
         "structure": structure, "potentials": specs,
         "regions": {**{k: v for k, v in regions.items() if k not in ("seeds", "hysteresis")},
                     "seeds": seeds, **({"hysteresis": hyst} if hyst else {})},
-        "mixing": mixing, "task": task, "output": output,
+        "mixing": mixing, "task": task, "output": output, "engine": engine,
     }
     return RunConfig(structure, specs["expensive"], specs["cheap"], regions, seeds, hyst,
-                     mixing, task, output, normalised)
+                     mixing, task, output, engine, normalised)
 
 
 # --------------------------------------------------------------------------- builders
@@ -506,8 +559,10 @@ def _read_structure(s: Mapping) -> Atoms:
     return atoms
 
 
-def build_seeds(seeds: Mapping, structure: Structure) -> Seeds:
-    """The seed source a checked ``[regions.seeds]`` table describes."""
+def build_seeds(seeds: Mapping, structure: Structure):
+    """The seed source a checked ``[regions.seeds]`` table describes: a
+    :class:`~mlmix.seeds.Seeds`, or for ``lammps_compute`` a
+    :class:`~mlmix.lammps_engine.LammpsClassifier` (LAMMPS engine only)."""
     kind = seeds["kind"]
     if kind == "defect":
         return IndexSeeds(structure.defect_seeds)
@@ -515,6 +570,12 @@ def build_seeds(seeds: Mapping, structure: Structure) -> Seeds:
         return IndexSeeds(seeds["indices"])
     if kind == "species":
         return SpeciesSeeds(seeds["species"])
+    if kind == "lammps_compute":
+        from .lammps_engine import LammpsClassifier
+
+        return LammpsClassifier(seeds["compute"], seeds["args"], seeds.get("lb", -np.inf),
+                                seeds.get("ub", np.inf), seeds["nfreq"], seeds["window"],
+                                seeds.get("initial", structure.defect_seeds))
     if seeds["quantity"] == "coordination":
         quantity = coordination(seeds["r_cut"])
     else:
@@ -536,15 +597,23 @@ def fixed_mask(atoms: Atoms) -> np.ndarray:
     return mask
 
 
+def build_spec(cfg: RunConfig, expensive_cutoff: float) -> RegionSpec:
+    """The region radii of a checked config; r_buff defaults to the expensive cutoff."""
+    r = cfg.regions
+    return RegionSpec(r["r_core"], r["r_blend"], r.get("r_buff", expensive_cutoff), r["blend"])
+
+
+def build_hysteresis(cfg: RunConfig) -> Hysteresis | None:
+    """The weights' time hysteresis of a checked config (None without one)."""
+    if not cfg.hysteresis:
+        return None
+    return Hysteresis(cfg.hysteresis.get("tau_in_fs", 0.0),
+                      cfg.hysteresis.get("tau_out_fs", 0.0), cfg.task["timestep_fs"])
+
+
 def build_tracker(cfg: RunConfig, structure: Structure, expensive_cutoff: float
                   ) -> RegionTracker:
-    """The region tracker of a checked config; r_buff defaults to the expensive cutoff."""
+    """The region tracker of a checked config (the ASE engine)."""
     r = cfg.regions
-    spec = RegionSpec(r["r_core"], r["r_blend"], r.get("r_buff", expensive_cutoff), r["blend"])
-    hysteresis = None
-    if cfg.hysteresis:
-        hysteresis = Hysteresis(cfg.hysteresis.get("tau_in_fs", 0.0),
-                                cfg.hysteresis.get("tau_out_fs", 0.0),
-                                cfg.task["timestep_fs"])
-    return RegionTracker(spec, build_seeds(cfg.seeds, structure), nevery=r["nevery"],
-                         hysteresis=hysteresis, skin=r["skin"])
+    return RegionTracker(build_spec(cfg, expensive_cutoff), build_seeds(cfg.seeds, structure),
+                         nevery=r["nevery"], hysteresis=build_hysteresis(cfg), skin=r["skin"])
