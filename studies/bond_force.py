@@ -31,26 +31,22 @@ Run: ``python studies/bond_force.py [--quick] [--out DIR]`` (writes
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import ROOT, expensive_properties, header, parse_args, save, save_figure
 from ase import Atoms, units
 from ase.constraints import FixAtoms
 from ase.optimize import FIRE
 
-import mlmix
 from mlmix import IndexSeeds, MixedCalculator, RegionLangevin, RegionSpec, RegionTracker
 from mlmix.potentials import LammpsPotential
 from mlmix.structures import cubic_supercell, thermalize
 
-ROOT = Path(__file__).resolve().parents[1]
 EXPENSIVE_FILE = "Si_Zuo_JPCA2020.quadratic"
 CHEAP_STEM = ROOT / "examples" / "fit-si" / "Si_linear_snap"
 CONTRAST_FILE = "Si.tersoff"
-FIT_REPORT = ROOT / "examples" / "fit-si" / "report.json"
 
 FULL = {"repeat": 3, "r_core_A": (0.0, 3.0, 6.0, 8.0), "contrast_r_core_A": (0.0, 3.0, 6.0, 8.0),
         "equilibration_steps": 150, "production_steps": 500, "sample_every": 1, "n_blocks": 10}
@@ -66,7 +62,7 @@ PRERELAX_FMAX = 0.02  # eV/Å, the all-expensive relaxation every run starts fro
 
 def lattice_parameter() -> float:
     """Relaxed lattice parameter (Å) of the expensive Si SNAP, from the fit report."""
-    return float(json.loads(FIT_REPORT.read_text())["models"]["expensive"]["lattice_parameter_A"])
+    return float(expensive_properties("fit-si")["lattice_parameter_A"])
 
 
 def stretched_bond(a: float, repeat: int, stretch: float) -> tuple[Atoms, int, int]:
@@ -268,24 +264,16 @@ def plot(result: dict, path: Path) -> None:
     ax.set_title(f"Si, {result['n_atoms']} atoms, bond +{100 * STRETCH:.0f} % held, "
                  f"thermostat {setup['temperature_K']:.0f} K", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke-sized run (< 40 s)")
-    parser.add_argument("--out", type=Path, default=ROOT / "studies" / "results")
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, argv)
     setup = dict(QUICK if args.quick else FULL)
     t0 = time.perf_counter()
     result = study(setup, args.seed)
     result = {
-        "study": "bond_force",
-        "mlmix_version": mlmix.__version__,
-        "quick": args.quick,
+        **header("bond_force", args.quick),
         "setup": {
             **setup, "expensive": EXPENSIVE_FILE,
             "cheap": str(CHEAP_STEM.relative_to(ROOT)) + ".snapcoeff",
@@ -302,8 +290,7 @@ def main(argv=None) -> dict:
         **result,
         "wall_seconds": time.perf_counter() - t0,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bond_force.json").write_text(json.dumps(result, indent=1))
+    save(result, args.out, "bond_force")
     plot(result, args.out / "bond_force.png")
     return result
 

@@ -16,16 +16,14 @@ Run: ``python studies/he_diffusion.py [--quick] [--out DIR]`` (writes
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import ROOT, expensive_properties, header, parse_args, save, save_figure
 from ase import Atoms, units
 from ase.data import atomic_numbers
 
-import mlmix
 from mlmix import (
     MixedCalculator,
     RegionLangevin,
@@ -42,10 +40,8 @@ from mlmix.structures import (
     thermalize,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 EXPENSIVE_FILE = "W_2940_2017_2_He_JW2013.snap"
 CHEAP_FILE = ROOT / "examples" / "fit-w" / "W_linear_snap.snapcoeff"
-FIT_REPORT = ROOT / "examples" / "fit-w" / "report.json"
 
 FULL = {"repeat": 4, "temperatures_K": (1000.0, 1500.0), "equilibration_steps": 300,
             "production_steps": 5000, "n_blocks": 4, "sample_every": 10}
@@ -61,7 +57,7 @@ FIT_FROM = 0.2  # fraction of the block length: MSD slope fitted from here (no b
 
 def lattice_parameter() -> float:
     """The relaxed lattice parameter (Å) of W_2940_2017_2, from the fit report."""
-    return float(json.loads(FIT_REPORT.read_text())["models"]["expensive"]["lattice_parameter_A"])
+    return float(expensive_properties("fit-w")["lattice_parameter_A"])
 
 
 def he_in_w(a: float, repeat: int) -> tuple[Atoms, int]:
@@ -217,7 +213,7 @@ def one_temperature(temperature: float, setup: dict, a: float, expensive, cheap,
             "D_blocks_A2_per_ps": d_blocks.tolist(),
             "mean_temperature_K": float(raw["temperatures"].mean()),
             "msd_A2": msd.tolist(), "msd_lag_ps": (np.arange(len(msd)) * dt_ps).tolist(),
-            "total_he_path_A": float(np.linalg.norm(r[-1] - r[0])),
+            "net_he_displacement_A": float(np.linalg.norm(r[-1] - r[0])),
             "wall_seconds": raw["seconds"], "ms_per_step": raw["ms_per_step"],
         }
     out["mixed"]["region_counts_last_step"] = counts
@@ -281,26 +277,18 @@ def figure(result: dict, path: Path) -> None:
     ax2.set_ylabel("He mean-squared displacement (Å$^2$)")
     ax2.set_title("block-averaged MSD")
     ax2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke-sized run (< 40 s)")
-    parser.add_argument("--out", type=Path, default=ROOT / "studies" / "results")
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, argv)
     setup = dict(QUICK if args.quick else FULL)
     t_start = time.perf_counter()
     a = lattice_parameter()
     expensive = LammpsPotential.from_include(EXPENSIVE_FILE, ["W", "He"])
     cheap = LammpsPotential.snap(CHEAP_FILE, ["W"])
     result = {
-        "study": "He interstitial diffusion in bcc W",
-        "mlmix_version": mlmix.__version__,
-        "quick": args.quick,
+        **header("He interstitial diffusion in bcc W", args.quick),
         "setup": {
             **{k: list(v) if isinstance(v, tuple) else v for k, v in setup.items()},
             "n_W": 2 * setup["repeat"] ** 3, "n_He": 1,
@@ -332,8 +320,7 @@ def main(argv=None) -> dict:
         if (d > 0).all() and (e > 0).all():
             result[f"arrhenius_{name}"] = arrhenius(temps, d, e)
     result["wall_seconds_total"] = time.perf_counter() - t_start
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "he_diffusion.json").write_text(json.dumps(result, indent=1))
+    save(result, args.out, "he_diffusion")
     figure(result, args.out / "he_diffusion.png")
     for t in temps:
         r = result["temperatures"][str(t)]

@@ -17,16 +17,14 @@ Run: ``python studies/screw_dislocation.py [--quick] [--out DIR]`` (writes
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import ROOT, expensive_properties, header, parse_args, save, save_figure
 from ase import Atoms, units
 from ase.constraints import FixAtoms
 
-import mlmix
 from mlmix import (
     ClassifierSeeds,
     Hysteresis,
@@ -39,10 +37,8 @@ from mlmix.potentials import LammpsPotential
 from mlmix.seeds import centrosymmetry, masked
 from mlmix.structures import bcc_screw_dislocation, thermalize
 
-ROOT = Path(__file__).resolve().parents[1]
 EXPENSIVE_FILE = "W_2940_2017_2.snap"
 CHEAP_FILE = ROOT / "examples" / "fit-w" / "W_linear_snap.snapcoeff"
-FIT_REPORT = ROOT / "examples" / "fit-w" / "report.json"
 
 FULL = {"radius": 20.0, "n_burgers": 4, "steps": 1200, "sample_every": 20}
 QUICK = {"radius": 12.0, "n_burgers": 3, "steps": 100, "sample_every": 20}
@@ -65,7 +61,7 @@ def elastic_data() -> dict:
     They were computed by :mod:`mlmix.fitting.elastic` on the relaxed expensive cell
     when ``examples/fit-w`` was made (``mlmix fit examples/fit-w.toml``).
     """
-    model = json.loads(FIT_REPORT.read_text())["models"]["expensive"]
+    model = expensive_properties("fit-w")
     return {"a": model["lattice_parameter_A"], **{k: model["cubic"][k] for k in ("C11", "C12", "C44")}}
 
 
@@ -231,17 +227,11 @@ def figure(result: dict, snapshot: Atoms, fixed: np.ndarray, path: Path) -> None
     ax2.set_ylabel("y = [-110] (Å)")
     ax2.set_title("mixed run, last step, projected along [111]")
     ax2.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke-sized run (< 40 s)")
-    parser.add_argument("--out", type=Path, default=ROOT / "studies" / "results")
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, argv)
     setup = dict(QUICK if args.quick else FULL)
     t_start = time.perf_counter()
     el = elastic_data()
@@ -250,9 +240,7 @@ def main(argv=None) -> dict:
     atoms, fixed = sheared_cylinder(setup, el)
     mu = glide_shear_modulus(el["C11"], el["C12"], el["C44"])
     result = {
-        "study": "1/2<111> screw dislocation gliding in bcc W",
-        "mlmix_version": mlmix.__version__,
-        "quick": args.quick,
+        **header("1/2<111> screw dislocation gliding in bcc W", args.quick),
         "setup": {
             **setup, "fix_width_A": FIX_WIDTH, "n_atoms": len(atoms),
             "n_fixed": int(fixed.sum()),
@@ -294,8 +282,7 @@ def main(argv=None) -> dict:
     m, e = result["runs"]["mixed"], result["runs"]["expensive"]
     result["speedup_per_step"] = e["ms_per_step"] / m["ms_per_step"]
     result["wall_seconds_total"] = time.perf_counter() - t_start
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "screw_dislocation.json").write_text(json.dumps(result, indent=1))
+    save(result, args.out, "screw_dislocation")
     figure(result, snapshot, fixed, args.out / "screw_dislocation.png")
     for name in ("mixed", "expensive"):
         r = result["runs"][name]

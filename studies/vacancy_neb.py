@@ -23,18 +23,16 @@ Run: ``python studies/vacancy_neb.py [--quick] [--out DIR]`` (writes
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import ROOT, expensive_properties, header, parse_args, save, save_figure
 from ase import Atoms
 from ase.mep import NEB
 from ase.optimize import FIRE
 
-import mlmix
 from mlmix import (
     CalculationError,
     IndexSeeds,
@@ -45,10 +43,8 @@ from mlmix import (
 from mlmix.potentials import LammpsPotential
 from mlmix.structures import cubic_supercell
 
-ROOT = Path(__file__).resolve().parents[1]
 EXPENSIVE_FILE = "Si_Zuo_JPCA2020.quadratic"
 CHEAP_STEM = ROOT / "examples" / "fit-si" / "Si_linear_snap"
-FIT_REPORT = ROOT / "examples" / "fit-si" / "report.json"
 
 FULL = {"repeat": 4, "n_images": 5, "fmax_eV_per_A": 0.01, "max_steps": 1000,
         "endpoint_max_steps": 1000, "r_core_A": (0.0, 2.5, 4.0, 5.0)}
@@ -61,7 +57,7 @@ TARGET_MEV = 1.0
 
 def lattice_parameter() -> float:
     """Relaxed lattice parameter (Å) of the expensive Si SNAP, from the fit report."""
-    return float(json.loads(FIT_REPORT.read_text())["models"]["expensive"]["lattice_parameter_A"])
+    return float(expensive_properties("fit-si")["lattice_parameter_A"])
 
 
 def hop_endpoints(a: float, repeat: int) -> tuple[Atoms, Atoms, int, np.ndarray]:
@@ -211,23 +207,16 @@ def plot(result: dict, path: Path) -> None:
     bx.set_xlabel(f"r_core (Å), r_blend = {R_BLEND_A:g} Å")
     bx.set_ylabel("|barrier mixed - all-expensive| (meV)")
     bx.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke-sized run (< 40 s)")
-    parser.add_argument("--out", type=Path, default=ROOT / "studies" / "results")
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, argv, seed=False)
     setup = dict(QUICK if args.quick else FULL)
     t0 = time.perf_counter()
     result = study(setup)
     result = {
-        "study": "vacancy_neb",
-        "mlmix_version": mlmix.__version__,
-        "quick": args.quick,
+        **header("vacancy_neb", args.quick),
         "setup": {
             **setup, "expensive": EXPENSIVE_FILE,
             "cheap": str(CHEAP_STEM.relative_to(ROOT)) + ".snapcoeff",
@@ -239,8 +228,7 @@ def main(argv=None) -> dict:
         **result,
         "wall_seconds": time.perf_counter() - t0,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "vacancy_neb.json").write_text(json.dumps(result, indent=1))
+    save(result, args.out, "vacancy_neb")
     plot(result, args.out / "vacancy_neb.png")
     return result
 

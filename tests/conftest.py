@@ -60,3 +60,16 @@ def energies_and_forces(pot, frames):
         energies.append(ev.energies.sum())
         forces.append(ev.forces.ravel())
     return np.array(energies), np.concatenate(forces)
+
+
+@pytest.fixture(scope="module")
+def sw_tersoff_pair():
+    """Si: Stillinger-Weber as the expensive potential, Tersoff as the cheap one (both
+    shipped with LAMMPS, both fast); closed after the module."""
+    from mlmix.potentials.lammps import LammpsPotential
+
+    expensive = LammpsPotential.sw("Si.sw", ["Si"])
+    cheap = LammpsPotential.tersoff("Si.tersoff", ["Si"])
+    yield expensive, cheap
+    expensive.close()
+    cheap.close()

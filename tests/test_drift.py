@@ -27,7 +27,6 @@ from mlmix import (
 from mlmix.config import dump_toml
 from mlmix.drift import add_parser, drift_from_frames, linear_fit, run_drift
 from mlmix.outputs import TrajectoryWriter
-from mlmix.potentials.lammps import LammpsPotential
 from mlmix.structures import thermalize
 
 DT_FS = 2.0
@@ -40,15 +39,6 @@ SKIP_FS = 200.0  # the cheap region's equilibration: a step in E_exp + KE, not a
 # Hamiltonian, with no trend.
 OMEGA_MAX = 2 * np.pi * 18e-3  # rad/fs
 SW_SPEC = {"backend": "lammps", "style": "sw", "file": "Si.sw", "species": ["Si"]}
-
-
-@pytest.fixture(scope="module")
-def si_pair():
-    expensive = LammpsPotential.sw("Si.sw", ["Si"])
-    cheap = LammpsPotential.tersoff("Si.tersoff", ["Si"])
-    yield expensive, cheap
-    expensive.close()
-    cheap.close()
 
 
 def nve_frames(calc, steps=STEPS, seed=1):
@@ -82,13 +72,13 @@ def mixed_calculator(pair, r_blend=2.0):
 
 
 @pytest.fixture(scope="module")
-def conservative(si_pair):
-    return nve_frames(si_pair[0].as_calculator())
+def conservative(sw_tersoff_pair):
+    return nve_frames(sw_tersoff_pair[0].as_calculator())
 
 
 @pytest.fixture(scope="module")
-def mixed(si_pair):
-    return nve_frames(mixed_calculator(si_pair))
+def mixed(sw_tersoff_pair):
+    return nve_frames(mixed_calculator(sw_tersoff_pair))
 
 
 def integrator_bound(result) -> float:
@@ -101,10 +91,10 @@ def integrator_bound(result) -> float:
 # ------------------------------------------------------------------------ physics
 
 
-def test_energies_are_expensive_potential_plus_kinetic(si_pair, mixed):
+def test_energies_are_expensive_potential_plus_kinetic(sw_tersoff_pair, mixed):
     frames = mixed[::20]
-    result = drift_from_frames(frames, si_pair[0])
-    epot = [si_pair[0].as_calculator().get_potential_energy(f) for f in frames]
+    result = drift_from_frames(frames, sw_tersoff_pair[0])
+    epot = [sw_tersoff_pair[0].as_calculator().get_potential_energy(f) for f in frames]
     ekin = [0.5 * np.sum(f.get_momenta() ** 2 / f.get_masses()[:, None]) for f in frames]
     assert_allclose(result.potential_energy_eV, epot, rtol=0, atol=1e-9)
     assert_allclose(result.kinetic_energy_eV, ekin, rtol=1e-12)
@@ -122,17 +112,17 @@ def test_slope_and_error_match_numpy_polyfit():
     assert_allclose([b, a, err], [coef[0], coef[1], np.sqrt(cov[0, 0])], rtol=1e-9)
 
 
-def test_conservative_nve_has_no_drift(si_pair, conservative):
-    result = drift_from_frames(after(conservative), si_pair[0])
+def test_conservative_nve_has_no_drift(sw_tersoff_pair, conservative):
+    result = drift_from_frames(after(conservative), sw_tersoff_pair[0])
     bound = integrator_bound(result)
     assert abs(result.slope_eV_per_ps) < bound, (result.slope_eV_per_ps, bound)
     # the frames really carry thermal motion: the test is not trivially at rest
     assert result.kinetic_energy_eV.min() > 2.0  # eV for 64 atoms, ~250 K
 
 
-def test_force_mixing_drift_is_clearly_above_the_integrator_bound(si_pair, conservative, mixed):
-    reference = drift_from_frames(after(conservative), si_pair[0])
-    result = drift_from_frames(after(mixed), si_pair[0])
+def test_force_mixing_drift_is_clearly_above_the_integrator_bound(sw_tersoff_pair, conservative, mixed):
+    reference = drift_from_frames(after(conservative), sw_tersoff_pair[0])
+    result = drift_from_frames(after(mixed), sw_tersoff_pair[0])
     bound = integrator_bound(result)
     # same start, same integrator: only the non-conservative mixed force differs
     assert result.slope_eV_per_ps > 5 * bound, (result.slope_eV_per_ps, bound)
@@ -159,12 +149,12 @@ def write_run_dir(path, frames, task):
 NVE_TASK = {"kind": "md", "ensemble": "nve", "timestep_fs": DT_FS}
 
 
-def test_extxyz_round_trip_gives_the_in_memory_result(tmp_path, si_pair, mixed):
+def test_extxyz_round_trip_gives_the_in_memory_result(tmp_path, sw_tersoff_pair, mixed):
     frames = mixed[::4]
     assert "mlmix_p" in frames[0].arrays  # the frames carry what a mixed run stores
     run_dir = write_run_dir(tmp_path / "run", frames, NVE_TASK)
     report = run_drift(run_dir)
-    memory = drift_from_frames(frames, si_pair[0])
+    memory = drift_from_frames(frames, sw_tersoff_pair[0])
     # extended XYZ stores 8 decimals: energies agree to ~1e-6 eV
     assert_allclose(report["total_energy_eV"], memory.total_energy_eV, rtol=0, atol=1e-5)
     assert_allclose(report["slope_eV_per_ps"], memory.slope_eV_per_ps, rtol=1e-5)
@@ -213,32 +203,32 @@ def test_cli_prints_the_slope(tmp_path, mixed, capsys):
 # ------------------------------------------------------------------------ errors
 
 
-def test_too_few_frames(si_pair, mixed):
+def test_too_few_frames(sw_tersoff_pair, mixed):
     with pytest.raises(ConfigurationError, match="at least 3 frames.*got 2"):
-        drift_from_frames(mixed[:2], si_pair[0])
+        drift_from_frames(mixed[:2], sw_tersoff_pair[0])
 
 
-def test_frames_without_momenta(si_pair, mixed):
+def test_frames_without_momenta(sw_tersoff_pair, mixed):
     frames = [f.copy() for f in mixed[:4]]
     del frames[2].arrays["momenta"]
     with pytest.raises(ConfigurationError, match="1 of 4 frames have no momenta.*frame 2"):
-        drift_from_frames(frames, si_pair[0])
+        drift_from_frames(frames, sw_tersoff_pair[0])
 
 
-def test_frames_without_time_or_out_of_order(si_pair, mixed):
+def test_frames_without_time_or_out_of_order(sw_tersoff_pair, mixed):
     frames = [f.copy() for f in mixed[:4]]
     del frames[1].info["time_fs"]
     with pytest.raises(ConfigurationError, match="no atoms.info\\['time_fs'\\]"):
-        drift_from_frames(frames, si_pair[0])
+        drift_from_frames(frames, sw_tersoff_pair[0])
     with pytest.raises(ConfigurationError, match="strictly increasing"):
-        drift_from_frames([mixed[3], mixed[1], mixed[2]], si_pair[0])
+        drift_from_frames([mixed[3], mixed[1], mixed[2]], sw_tersoff_pair[0])
 
 
-def test_frames_of_different_systems(si_pair, mixed):
+def test_frames_of_different_systems(sw_tersoff_pair, mixed):
     frames = [f.copy() for f in mixed[:3]]
     del frames[1][5]
     with pytest.raises(ConfigurationError, match="different numbers of atoms"):
-        drift_from_frames(frames, si_pair[0])
+        drift_from_frames(frames, sw_tersoff_pair[0])
 
 
 def test_run_dir_errors(tmp_path, mixed):

@@ -18,20 +18,10 @@ from mlmix import (
     RegionTracker,
 )
 from mlmix.md import RegionLangevin
-from mlmix.potentials.lammps import LammpsPotential
 from mlmix.structures import thermalize
 
 DT = 1.0 * units.fs
 FRICTION = 0.02 / units.fs
-
-
-@pytest.fixture(scope="module")
-def si_pair():
-    expensive = LammpsPotential.sw("Si.sw", ["Si"])
-    cheap = LammpsPotential.tersoff("Si.tersoff", ["Si"])
-    yield expensive, cheap
-    expensive.close()
-    cheap.close()
 
 
 def si_cell(pair, r_core=3.0, r_blend=3.0, temperature_K=600.0, seed=0):
@@ -50,8 +40,8 @@ def si_cell(pair, r_core=3.0, r_blend=3.0, temperature_K=600.0, seed=0):
 
 
 @pytest.mark.parametrize("weights, r_core", [("all", 3.0), (None, 3.0), ("expensive", 20.0)])
-def test_unit_weights_are_ase_langevin_bit_for_bit(si_pair, weights, r_core):
-    a, b = si_cell(si_pair, r_core=r_core), si_cell(si_pair, r_core=r_core)
+def test_unit_weights_are_ase_langevin_bit_for_bit(sw_tersoff_pair, weights, r_core):
+    a, b = si_cell(sw_tersoff_pair, r_core=r_core), si_cell(sw_tersoff_pair, r_core=r_core)
     RegionLangevin(a, DT, temperature_K=600, friction=FRICTION, weights=weights,
                    rng=np.random.default_rng(5)).run(25)
     Langevin(b, DT, temperature_K=600, friction=FRICTION, fixcm=False,
@@ -60,10 +50,10 @@ def test_unit_weights_are_ase_langevin_bit_for_bit(si_pair, weights, r_core):
     assert_array_equal(a.get_momenta(), b.get_momenta())
 
 
-def test_weights_all_equilibrates_to_target_temperature(si_pair):
+def test_weights_all_equilibrates_to_target_temperature(sw_tersoff_pair):
     # every atom in the core: pure SW, conservative forces, so Langevin samples the
     # canonical ensemble and <T_kin> = T (3N degrees of freedom, no constraint)
-    atoms = si_cell(si_pair, r_core=20.0, temperature_K=200.0)
+    atoms = si_cell(sw_tersoff_pair, r_core=20.0, temperature_K=200.0)
     target = 600.0
     dyn = RegionLangevin(atoms, 2.0 * units.fs, temperature_K=target,
                          friction=FRICTION, weights="all", rng=11)
@@ -78,9 +68,9 @@ def test_weights_all_equilibrates_to_target_temperature(si_pair):
     assert abs(mean - target) < 4 * err, (mean, err)
 
 
-def test_core_atoms_with_p1_follow_velocity_verlet(si_pair):
+def test_core_atoms_with_p1_follow_velocity_verlet(sw_tersoff_pair):
     # every atom has p = 1: weights="cheap" must be plain velocity Verlet
-    a, b = si_cell(si_pair, r_core=20.0), si_cell(si_pair, r_core=20.0)
+    a, b = si_cell(sw_tersoff_pair, r_core=20.0), si_cell(sw_tersoff_pair, r_core=20.0)
     dyn = RegionLangevin(a, DT, temperature_K=600, friction=0.1 / units.fs,
                          weights="cheap", rng=3)
     dyn.run(40)
@@ -91,8 +81,8 @@ def test_core_atoms_with_p1_follow_velocity_verlet(si_pair):
 
 
 @pytest.mark.parametrize("weights", ["cheap", "expensive"])
-def test_thermostat_increment_vanishes_where_weight_is_zero(si_pair, weights):
-    atoms = si_cell(si_pair)
+def test_thermostat_increment_vanishes_where_weight_is_zero(sw_tersoff_pair, weights):
+    atoms = si_cell(sw_tersoff_pair)
     calc = atoms.calc
     atoms.get_forces()
     p0 = calc.regions.p.copy()
@@ -127,16 +117,16 @@ def test_thermostat_increment_vanishes_where_weight_is_zero(si_pair, weights):
     assert_allclose(dyn.c5, DT**1.5 * w * sigma / (2 * np.sqrt(3)), rtol=1e-14)
 
 
-def test_callable_and_array_fallback_match_cheap(si_pair):
-    a, b = si_cell(si_pair), si_cell(si_pair)
+def test_callable_and_array_fallback_match_cheap(sw_tersoff_pair):
+    a, b = si_cell(sw_tersoff_pair), si_cell(sw_tersoff_pair)
     RegionLangevin(a, DT, temperature_K=600, friction=FRICTION, weights="cheap", rng=7).run(15)
     RegionLangevin(b, DT, temperature_K=600, friction=FRICTION, rng=7,
                    weights=lambda atoms: 1 - atoms.arrays["mlmix_p"]).run(15)
     assert_array_equal(a.positions, b.positions)
 
     # a plain calculator: p comes from the atoms' mlmix_p array
-    expensive, _ = si_pair
-    c = si_cell(si_pair)
+    expensive, _ = sw_tersoff_pair
+    c = si_cell(sw_tersoff_pair)
     c.calc = expensive.as_calculator()
     p = np.zeros(len(c))
     p[:10] = 1.0
@@ -147,10 +137,10 @@ def test_callable_and_array_fallback_match_cheap(si_pair):
     assert_array_equal(dyn.rnd_pos[:10], 0.0)
 
 
-def test_same_seed_same_trajectory(si_pair):
+def test_same_seed_same_trajectory(sw_tersoff_pair):
     runs = []
     for seed in (42, 42, 43):
-        atoms = si_cell(si_pair)
+        atoms = si_cell(sw_tersoff_pair)
         RegionLangevin(atoms, DT, temperature_K=600, friction=FRICTION, rng=seed).run(20)
         runs.append(atoms.positions.copy())
     assert_array_equal(runs[0], runs[1])
@@ -165,17 +155,17 @@ def test_same_seed_same_trajectory(si_pair):
     ({"weights": "core"}, r"weights must be 'cheap', 'expensive', 'all', None or a callable"),
     ({"rng": np.random.RandomState(0)}, r"rng must be a numpy.random.Generator .*RandomState"),
 ])
-def test_bad_arguments(si_pair, kwargs, message):
-    atoms = si_cell(si_pair)
+def test_bad_arguments(sw_tersoff_pair, kwargs, message):
+    atoms = si_cell(sw_tersoff_pair)
     args = {"timestep": DT, "temperature_K": 600.0, "friction": FRICTION} | kwargs
     with pytest.raises(ConfigurationError, match=message):
         RegionLangevin(atoms, **args)
 
 
 @pytest.mark.parametrize("weights", ["cheap", "expensive"])
-def test_missing_region_weights(si_pair, weights):
-    atoms = si_cell(si_pair)
-    atoms.calc = si_pair[0].as_calculator()  # not a MixedCalculator, no mlmix_p
+def test_missing_region_weights(sw_tersoff_pair, weights):
+    atoms = si_cell(sw_tersoff_pair)
+    atoms.calc = sw_tersoff_pair[0].as_calculator()  # not a MixedCalculator, no mlmix_p
     with pytest.raises(ConfigurationError,
                        match=r"needs the region weights p_i, but atoms.calc \(PotentialCalculator\) "
                              r"has no regions and atoms.arrays has no 'mlmix_p'"):
@@ -184,8 +174,8 @@ def test_missing_region_weights(si_pair, weights):
     RegionLangevin(atoms, DT, temperature_K=600, friction=FRICTION, weights="all", rng=2).run(2)
 
 
-def test_bad_callable_weights(si_pair):
-    atoms = si_cell(si_pair)
+def test_bad_callable_weights(sw_tersoff_pair):
+    atoms = si_cell(sw_tersoff_pair)
     dyn = RegionLangevin(atoms, DT, temperature_K=600, friction=FRICTION, rng=2,
                          weights=lambda a: np.ones(3))
     with pytest.raises(ConfigurationError, match=r"shape \(64,\), one per atom, got \(3,\)"):

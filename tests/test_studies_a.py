@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,10 @@ STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
 
 def load_study(name: str):
-    """Import studies/<name>.py as a module (studies/ is not a package)."""
+    """Import studies/<name>.py as a module (studies/ is not a package; its scripts
+    import their shared studies/_common.py as a top-level module)."""
+    if str(STUDIES) not in sys.path:
+        sys.path.insert(0, str(STUDIES))
     spec = importlib.util.spec_from_file_location(f"study_{name}", STUDIES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

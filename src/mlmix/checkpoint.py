@@ -85,3 +85,26 @@ def load_checkpoint(path: str | Path) -> dict:
             f"{path} has checkpoint format {meta.get('format')!r}; this mlmix reads {FORMAT}"
         )
     return _join(meta["state"], arrays)
+
+
+def atoms_state(atoms) -> dict:
+    """What a checkpoint keeps of a structure: numbers, positions (Å), momenta, cell,
+    pbc and the per-atom identities (``mlmix_id``)."""
+    from .identity import ID_ARRAY
+
+    return {"numbers": atoms.numbers, "positions": atoms.positions,
+            "momenta": atoms.get_momenta(), "cell": atoms.cell.array, "pbc": atoms.pbc,
+            "ids": atoms.arrays[ID_ARRAY]}
+
+
+def atoms_from_state(state: dict, constraints=()):
+    """The structure :func:`atoms_state` saved, with ``constraints`` (copied) applied."""
+    from ase import Atoms
+
+    from .identity import ID_ARRAY
+
+    atoms = Atoms(state["numbers"], state["positions"], cell=state["cell"], pbc=state["pbc"],
+                  momenta=state["momenta"])
+    atoms.arrays[ID_ARRAY] = state["ids"]
+    atoms.set_constraint([c.copy() for c in constraints])
+    return atoms

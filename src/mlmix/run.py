@@ -31,10 +31,9 @@ import numpy as np
 from ase import Atoms, units
 
 from . import __version__
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import atoms_from_state, atoms_state, load_checkpoint, save_checkpoint
 from .config import dump_toml, load_toml
 from .errors import CalculationError, ConfigurationError
-from .identity import ID_ARRAY
 from .mixing import MixedCalculator
 from .outputs import (
     LOG_COLUMNS,
@@ -222,9 +221,7 @@ def _md_state(step: int, atoms: Atoms, calc: MixedCalculator, rng, drift: DriftE
               traj: TrajectoryWriter, log: TableLog, wall: float) -> dict:
     return {
         "step": step,
-        "atoms": {"numbers": atoms.numbers, "positions": atoms.positions,
-                  "momenta": atoms.get_momenta(), "cell": atoms.cell.array, "pbc": atoms.pbc,
-                  "ids": atoms.arrays[ID_ARRAY]},
+        "atoms": atoms_state(atoms),
         "tracker": calc.tracker.state(),
         "calculator_step": calc.step,
         "rng": rng.bit_generator.state,
@@ -247,11 +244,7 @@ def run_md(setup: Setup, *, resume: bool = False, overwrite: bool = False) -> di
             thermalize(atoms, task["temperature_K"], np.random.default_rng(seeds[0]))
         start, wall0 = 0, 0.0
     else:
-        a = state["atoms"]
-        atoms = Atoms(a["numbers"], a["positions"], cell=a["cell"], pbc=a["pbc"],
-                      momenta=a["momenta"])
-        atoms.arrays[ID_ARRAY] = a["ids"]
-        atoms.set_constraint([c.copy() for c in setup.structure.atoms.constraints])
+        atoms = atoms_from_state(state["atoms"], setup.structure.atoms.constraints)
         calc.tracker.restore(state["tracker"])
         rng.bit_generator.state = state["rng"]
         start, wall0 = int(state["step"]), float(state["wall_seconds"])

@@ -31,8 +31,7 @@ import time
 import numpy as np
 from ase import Atoms
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .identity import ID_ARRAY
+from .checkpoint import atoms_from_state, atoms_state, load_checkpoint, save_checkpoint
 from .outputs import (
     LOG_COLUMNS,
     TableLog,
@@ -59,11 +58,8 @@ def _start_atoms(setup, state: dict | None) -> tuple[Atoms, int, float]:
             seed = np.random.SeedSequence(task["seed"]).spawn(2)[0]
             thermalize(atoms, task["temperature_K"], np.random.default_rng(seed))
         return atoms, 0, 0.0
-    a = state["atoms"]
-    atoms = Atoms(a["numbers"], a["positions"], cell=a["cell"], pbc=a["pbc"],
-                  momenta=a["momenta"])
-    atoms.arrays[ID_ARRAY] = a["ids"]
-    return atoms, int(state["step"]), float(state["wall_seconds"])
+    return (atoms_from_state(state["atoms"]), int(state["step"]),
+            float(state["wall_seconds"]))
 
 
 def _output_period(out: dict) -> int:
@@ -122,9 +118,7 @@ class _RootOutputs:
         if fresh or self._due(step, "checkpoint_every"):
             save_checkpoint(self.setup.run_dir / "checkpoint.npz", {
                 "step": step,
-                "atoms": {"numbers": atoms.numbers, "positions": atoms.positions,
-                          "momenta": atoms.get_momenta(), "cell": atoms.cell.array,
-                          "pbc": atoms.pbc, "ids": atoms.arrays[ID_ARRAY]},
+                "atoms": atoms_state(atoms),
                 "tracker": engine.tracker.state(),
                 "thermostat_force": atoms.arrays.get("mlmix_thermostat_force"),
                 "files": {"trajectory": self.traj.tell(), "thermo": self.log.tell()},

@@ -46,7 +46,6 @@ from .regions import Hysteresis, RegionSpec, RegionTracker
 from .seeds import (
     ClassifierSeeds,
     IndexSeeds,
-    Seeds,
     SpeciesSeeds,
     centrosymmetry,
     coordination,
