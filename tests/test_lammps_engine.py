@@ -238,6 +238,9 @@ def test_counter_normals_are_standard_and_rank_independent():
     ({"ensemble": "nvt", "temperature": 0.0}, "temperature must be finite and > 0 K"),
     ({"timestep": -1.0}, "timestep must be finite and > 0 fs"),
     ({"nevery": -1}, "nevery must be an integer >= 0"),
+    ({"atoms": "fix-cartesian"}, "holds atoms with FixAtoms only"),
+    ({"ensemble": "nvt", "temperature": 300.0, "thermostat_force": np.zeros((3, 3))},
+     "thermostat_force must be a finite"),
 ])
 def test_bad_input_is_refused_before_work(kwargs, message):
     expensive, cheap = cu_pair()
@@ -245,6 +248,11 @@ def test_bad_input_is_refused_before_work(kwargs, message):
             "spec": RegionSpec(r_core=3.0, r_buff=expensive.cutoff),
             "seeds": IndexSeeds([0])}
     args.update(kwargs)
+    if args["atoms"] == "fix-cartesian":
+        from ase.constraints import FixCartesian
+
+        args["atoms"] = cu_vacancy(3)
+        args["atoms"].set_constraint(FixCartesian(0, mask=(1, 0, 0)))
     positional = [args.pop(k) for k in ("atoms", "expensive", "cheap", "spec", "seeds")]
     with pytest.raises(ConfigurationError) as info:
         LammpsEngine(*positional, **args)

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from ase.io import read
 from test_lammps_engine import mpirun
-from test_run import si_config, write_config
+from test_run import si_config, w_screw_config, write_config
 
 import mlmix.run as runner
 from mlmix.drift import run_drift
 from mlmix.errors import CalculationError, ConfigurationError
 from mlmix.run_lammps import _RootOutputs
-from mlmix.runconfig import parse_run_config
+from mlmix.runconfig import build_structure, parse_run_config
 
 
 def lammps_config(**task) -> dict:
@@ -142,3 +142,20 @@ def test_lammps_compute_seeds_match_the_python_classifier(tmp_path):
     cfg["engine"] = {"kind": "ase"}
     with pytest.raises(ConfigurationError, match="'lammps_compute' needs engine.kind"):
         parse_run_config(cfg)
+
+
+def test_fixed_shell_of_a_dislocation_is_held_as_in_the_ase_engine(tmp_path):
+    """FixAtoms (the dislocation's outer shell) becomes fix setforce in LAMMPS: the shell
+    does not move and the two engines run the same trajectory."""
+    cfg = w_screw_config()
+    cfg["task"].update(ensemble="nve", steps=20)
+    cfg["regions"]["seeds"] = {"kind": "defect"}  # the atoms nearest the line
+    runner.run(write_config(tmp_path, cfg, "ase.toml"))
+    cfg["engine"] = {"kind": "lammps"}
+    runner.run(write_config(tmp_path, cfg, "lmp.toml"))
+    a, b = frames(tmp_path / "ase-run"), frames(tmp_path / "lmp-run")
+    fixed = build_structure(parse_run_config(cfg).structure).atoms.constraints[0].index
+    assert np.abs(b[-1].positions[fixed] - b[0].positions[fixed]).max() == 0.0
+    assert np.abs(b[-1].positions - b[0].positions).max() > 1e-2
+    for x, y in zip(a, b):
+        assert np.abs(x.positions - y.positions).max() < 1e-6

@@ -290,7 +290,10 @@ class LammpsEngine:
 
     Args:
         atoms: start structure (positions Å, velocities from its momenta, masses).
-            Not modified. Atom ``i`` becomes LAMMPS tag ``i + 1``.
+            Not modified. Atom ``i`` becomes LAMMPS tag ``i + 1``. Atoms an ASE
+            ``FixAtoms`` constraint holds stay in place (zero velocity, ``fix
+            setforce`` after the correction and the thermostat); other constraint
+            types are refused.
         expensive: any mlmix potential; a :class:`LammpsPotential` is evaluated on
             all ranks together, others rank by rank per cluster component.
         cheap: a :class:`LammpsPotential` (its ``lammps_commands()`` define the
@@ -409,6 +412,7 @@ class LammpsEngine:
                 raise ConfigurationError(
                     f"thermostat_force must be a finite ({len(atoms)}, 3) array of an NVT "
                     f"run, got shape {thermostat_force.shape} for ensemble {ensemble!r}")
+        self._fixed = self._fixed_mask(atoms)
         self._start_lammps(atoms, masses, thermostat_force)
         self._replay_thermostat = thermostat_force is not None
         self._root_atoms = None
@@ -443,6 +447,19 @@ class LammpsEngine:
         extra = [s for s in dict.fromkeys(atoms.get_chemical_symbols())
                  if s not in cheap.type_species]
         return tuple(cheap.type_species) + tuple(extra)
+
+    @staticmethod
+    def _fixed_mask(atoms: Atoms) -> np.ndarray:
+        from ase.constraints import FixAtoms
+
+        fixed = np.zeros(len(atoms), dtype=bool)
+        for c in atoms.constraints:
+            if not isinstance(c, FixAtoms):
+                raise ConfigurationError(
+                    f"the LAMMPS engine holds atoms with FixAtoms only; remove the "
+                    f"{type(c).__name__} constraint or use the ASE engine")
+            fixed[c.index] = True
+        return fixed
 
     def _type_masses(self, atoms: Atoms) -> list[float]:
         masses = atoms.get_masses()
@@ -577,6 +594,7 @@ class LammpsEngine:
         x = fr.to_lammps(atoms.positions)
         # ASE velocities are Å per ASE time unit; LAMMPS metal wants Å/ps.
         v = (atoms.get_velocities() @ fr.rotation) * (1000.0 * units.fs)
+        v[self._fixed] = 0.0
         chunk = 100_000  # bounded temporary ctypes arrays
         for s in range(0, self.n_atoms, chunk):
             e = min(s + chunk, self.n_atoms)
@@ -601,6 +619,17 @@ class LammpsEngine:
         for c in cmds:
             err = ConfigurationError if c.startswith("compute") else CalculationError
             self._command(c, "setting up the LAMMPS engine", err)
+        if self._fixed.any():
+            # defined after fix external, so it zeroes correction and thermostat too
+            self._command("fix mlmix_fixflag all property/atom i_mlmix_fixed ghost no")
+            nlocal = int(self._lmp.extract_setting("nlocal"))
+            tag = np.asarray(self._lmp.numpy.extract_atom("id")[:nlocal], dtype=np.int64)
+            if nlocal:
+                self._lmp.numpy.extract_atom("i_mlmix_fixed")[:nlocal] = self._fixed[tag - 1]
+            for c in ("variable mlmix_vfixed atom i_mlmix_fixed",
+                      "group mlmix_fixed variable mlmix_vfixed",
+                      "fix mlmix_hold mlmix_fixed setforce 0.0 0.0 0.0"):
+                self._command(c)
         if self.ensemble == "nvt":
             self._command(f"fix mlmix_fth all property/atom {_FTH} 3 ghost no")
             if thermostat_force is not None:

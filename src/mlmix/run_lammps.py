@@ -58,7 +58,8 @@ def _start_atoms(setup, state: dict | None) -> tuple[Atoms, int, float]:
             seed = np.random.SeedSequence(task["seed"]).spawn(2)[0]
             thermalize(atoms, task["temperature_K"], np.random.default_rng(seed))
         return atoms, 0, 0.0
-    return (atoms_from_state(state["atoms"]), int(state["step"]),
+    return (atoms_from_state(state["atoms"], setup.structure.atoms.constraints),
+            int(state["step"]),
             float(state["wall_seconds"]))
 
 

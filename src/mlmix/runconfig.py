@@ -422,9 +422,6 @@ def _engine(p: Problems, raw: Mapping, cfg: Mapping) -> dict:
         if mixing.get(key):
             p.add(f"mixing.{key}", "is not available with the LAMMPS engine (it always "
                   "evaluates the cheap potential on every atom); use kind = 'ase'")
-    if cfg["structure"].get("builder") == "dislocation":
-        p.add("engine.kind", "the LAMMPS engine does not hold atoms fixed yet, and the "
-              "dislocation builder fixes an outer shell; use kind = 'ase'")
     return e
 
 
