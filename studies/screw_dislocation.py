@@ -35,7 +35,7 @@ from mlmix import (
 )
 from mlmix.potentials import LammpsPotential
 from mlmix.seeds import centrosymmetry, masked
-from mlmix.structures import bcc_screw_dislocation, thermalize
+from mlmix.structures import bcc_screw_dislocation, near_dislocation_line, thermalize
 
 EXPENSIVE_FILE = "W_2940_2017_2.snap"
 CHEAP_FILE = ROOT / "examples" / "fit-w" / "W_linear_snap.snapcoeff"
@@ -81,11 +81,9 @@ def sheared_cylinder(setup: dict, el: dict) -> tuple[Atoms, np.ndarray]:
 
 
 def make_tracker(atoms: Atoms, fixed: np.ndarray, r_buff: float) -> RegionTracker:
-    core = atoms.info["core_position"]
-    near_axis = np.hypot(*(atoms.positions[:, :2] - core[:2]).T) < 2.5
     seeds = ClassifierSeeds(masked(centrosymmetry(**CSP), fixed), lb=CLASSIFIER["lb"],
                             nfreq=CLASSIFIER["nfreq"], window=CLASSIFIER["window"],
-                            initial=np.flatnonzero(near_axis))
+                            initial=near_dislocation_line(atoms))
     return RegionTracker(RegionSpec(REGIONS["r_core"], REGIONS["r_blend"], r_buff=r_buff),
                          seeds, nevery=REGIONS["nevery"],
                          hysteresis=Hysteresis(timestep=TIMESTEP_FS, **HYSTERESIS))

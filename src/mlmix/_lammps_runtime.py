@@ -59,22 +59,23 @@ def new_lammps(extra_args: tuple[str, ...] = (), comm=None):
         ) from exc
 
 
-def mpi_world_size() -> int:
-    """Number of ranks ``mpirun`` started (1 outside mpirun), from its environment."""
-    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"):
+def _mpirun_variable(what: str, default: int) -> int:
+    """``"SIZE"`` or ``"RANK"`` as MPICH/Hydra, Open MPI or PMIx's mpirun sets it."""
+    for name in (f"PMI_{what}", f"OMPI_COMM_WORLD_{what}", f"PMIX_{what}"):
         value = os.environ.get(name, "")
         if value.isdigit():
             return int(value)
-    return 1
+    return default
+
+
+def mpi_world_size() -> int:
+    """Number of ranks ``mpirun`` started (1 outside mpirun), from its environment."""
+    return _mpirun_variable("SIZE", 1)
 
 
 def mpi_world_rank() -> int:
     """This process's rank under ``mpirun`` (0 outside mpirun), from its environment."""
-    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
-        value = os.environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return 0
+    return _mpirun_variable("RANK", 0)
 
 
 def serial_comm():

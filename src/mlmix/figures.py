@@ -316,6 +316,21 @@ def plot_log(log_path: str | Path, path: str | Path) -> None:
     _save(fig, path)
 
 
+# --------------------------------------------------------------------------- NEB
+
+
+def plot_neb(relative_eV: np.ndarray, path: str | Path) -> None:
+    """Energy along an NEB band: ``(n_images,)`` eV relative to the first image."""
+    relative_eV = np.asarray(relative_eV, dtype=float)
+    fig, axes = _figure(4.5, 3.2)
+    ax = axes[0, 0]
+    ax.plot(np.arange(len(relative_eV)), relative_eV, "o-")
+    ax.set_xlabel("image")
+    ax.set_ylabel("E - E(initial), eV (expensive)")
+    ax.set_title(f"barrier {relative_eV.max():.4f} eV")
+    _save(fig, path)
+
+
 # --------------------------------------------------------------------------- drift
 
 

@@ -79,6 +79,7 @@ from .potentials.base import Potential
 from .potentials.lammps import LammpsPotential, format_number, lammps_frame
 from .regions import Hysteresis, Regions, RegionSpec, RegionTracker
 from .seeds import ClassifierSeeds, IndexSeeds, Seeds, SpeciesSeeds
+from .structures import fixed_mask
 
 __all__ = ["EngineStep", "LammpsClassifier", "LammpsEngine", "counter_normals", "exit_on_error",
            "mpi_comm"]
@@ -452,14 +453,12 @@ class LammpsEngine:
     def _fixed_mask(atoms: Atoms) -> np.ndarray:
         from ase.constraints import FixAtoms
 
-        fixed = np.zeros(len(atoms), dtype=bool)
         for c in atoms.constraints:
             if not isinstance(c, FixAtoms):
                 raise ConfigurationError(
                     f"the LAMMPS engine holds atoms with FixAtoms only; remove the "
                     f"{type(c).__name__} constraint or use the ASE engine")
-            fixed[c.index] = True
-        return fixed
+        return fixed_mask(atoms)
 
     def _type_masses(self, atoms: Atoms) -> list[float]:
         masses = atoms.get_masses()

@@ -231,33 +231,46 @@ def _md_state(step: int, atoms: Atoms, calc: MixedCalculator, rng, drift: DriftE
     }
 
 
+def md_start(setup: Setup, state: dict | None) -> tuple[Atoms, int, float]:
+    """Where an MD run starts (either engine): the built structure with Maxwell-Boltzmann
+    momenta at task.temperature_K (from the first of two streams of task.seed), or the
+    checkpoint's structure; with its step and the wall seconds already spent."""
+    task = setup.cfg.task
+    if state is not None:
+        atoms = atoms_from_state(state["atoms"], setup.structure.atoms.constraints)
+        return atoms, int(state["step"]), float(state["wall_seconds"])
+    atoms = setup.structure.atoms.copy()
+    if task["temperature_K"] > 0:
+        stream = np.random.SeedSequence(task["seed"]).spawn(2)[0]
+        thermalize(atoms, task["temperature_K"], np.random.default_rng(stream))
+    return atoms, 0, 0.0
+
+
+def start_outputs(setup: Setup, state: dict | None, overwrite: bool) -> None:
+    """A fresh run directory, or the outputs of a resumed run cut back to its checkpoint."""
+    if state is None:
+        _start_dir(setup, overwrite)
+        return
+    truncate(setup.run_dir / "trajectory.extxyz", state["files"]["trajectory"])
+    truncate(setup.run_dir / "thermo.log", state["files"]["thermo"])
+
+
 def run_md(setup: Setup, *, resume: bool = False, overwrite: bool = False) -> dict:
     """MD (NVE, or NVT with the region-weighted Langevin thermostat)."""
     task, out, run_dir = setup.cfg.task, setup.cfg.output, setup.run_dir
-    seeds = np.random.SeedSequence(task["seed"]).spawn(2)
-    rng = np.random.default_rng(seeds[1])
+    rng = np.random.default_rng(np.random.SeedSequence(task["seed"]).spawn(2)[1])
     calc = setup.calculator(energy="weighted")
-    atoms = setup.structure.atoms.copy()
     state = load_checkpoint(run_dir / "checkpoint.npz") if resume else None
-    if state is None:
-        if task["temperature_K"] > 0:
-            thermalize(atoms, task["temperature_K"], np.random.default_rng(seeds[0]))
-        start, wall0 = 0, 0.0
-    else:
-        atoms = atoms_from_state(state["atoms"], setup.structure.atoms.constraints)
+    atoms, start, wall0 = md_start(setup, state)
+    if state is not None:
         calc.tracker.restore(state["tracker"])
         rng.bit_generator.state = state["rng"]
-        start, wall0 = int(state["step"]), float(state["wall_seconds"])
         calc.step = start
     atoms.calc = calc
     atoms.get_forces()  # first evaluation: input errors surface before any file is written
     dyn = _integrator(atoms, task, rng)
     dt_fs = task["timestep_fs"]
-    if state is None:
-        _start_dir(setup, overwrite)
-    else:
-        truncate(run_dir / "trajectory.extxyz", state["files"]["trajectory"])
-        truncate(run_dir / "thermo.log", state["files"]["thermo"])
+    start_outputs(setup, state, overwrite)
     drift = DriftEstimate(state["drift"] if state else None)
     nve = task["ensemble"] == "nve"
     traj = TrajectoryWriter(run_dir / "trajectory.extxyz")
@@ -454,7 +467,9 @@ def run_neb(setup: Setup, *, resume: bool = False, overwrite: bool = False) -> d
             traj.write(image, k, 0.0, image.get_forces())
     made = _figures(setup, images[len(images) // 2], None)
     if setup.cfg.output["figures"]:
-        _plot_path(relative, run_dir / "neb.png")
+        from .figures import plot_neb
+
+        plot_neb(relative, run_dir / "neb.png")
         made.append("neb.png")
     summary = _write_summary(run_dir, {
         "task": "neb", "n_atoms": len(initial), "images": len(images), "converged": converged,
@@ -469,22 +484,6 @@ def run_neb(setup: Setup, *, resume: bool = False, overwrite: bool = False) -> d
         raise CalculationError(f"NEB not converged within {task['max_steps']} iterations "
                                f"(fmax {task['fmax']}); outputs so far are in {run_dir}")
     return summary
-
-
-def _plot_path(relative: np.ndarray, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    ax.plot(np.arange(len(relative)), relative, "o-")
-    ax.set_xlabel("image")
-    ax.set_ylabel("E - E(initial), eV (expensive)")
-    ax.set_title(f"barrier {relative.max():.4f} eV")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -31,36 +31,20 @@ import time
 import numpy as np
 from ase import Atoms
 
-from .checkpoint import atoms_from_state, atoms_state, load_checkpoint, save_checkpoint
+from .checkpoint import atoms_state, load_checkpoint, save_checkpoint
 from .outputs import (
     LOG_COLUMNS,
     TableLog,
     TrajectoryWriter,
     progress_bar,
     temperature_K,
-    truncate,
 )
 from .runconfig import build_hysteresis, build_seeds, build_spec
-from .structures import thermalize
 
 LAMMPS_THERMO_NOTE = """\
 drift_eV_per_ps: nan, the LAMMPS engine computes no energies (mixed forces have
 none). 'mlmix drift RUN_DIR' re-evaluates saved NVE frames with the expensive
 potential. n_cheap: LAMMPS evaluates the cheap pair style on every atom."""
-
-
-def _start_atoms(setup, state: dict | None) -> tuple[Atoms, int, float]:
-    """The structure to start from, its step and the wall time already spent."""
-    task = setup.cfg.task
-    if state is None:
-        atoms = setup.structure.atoms.copy()
-        if task["temperature_K"] > 0:  # the same stream as the ASE engine's start
-            seed = np.random.SeedSequence(task["seed"]).spawn(2)[0]
-            thermalize(atoms, task["temperature_K"], np.random.default_rng(seed))
-        return atoms, 0, 0.0
-    return (atoms_from_state(state["atoms"], setup.structure.atoms.constraints),
-            int(state["step"]),
-            float(state["wall_seconds"]))
 
 
 def _output_period(out: dict) -> int:
@@ -75,17 +59,13 @@ class _RootOutputs:
 
     def __init__(self, setup, start: int, resumed: dict | None, overwrite: bool,
                  wall0: float):
-        from .run import _start_dir
+        from .run import start_outputs
 
         self.setup, self.out = setup, setup.cfg.output
         self.dt_fs = setup.cfg.task["timestep_fs"]
         self.steps = setup.cfg.task["steps"]
         run_dir = setup.run_dir
-        if resumed is None:
-            _start_dir(setup, overwrite)
-        else:
-            truncate(run_dir / "trajectory.extxyz", resumed["files"]["trajectory"])
-            truncate(run_dir / "thermo.log", resumed["files"]["thermo"])
+        start_outputs(setup, resumed, overwrite)
         self.traj = TrajectoryWriter(run_dir / "trajectory.extxyz")
         self.log = TableLog(run_dir / "thermo.log", LOG_COLUMNS, LAMMPS_THERMO_NOTE)
         self.bar = progress_bar(self.steps, start, self.out["progress"])
@@ -144,14 +124,14 @@ def run_md_lammps(setup, *, resume: bool = False, overwrite: bool = False) -> di
     other ranks.
     """
     from .lammps_engine import LammpsEngine, mpi_comm
-    from .run import _figures, _write_summary
+    from .run import _figures, _write_summary, md_start
 
     cfg, task = setup.cfg, setup.cfg.task
     comm = mpi_comm()
     ranks = comm.size if comm is not None else 1
     is_root = comm is None or comm.rank == 0
     state = load_checkpoint(setup.run_dir / "checkpoint.npz") if resume else None
-    atoms, start, wall0 = _start_atoms(setup, state)
+    atoms, start, wall0 = md_start(setup, state)
     engine = LammpsEngine(
         atoms, setup.expensive, setup.cheap, build_spec(cfg, setup.expensive.cutoff),
         build_seeds(cfg.seeds, setup.structure), nevery=cfg.regions["nevery"],

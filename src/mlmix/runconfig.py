@@ -54,7 +54,6 @@ from .seeds import (
 
 BUILDERS = {"bulk", "vacancy", "interstitial", "substitution", "dislocation", "file"}
 DEFECT_BUILDERS = {"vacancy", "interstitial", "substitution", "dislocation"}
-CORE_AXIS_RADIUS = 2.5  # Å: dislocation "defect" seeds, the atoms nearest the line
 TASKS = {"md", "relax", "neb"}
 ENSEMBLES = {"nve", "nvt"}
 OPTIMIZERS = {"FIRE", "BFGS", "LBFGS"}
@@ -466,7 +465,7 @@ def parse_run_config(raw: Mapping, base: Path = Path("."), source: str = "run co
         mixing[key] = _flag(p, mixing, "mixing", key, False)
     output = _output(p, raw, Path(source).stem)
     engine = _engine(p, raw, {"task": task, "cheap": specs.get("cheap", {}), "seeds": seeds,
-                              "mixing": mixing, "structure": structure})
+                              "mixing": mixing})
     p.raise_if_any()
     normalised = {
         "structure": structure, "potentials": specs,
@@ -490,14 +489,11 @@ class Structure:
         defect_seeds: ``(k,)`` indices of the atoms next to or at the defect (None
             for defect-free builders).
         vacancy_site: Å, ``(3,)`` where the removed atom was (vacancy builder only).
-        core_position: Å, ``(3,)`` a point on the dislocation line (dislocation builder
-            only; its fixed outer shell is a FixAtoms constraint on ``atoms``).
     """
 
     atoms: Atoms
     defect_seeds: np.ndarray | None = None
     vacancy_site: np.ndarray | None = None
-    core_position: np.ndarray | None = None
 
 
 def build_structure(s: Mapping) -> Structure:
@@ -510,9 +506,7 @@ def build_structure(s: Mapping) -> Structure:
             s["element"], s["a"], s["C11"], s["C12"], s["C44"], s["radius"],
             n_burgers=s["n_burgers"], fix_width=s["fix_width"])
         atoms.set_constraint(FixAtoms(mask=fixed))
-        core = atoms.info["core_position"]
-        near_axis = np.hypot(*(atoms.positions[:, :2] - core[:2]).T) < CORE_AXIS_RADIUS
-        return Structure(atoms, np.flatnonzero(near_axis), core_position=core)
+        return Structure(atoms, structures.near_dislocation_line(atoms))
     atoms = structures.cubic_supercell(s["element"], s["crystal"], s["a"], s["repeat"])
     index = s.get("index", structures.central_atom(atoms))
     if index >= len(atoms):
@@ -576,21 +570,12 @@ def build_seeds(seeds: Mapping, structure: Structure):
         quantity = coordination(seeds["r_cut"])
     else:
         quantity = centrosymmetry(seeds["n_neighbours"], seeds["r_cut"])
-    fixed = fixed_mask(structure.atoms)
+    fixed = structures.fixed_mask(structure.atoms)
     if fixed.any():  # a fixed shell's free surface is not a defect
         quantity = masked(quantity, fixed)
     initial = seeds.get("initial", structure.defect_seeds)
     return ClassifierSeeds(quantity, seeds.get("lb", -np.inf), seeds.get("ub", np.inf),
                            nfreq=seeds["nfreq"], window=seeds["window"], initial=initial)
-
-
-def fixed_mask(atoms: Atoms) -> np.ndarray:
-    """``(N,)`` bool: the atoms a FixAtoms constraint holds."""
-    mask = np.zeros(len(atoms), dtype=bool)
-    for c in atoms.constraints:
-        if isinstance(c, FixAtoms):
-            mask[c.index] = True
-    return mask
 
 
 def build_spec(cfg: RunConfig, expensive_cutoff: float) -> RegionSpec:

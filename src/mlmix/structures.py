@@ -111,6 +111,25 @@ def thermalize(atoms: Atoms, temperature_K: float,
     Stationary(atoms)
 
 
+def near_dislocation_line(atoms: Atoms, radius: float = 2.5) -> np.ndarray:
+    """Indices of the atoms within ``radius`` Å of the line of a
+    :func:`bcc_screw_dislocation` (its ``core_position``, along z): the core columns,
+    natural first seeds of the expensive region."""
+    core = np.asarray(atoms.info["core_position"], dtype=float)
+    return np.flatnonzero(np.hypot(*(atoms.positions[:, :2] - core[:2]).T) < radius)
+
+
+def fixed_mask(atoms: Atoms) -> np.ndarray:
+    """``(N,)`` bool: the atoms an ASE ``FixAtoms`` constraint holds."""
+    from ase.constraints import FixAtoms
+
+    mask = np.zeros(len(atoms), dtype=bool)
+    for c in atoms.constraints:
+        if isinstance(c, FixAtoms):
+            mask[c.index] = True
+    return mask
+
+
 def bcc_screw_dislocation(symbol: str, a: float, C11: float, C12: float, C44: float,
                           radius: float, n_burgers: int = 4,
                           fix_width: float = 6.0) -> tuple[Atoms, np.ndarray]:
