@@ -7,8 +7,11 @@ random generator's state, the step, output file offsets. It is stored as one ``.
 file: the arrays as entries, everything else as a JSON tree in the entry ``"tree"``
 that refers to the arrays by name. No pickle, so a checkpoint is readable anywhere.
 
-Writes go to a temporary file in the same folder and are renamed over the old
-checkpoint, so a run killed while writing leaves the previous checkpoint intact.
+Writes go to a temporary file in the same folder, are flushed to disk and renamed
+over the old checkpoint, whose last version is kept beside it as
+``<name>.prev.npz``: a run killed while writing, or a checkpoint damaged later, leaves
+a good one to resume from (:func:`load_latest_checkpoint` falls back to it, with a
+warning).
 """
 
 from __future__ import annotations
@@ -16,11 +19,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ConfigurationError
+from .rundir import output_errors
 
 FORMAT = "mlmix-checkpoint-1"
 
@@ -51,40 +58,119 @@ def _join(tree, arrays):
     return tree
 
 
+def previous_path(path: str | Path) -> Path:
+    """Where the checkpoint before ``path``'s current one is kept."""
+    path = Path(path)
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write ``state`` to ``path`` (``.npz``), replacing any old file atomically."""
+    """Write ``state`` to ``path`` (``.npz``) atomically; the checkpoint it replaces
+    stays as :func:`previous_path`. A failed write (a full disk) raises
+    :class:`~mlmix.errors.OutputError` and leaves both earlier files as they were."""
     path = Path(path)
     arrays: dict[str, np.ndarray] = {}
     tree = _split(state, arrays)
     text = json.dumps({"format": FORMAT, "state": tree})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with output_errors(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, tree=np.array(text), **arrays)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if path.is_file():
+                _keep_previous(path)
+            os.replace(tmp, path)
+            _sync_folder(path.parent)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _keep_previous(path: Path) -> None:
+    # A hard link, renamed into place, so that `path` itself exists at every moment.
+    prev = previous_path(path)
+    link = prev.with_name(prev.name + ".tmp")
+    link.unlink(missing_ok=True)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, tree=np.array(text), **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        os.link(path, link)
+    except OSError:  # no hard links on this file system: a copy does the same
+        import shutil
+
+        shutil.copyfile(path, link)
+    os.replace(link, prev)
+
+
+def _sync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """The state saved by :func:`save_checkpoint`."""
+    """The state saved by :func:`save_checkpoint`.
+
+    A missing, truncated or foreign file raises a one-line ConfigurationError that
+    names the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigurationError(f"no checkpoint at {str(path)!r}: nothing to resume")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files if k != "tree"}
-            meta = json.loads(str(data["tree"]))
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConfigurationError(f"{path} is not a readable mlmix checkpoint: {exc}") from None
-    if meta.get("format") != FORMAT:
-        raise ConfigurationError(
-            f"{path} has checkpoint format {meta.get('format')!r}; this mlmix reads {FORMAT}"
-        )
+    problem = None
+    if path.stat().st_size == 0:
+        problem = "it is empty"
+    elif not zipfile.is_zipfile(path):
+        problem = "it is not an npz archive (truncated, or not written by mlmix)"
+    else:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files if k != "tree"}
+                meta = json.loads(str(data["tree"]))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile,
+                zlib.error) as exc:
+            problem = f"it cannot be read ({type(exc).__name__}: {exc})".replace("\n", " ")
+    if problem is None and (not isinstance(meta, dict) or meta.get("format") != FORMAT):
+        found = meta.get("format") if isinstance(meta, dict) else None
+        problem = f"it has checkpoint format {found!r}; this mlmix reads {FORMAT}"
+    if problem is not None:
+        raise ConfigurationError(f"checkpoint {path} is damaged: {problem}")
     return _join(meta["state"], arrays)
+
+
+def load_latest_checkpoint(path: str | Path) -> tuple[dict, Path]:
+    """The newest readable checkpoint: ``path``, or the previous one with a warning
+    when ``path`` is missing or damaged.
+
+    Returns the state and the file it came from. Raises ConfigurationError (one line
+    per file tried, with what to do) when neither can be read.
+    """
+    path = Path(path)
+    prev = previous_path(path)
+    try:
+        return load_checkpoint(path), path
+    except ConfigurationError as exc:
+        if not prev.is_file():
+            raise ConfigurationError(
+                f"{exc}; there is no earlier checkpoint ({prev.name}) to fall back to, so "
+                "this run cannot resume: start it again with --overwrite") from None
+        first = str(exc)
+    try:
+        state = load_checkpoint(prev)
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"{first}; and the earlier {exc}: this run cannot resume, start it again "
+            "with --overwrite") from None
+    warnings.warn(f"{first}; resuming from the previous checkpoint {prev.name} "
+                  f"(step {state.get('step')})", RuntimeWarning, stacklevel=2)
+    return state, prev
 
 
 def atoms_state(atoms) -> dict:

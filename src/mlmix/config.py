@@ -7,6 +7,7 @@ raised together in one :class:`~mlmix.errors.ConfigurationError`.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +36,10 @@ class Problems:
 
     def add(self, where: str, message: str) -> None:
         self.messages.append(f"{where}: {message}")
+
+    def count(self, prefix: str = "") -> int:
+        """How many problems so far are about ``prefix`` (a section or key)."""
+        return sum(m.startswith(prefix) for m in self.messages)
 
     def raise_if_any(self) -> None:
         if self.messages:
@@ -66,6 +71,9 @@ class Problems:
         kinds = (int,) if integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, kinds):
             self.add(place, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
+            return None
+        if not math.isfinite(value):
+            self.add(place, f"must be a finite number, got {value!r}")
             return None
         if minimum is not None and (value <= minimum if strict else value < minimum):
             self.add(place, f"must be {'>' if strict else '>='} {minimum}, got {value!r}")

@@ -41,3 +41,15 @@ def missing_dependency(module: str, extra: str) -> MissingDependencyError:
     return MissingDependencyError(
         f"{module} is not installed; install it with `pip install 'mlmix[{extra}]'`"
     )
+
+
+class OutputError(MlmixError, OSError):
+    """A run's output could not be written (a full disk, a read-only folder).
+
+    The message names the file and the operating system's error; what was written
+    before (the last checkpoint above all) is left intact.
+    """
+
+
+class Interrupted(MlmixError):
+    """A run was stopped by SIGINT (Ctrl-C) or SIGTERM after writing a checkpoint."""

@@ -1029,7 +1029,8 @@ class LammpsEngine:
     # ------------------------------------------------------------------ public API
 
     def run(self, steps: int, callback: Callable[[Atoms, LammpsEngine], None] | None = None,
-            every: int = 0) -> None:
+            every: int = 0, should_stop: Callable[[], bool] | None = None,
+            stop_every: int = 10) -> int:
         """Advance ``steps`` MD steps (collective).
 
         Args:
@@ -1039,6 +1040,12 @@ class LammpsEngine:
                 to write a trajectory frame or a log line; ``engine.history`` holds the
                 per-step reports.
             every: callback period in steps (0: only after the last step).
+            should_stop: asked on rank 0 at least every ``stop_every`` steps (e.g. "has
+                Ctrl-C been pressed?"); when it answers True every rank stops there,
+                after one more callback.
+
+        Returns:
+            The number of steps done (``steps`` unless ``should_stop`` stopped it).
 
         Raises:
             ConfigurationError, CalculationError: on every rank, after the step in
@@ -1050,8 +1057,12 @@ class LammpsEngine:
             raise ConfigurationError(f"every must be an integer >= 0, got {every!r}")
         done = 0
         chunk = every if (callback is not None and every > 0) else steps
+        if should_stop is not None:
+            chunk = min(chunk, stop_every) if chunk else stop_every
         while True:
             n = min(chunk, steps - done) if steps else 0
+            if callback is not None and every:  # stop at every callback step
+                n = min(n, every - done % every)
             pre = "yes" if not self._started else "no"
             self._command(f"run {n} pre {pre} post no", "running MD")
             self._started = True
@@ -1059,11 +1070,16 @@ class LammpsEngine:
                 err, self._error = self._error, None
                 raise err
             done += n
-            if callback is not None and (done == steps or (every and done % every == 0)):
+            stop = False
+            if should_stop is not None and done < steps:
+                stop = bool(self.comm.bcast(bool(should_stop()) if self.is_root else None,
+                                            root=0))
+            if callback is not None and (done == steps or stop
+                                         or (every and done % every == 0)):
                 snap = self.snapshot()
                 self._root_call(callback, snap, self)
-            if done >= steps:
-                break
+            if done >= steps or stop:
+                return done
 
     def snapshot(self) -> Atoms | None:
         """The current state as ASE ``Atoms`` on rank 0 (None elsewhere); collective.

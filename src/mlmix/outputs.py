@@ -8,13 +8,17 @@
   temperature, region counts, wall time per step and an energy-drift estimate.
 * :func:`progress_bar`: tqdm on standard error with an ETA.
 
-Both files are appended to and flushed after every record, and :meth:`tell` gives
-their sizes, so a checkpoint can record them and a resumed run can cut the files back
-to the checkpoint (:func:`truncate`) and continue them seamlessly.
+Both files are appended to and flushed after every record. A checkpoint records
+each file's size and a fingerprint of its last bytes (:func:`files_state`); a resumed
+run first checks that the files still match (:func:`files_problems`: not deleted, not
+shortened, not rewritten), then cuts them back to the checkpoint (:func:`truncate`)
+and continues them seamlessly. A write that fails (a full disk) raises
+:class:`~mlmix.errors.OutputError` naming the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import sys
@@ -24,10 +28,59 @@ import numpy as np
 from ase import Atoms, units
 
 from .identity import ID_ARRAY
+from .rundir import output_errors
 
 LOG_COLUMNS = ("step", "time_fs", "temperature_K", "n_core", "n_weighted", "n_expensive",
                "n_cheap", "seconds_per_step", "drift_eV_per_ps")
 FRAME_ARRAYS = ("momenta", "mlmix_p", "mlmix_expensive", "mlmix_cheap", ID_ARRAY)
+
+
+FINGERPRINT_BYTES = 65536
+"""How many bytes before a checkpoint's offset its fingerprint covers."""
+
+
+def fingerprint(path: Path, size: int) -> str:
+    """sha256 of the ``FINGERPRINT_BYTES`` bytes of ``path`` that end at ``size``."""
+    start = max(0, size - FINGERPRINT_BYTES)
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        return hashlib.sha256(fh.read(size - start)).hexdigest()
+
+
+def files_state(files: dict) -> dict:
+    """What a checkpoint records of open output files (``{key: _AppendFile}``): per
+    key the size in bytes and the fingerprint of the bytes before it."""
+    out = {}
+    for key, f in files.items():
+        size = f.tell()
+        out[key] = {"name": f.path.name, "size": size, "sha256": fingerprint(f.path, size)}
+    return out
+
+
+def _entry(value) -> dict:
+    # checkpoints of mlmix 0.1 stored a bare size
+    return value if isinstance(value, dict) else {"size": int(value)}
+
+
+def files_problems(run_dir: Path, state: dict, names: dict[str, str]) -> list[str]:
+    """What no longer matches between the output files in ``run_dir`` and a
+    checkpoint's :func:`files_state` (``names``: key -> file name). Empty if the run
+    can continue them."""
+    problems = []
+    for key, value in state.items():
+        entry = _entry(value)
+        path = run_dir / entry.get("name", names.get(key, key))
+        size = int(entry["size"])
+        if not path.is_file():
+            problems.append(f"{path} is missing (the checkpoint expects {size} bytes of it)")
+        elif path.stat().st_size < size:
+            problems.append(f"{path} is shorter ({path.stat().st_size} bytes) than the "
+                            f"checkpoint recorded ({size} bytes): it was cut after the "
+                            "checkpoint")
+        elif "sha256" in entry and fingerprint(path, size) != entry["sha256"]:
+            problems.append(f"{path} was changed before byte {size}, which the checkpoint "
+                            "recorded: it is no longer the file this run wrote")
+    return problems
 
 
 def truncate(path: Path, size: int) -> None:
@@ -35,20 +88,38 @@ def truncate(path: Path, size: int) -> None:
     if Path(path).stat().st_size < size:
         raise OSError(f"{path} is shorter than its checkpoint says ({size} bytes); "
                       "it was changed after the checkpoint")
-    os.truncate(path, size)
+    with output_errors(path):
+        os.truncate(path, size)
+
+
+def truncate_files(run_dir: Path, state: dict, names: dict[str, str]) -> None:
+    """Cut every file of a checkpoint's :func:`files_state` back to its size."""
+    for key, value in state.items():
+        entry = _entry(value)
+        truncate(run_dir / entry.get("name", names.get(key, key)), int(entry["size"]))
 
 
 class _AppendFile:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._fh = open(self.path, "a")
+        with output_errors(self.path):
+            self._fh = open(self.path, "a")
+
+    def _append(self, text: str) -> None:
+        with output_errors(self.path):
+            self._fh.write(text)
+            self._fh.flush()
 
     def tell(self) -> int:
-        self._fh.flush()
+        with output_errors(self.path):
+            self._fh.flush()
         return os.path.getsize(self.path)
 
     def close(self) -> None:
-        self._fh.close()
+        try:
+            self._fh.close()
+        except OSError:
+            pass  # a failed flush was already reported by the write that failed
 
     def __enter__(self):
         return self
@@ -83,8 +154,7 @@ class TrajectoryWriter(_AppendFile):
         buffer = io.StringIO()
         # parallel=False: under mpirun only rank 0 writes; ASE would otherwise broadcast
         write(buffer, frame, format="extxyz", parallel=False)
-        self._fh.write(buffer.getvalue())
-        self._fh.flush()
+        self._append(buffer.getvalue())
 
 
 class DriftEstimate:
@@ -136,10 +206,8 @@ class TableLog(_AppendFile):
         super().__init__(path)
         self.columns = columns
         if new:
-            if header:
-                self._fh.write("".join(f"# {line}\n" for line in header.splitlines()))
-            self._fh.write("# " + " ".join(columns) + "\n")
-            self._fh.flush()
+            lines = [f"# {line}\n" for line in (header or "").splitlines()]
+            self._append("".join(lines) + "# " + " ".join(columns) + "\n")
 
     def record(self, row: dict) -> None:
         """Append a row given as ``{column: value}`` for every column."""
@@ -147,8 +215,7 @@ class TableLog(_AppendFile):
         for name in self.columns:
             v = row[name]
             values.append(f"{v:d}" if isinstance(v, (int, np.integer)) else f"{v:.9g}")
-        self._fh.write(" ".join(values) + "\n")
-        self._fh.flush()
+        self._append(" ".join(values) + "\n")
 
 
 THERMO_NOTE = """\

@@ -22,18 +22,20 @@ resuming extends a finished run.
 from __future__ import annotations
 
 import json
-import shutil
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from ase import Atoms, units
 
 from . import __version__
-from .checkpoint import atoms_from_state, atoms_state, load_checkpoint, save_checkpoint
+from ._lammps_runtime import mpi_world_rank
+from .checkpoint import atoms_from_state, atoms_state, load_latest_checkpoint, save_checkpoint
 from .config import dump_toml, load_toml
-from .errors import CalculationError, ConfigurationError
+from .errors import CalculationError, ConfigurationError, Interrupted, OutputError
+from .interruption import StopRequests
 from .mixing import MixedCalculator
 from .outputs import (
     LOG_COLUMNS,
@@ -41,18 +43,22 @@ from .outputs import (
     DriftEstimate,
     TableLog,
     TrajectoryWriter,
+    files_problems,
+    files_state,
     progress_bar,
     temperature_K,
-    truncate,
+    truncate_files,
 )
 from .potentials.base import Potential
 from .potentials.factory import make_potential
 from .regions import RegionTracker
+from .rundir import RunDirectory, output_errors
 from .runconfig import (
     RunConfig,
     Structure,
     build_structure,
     build_tracker,
+    check_undescribed,
     parse_run_config,
 )
 from .structures import thermalize
@@ -60,17 +66,28 @@ from .structures import thermalize
 RELAX_COLUMNS = ("iteration", "fmax_eV_per_A", "n_core", "n_weighted", "n_expensive",
                  "n_cheap", "seconds_per_iteration")
 RESUMABLE_KEYS = ("steps",)  # task keys a resumed run may change
+OUTPUT_FILES = {"trajectory": "trajectory.extxyz", "thermo": "thermo.log"}
+CHECKPOINT = "checkpoint.npz"
 
 
 @dataclass
 class Setup:
-    """Everything a task needs, built from a checked config."""
+    """Everything a task needs, built from a checked config.
+
+    ``state`` is the checkpoint a resumed MD run continues from (None for a new
+    run); ``outdir`` the run directory, locked by this process.
+    """
 
     cfg: RunConfig
     structure: Structure
     expensive: Potential
     cheap: Potential
     run_dir: Path
+    outdir: RunDirectory | None = None
+    state: dict | None = None
+    overwrite: bool = False
+    resume_command: str = "mlmix run CONFIG --resume"
+    stop: StopRequests = field(default_factory=StopRequests)
 
     def tracker(self) -> RegionTracker:
         return build_tracker(self.cfg, self.structure, self.expensive.cutoff)
@@ -78,6 +95,12 @@ class Setup:
     def calculator(self, energy: str = "nan") -> MixedCalculator:
         return MixedCalculator(self.expensive, self.cheap, self.tracker(), energy=energy,
                                **self.cfg.mixing)
+
+    def file(self, name: str) -> Path:
+        """Path of output ``name`` in the run directory (recorded as mlmix's)."""
+        if self.outdir is None:
+            return self.run_dir / name
+        return self.outdir.file(name)
 
     def close(self) -> None:
         for potential in (self.expensive, self.cheap):
@@ -98,40 +121,137 @@ def _comparable(raw: dict) -> dict:
     return {**raw, "task": task, "output": out}
 
 
-def _prepare_dir(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber or to resume a different run; nothing is written here."""
-    if resume:
-        if cfg.task["kind"] != "md":
-            raise ConfigurationError(f"--resume is for MD runs; a {cfg.task['kind']} run "
-                                     "starts again from its config")
-        saved = run_dir / "config.toml"
-        if not (run_dir / "checkpoint.npz").is_file() or not saved.is_file():
-            raise ConfigurationError(f"nothing to resume in {run_dir}: no checkpoint.npz "
-                                     "and config.toml there; run without --resume")
+def check_run_dir(cfg: RunConfig, outdir: RunDirectory, resume: bool, overwrite: bool
+                  ) -> dict | None:
+    """Every reason not to start (or resume) in ``outdir``, in one ConfigurationError;
+    nothing is written. Returns the checkpoint a resume continues from (None for a new
+    run); on success the directory is locked by this process if it exists."""
+    if resume and overwrite:
+        raise ConfigurationError("--resume and --overwrite exclude each other: resume "
+                                 "continues a run, overwrite starts it again")
+    problems = outdir.check(resume=resume, overwrite=overwrite)
+    if not resume or problems:
+        if problems:
+            raise ConfigurationError(_listing(outdir.path, problems))
+        return None
+    run_dir = outdir.path
+    if cfg.task["kind"] != "md":
+        problems.append(
+            f"--resume is for MD runs: a {cfg.task['kind']} keeps no checkpoint (it is "
+            "short); start it again with --overwrite")
+        raise ConfigurationError(_listing(run_dir, problems))
+    saved = run_dir / "config.toml"
+    if not saved.is_file():
+        problems.append(f"{saved} is missing: it records what the run was started with")
+    else:
         old = load_toml(saved)
         if _comparable(old) != _comparable(cfg.raw):
             changed = sorted(k for k in cfg.raw if _comparable(old).get(k)
                              != _comparable(cfg.raw).get(k))
-            raise ConfigurationError(
+            problems.append(
                 f"the config differs from the one {run_dir} was started with (in "
                 f"{', '.join(f'[{c}]' for c in changed)}); only task.steps may change on "
                 "--resume. Start a new run (another output.directory) instead")
-    elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise ConfigurationError(
-            f"output directory {run_dir} exists and is not empty; pass --resume to continue "
-            "its run, --overwrite to replace it, or set output.directory")
+    state = None
+    try:
+        state, _ = load_latest_checkpoint(run_dir / CHECKPOINT)
+    except ConfigurationError as exc:
+        problems.append(str(exc))
+    if state is not None:
+        problems += files_problems(run_dir, state["files"], OUTPUT_FILES)
+        if problems:  # the files cannot be continued: say how to start again
+            problems.append("this run cannot continue its files: start it again with "
+                            "--overwrite, or move the run directory away")
+        step, steps = int(state["step"]), cfg.task["steps"]
+        if steps < step:
+            problems.append(
+                f"task.steps = {steps} is below the step of the checkpoint ({step}): the "
+                f"files already hold {step} steps. Raise task.steps to extend the run, or "
+                "start a new run")
+    if problems:
+        raise ConfigurationError(_listing(run_dir, problems))
+    return state
+
+
+def _listing(run_dir: Path, problems: list[str]) -> str:
+    if len(problems) == 1:
+        return problems[0]
+    return f"run directory {run_dir} has {len(problems)} problem(s):\n" + "\n".join(
+        f"  - {m}" for m in problems)
+
+
+def finished_summary(cfg: RunConfig, run_dir: Path, state: dict | None) -> dict | None:
+    """The summary of a resumed run that has nothing left to do (else None)."""
+    if state is None or int(state["step"]) < cfg.task["steps"]:
+        return None
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None  # killed after its last checkpoint: finish the outputs
+    return summary if summary.get("steps") == cfg.task["steps"] else None
+
+
+def check_loaded(cfg: RunConfig, structure: Structure, expensive: Potential,
+                 cheap: Potential) -> None:
+    """The checks that need loaded potentials, all findings in one ConfigurationError
+    (before any output is written)."""
+    from .config import Problems
+
+    p = Problems("the potentials of the config")
+    approx = cfg.mixing["allow_approximate"]
+    r_buff = cfg.regions.get("r_buff")
+    if not approx and not expensive.is_local:
+        p.add("mixing.allow_approximate", f"the expensive {expensive.name} has a receptive "
+              f"field of {expensive.receptive_field} Å beyond its cutoff {expensive.cutoff} "
+              "Å (a message-passing model): its masked forces are approximate at any "
+              "affordable buffer; set allow_approximate = true and measure the error")
+    if not approx and r_buff is not None and r_buff < expensive.cutoff:
+        p.add("regions.r_buff", f"{r_buff} Å is below the cutoff {expensive.cutoff} Å of "
+              f"the expensive {expensive.name}: forces on weighted atoms would be "
+              f"approximate; set r_buff >= {expensive.cutoff} (or leave it out: it "
+              "defaults to the cutoff), or mixing.allow_approximate = true")
+    if not approx and cfg.mixing["mask_cheap"] and cheap.is_local \
+            and (r_buff if r_buff is not None else expensive.cutoff) < cheap.cutoff:
+        p.add("mixing.mask_cheap", f"needs regions.r_buff >= the cheap cutoff "
+              f"({cheap.cutoff} Å)")
+    atoms = structure.atoms
+    lacking = sorted(set(atoms.get_chemical_symbols()) - set(cheap.species or ()))
+    if cheap.species is not None and lacking:
+        check_undescribed(p, structure, cfg.seeds, lacking)
+    described = ~np.isin(atoms.get_chemical_symbols(), lacking) if lacking else None
+    for role, pot, view in (("expensive", expensive, atoms),
+                            ("cheap", cheap, atoms if described is None else atoms[described])):
+        try:
+            pot.check_atoms(view)
+        except ConfigurationError as exc:
+            p.add(f"potentials.{role}", str(exc))
+    p.raise_if_any()
 
 
 def prepare(cfg: RunConfig, run_dir: Path) -> Setup:
-    """Build the structure and both potentials (no files written)."""
-    structure = build_structure(cfg.structure)
+    """Build the structure and both potentials and check them together (no files
+    written)."""
+    structure = cfg.built if cfg.built is not None else build_structure(cfg.structure)
     expensive = make_potential(cfg.expensive, "potentials.expensive")
     try:
         cheap = make_potential(cfg.cheap, "potentials.cheap")
     except BaseException:
         getattr(expensive, "close", lambda: None)()
         raise
-    return Setup(cfg, structure, expensive, cheap, run_dir)
+    setup = Setup(cfg, structure, expensive, cheap, run_dir)
+    try:
+        check_loaded(cfg, structure, expensive, cheap)
+    except BaseException:
+        setup.close()
+        raise
+    return setup
+
+
+def _resume_command(config, output, resume_flag: bool = True) -> str:
+    parts = ["mlmix", "run", str(config)]
+    if output is not None:
+        parts += ["--output", str(output)]
+    return " ".join(parts + (["--resume"] if resume_flag else []))
 
 
 def run(config: str | Path | RunConfig, *, resume: bool = False, overwrite: bool = False,
@@ -140,10 +260,18 @@ def run(config: str | Path | RunConfig, *, resume: bool = False, overwrite: bool
 
     Args:
         config: a TOML path or a checked :class:`RunConfig`.
-        resume: continue an MD run from the checkpoint in its directory.
-        overwrite: replace an existing, non-empty run directory.
+        resume: continue an MD run from the checkpoint in its directory (a run that
+            already reached ``task.steps`` is left as it is and its summary returned).
+        overwrite: start again in a run directory mlmix made, removing only the files
+            it wrote there (a folder mlmix did not make is refused).
         output: run directory (default: ``output.directory`` relative to the config).
         progress: overrides ``output.progress``.
+
+    Raises:
+        ConfigurationError: before anything is written, for a bad config, structure,
+            potential or run directory (every finding in one message).
+        OutputError: an output could not be written (the last checkpoint is intact).
+        Interrupted: SIGINT/SIGTERM stopped an MD run after a checkpoint.
     """
     if isinstance(config, RunConfig):
         cfg, base = config, Path(".")
@@ -152,27 +280,46 @@ def run(config: str | Path | RunConfig, *, resume: bool = False, overwrite: bool
     run_dir = Path(output) if output is not None else base / cfg.output["directory"]
     if progress is not None:
         cfg.output["progress"] = progress
-    _prepare_dir(cfg, run_dir, resume, overwrite)
-    setup = prepare(cfg, run_dir)
-    try:
-        if cfg.engine["kind"] == "lammps":
-            from .run_lammps import run_md_lammps as task
-        else:
-            task = {"md": run_md, "relax": run_relax, "neb": run_neb}[cfg.task["kind"]]
-        summary = task(setup, resume=resume, overwrite=overwrite)
-    finally:
-        setup.close()
-    return summary
+    root = mpi_world_rank() == 0
+    with RunDirectory(run_dir, lock=root) as outdir:
+        state = check_run_dir(cfg, outdir, resume, overwrite)
+        done = finished_summary(cfg, run_dir, state)
+        if done is not None:
+            if not root:
+                return {}
+            print(f"mlmix: {run_dir} already finished its {cfg.task['steps']} steps; nothing "
+                  "to do (raise task.steps to extend it)", file=sys.stderr)
+            return done
+        setup = prepare(cfg, run_dir)
+        setup.outdir, setup.state, setup.overwrite = outdir, state, overwrite
+        setup.resume_command = _resume_command(config if not isinstance(config, RunConfig)
+                                               else "CONFIG", output)
+        try:
+            if cfg.engine["kind"] == "lammps":
+                from .run_lammps import run_md_lammps as task
+            else:
+                task = {"md": run_md, "relax": run_relax, "neb": run_neb}[cfg.task["kind"]]
+            return task(setup)
+        except OutputError as exc:
+            raise OutputError(f"{exc}. {_after_write_error(setup)}") from None
+        finally:
+            setup.close()
 
 
-def _start_dir(setup: Setup, overwrite: bool) -> None:
-    run_dir = setup.run_dir
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(
-        f"# checked by mlmix {__version__}: defaults filled in, paths absolute\n"
-        + dump_toml(setup.cfg.raw))
+def _after_write_error(setup: Setup) -> str:
+    if setup.cfg.task["kind"] == "md" and (setup.run_dir / CHECKPOINT).is_file():
+        return (f"The last checkpoint ({setup.run_dir / CHECKPOINT}) is intact: free space "
+                f"(or make the folder writable), then resume with: {setup.resume_command}")
+    return "Free space (or make the folder writable) and start the run again with --overwrite"
+
+
+def _start_dir(setup: Setup) -> None:
+    """A new run directory (or one mlmix made, emptied of its files) with the config."""
+    setup.outdir.open(overwrite=setup.overwrite)
+    path = setup.file("config.toml")
+    with output_errors(path):
+        path.write_text(f"# checked by mlmix {__version__}: defaults filled in, paths "
+                        "absolute\n" + dump_toml(setup.cfg.raw))
 
 
 def _counts(calc: MixedCalculator) -> dict:
@@ -181,9 +328,13 @@ def _counts(calc: MixedCalculator) -> dict:
             "n_expensive": int(report.n_expensive), "n_cheap": int(report.n_cheap)}
 
 
-def _write_summary(run_dir: Path, summary: dict) -> dict:
+def _write_summary(setup: Setup, summary: dict) -> dict:
     summary = {"mlmix_version": __version__, **summary}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    path = setup.file("summary.json")
+    tmp = path.with_name(path.name + ".tmp")
+    with output_errors(path):
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.replace(path)
     return summary
 
 
@@ -193,11 +344,14 @@ def _figures(setup: Setup, atoms: Atoms, log: Path | None) -> list[str]:
     from . import figures
 
     made = []
-    figures.plot_regions(atoms, setup.run_dir / "regions.png")
-    made.append("regions.png")
-    if log is not None:
-        figures.plot_log(log, setup.run_dir / "thermo.png")
-        made.append("thermo.png")
+    for name, draw in (("regions.png", lambda path: figures.plot_regions(atoms, path)),
+                       ("thermo.png", lambda path: figures.plot_log(log, path))):
+        if name == "thermo.png" and log is None:
+            continue
+        path = setup.file(name)
+        with output_errors(path):
+            draw(path)
+        made.append(name)
     return made
 
 
@@ -226,16 +380,16 @@ def _md_state(step: int, atoms: Atoms, calc: MixedCalculator, rng, drift: DriftE
         "calculator_step": calc.step,
         "rng": rng.bit_generator.state,
         "drift": drift.state,
-        "files": {"trajectory": traj.tell(), "thermo": log.tell()},
+        "files": files_state({"trajectory": traj, "thermo": log}),
         "wall_seconds": wall,
     }
 
 
-def md_start(setup: Setup, state: dict | None) -> tuple[Atoms, int, float]:
+def md_start(setup: Setup) -> tuple[Atoms, int, float]:
     """Where an MD run starts (either engine): the built structure with Maxwell-Boltzmann
     momenta at task.temperature_K (from the first of two streams of task.seed), or the
     checkpoint's structure; with its step and the wall seconds already spent."""
-    task = setup.cfg.task
+    task, state = setup.cfg.task, setup.state
     if state is not None:
         atoms = atoms_from_state(state["atoms"], setup.structure.atoms.constraints)
         return atoms, int(state["step"]), float(state["wall_seconds"])
@@ -246,22 +400,28 @@ def md_start(setup: Setup, state: dict | None) -> tuple[Atoms, int, float]:
     return atoms, 0, 0.0
 
 
-def start_outputs(setup: Setup, state: dict | None, overwrite: bool) -> None:
-    """A fresh run directory, or the outputs of a resumed run cut back to its checkpoint."""
-    if state is None:
-        _start_dir(setup, overwrite)
+def start_outputs(setup: Setup) -> None:
+    """A fresh run directory, or the outputs of a resumed run cut back to its checkpoint
+    (checked to match it before any work: :func:`check_run_dir`)."""
+    if setup.state is None:
+        _start_dir(setup)
         return
-    truncate(setup.run_dir / "trajectory.extxyz", state["files"]["trajectory"])
-    truncate(setup.run_dir / "thermo.log", state["files"]["thermo"])
+    truncate_files(setup.run_dir, setup.state["files"], OUTPUT_FILES)
 
 
-def run_md(setup: Setup, *, resume: bool = False, overwrite: bool = False) -> dict:
+def interrupted(setup: Setup, step: int) -> Interrupted:
+    """The error that ends a run stopped by a signal, after its checkpoint at ``step``."""
+    return Interrupted(f"stopped by {setup.stop.name or 'a signal'} at step {step}; a checkpoint of "
+                       f"that step is in {setup.run_dir / CHECKPOINT}. Resume with: "
+                       f"{setup.resume_command}")
+
+
+def run_md(setup: Setup) -> dict:
     """MD (NVE, or NVT with the region-weighted Langevin thermostat)."""
-    task, out, run_dir = setup.cfg.task, setup.cfg.output, setup.run_dir
+    task, out, run_dir, state = setup.cfg.task, setup.cfg.output, setup.run_dir, setup.state
     rng = np.random.default_rng(np.random.SeedSequence(task["seed"]).spawn(2)[1])
     calc = setup.calculator(energy="weighted")
-    state = load_checkpoint(run_dir / "checkpoint.npz") if resume else None
-    atoms, start, wall0 = md_start(setup, state)
+    atoms, start, wall0 = md_start(setup)
     if state is not None:
         calc.tracker.restore(state["tracker"])
         rng.bit_generator.state = state["rng"]
@@ -270,11 +430,13 @@ def run_md(setup: Setup, *, resume: bool = False, overwrite: bool = False) -> di
     atoms.get_forces()  # first evaluation: input errors surface before any file is written
     dyn = _integrator(atoms, task, rng)
     dt_fs = task["timestep_fs"]
-    start_outputs(setup, state, overwrite)
+    start_outputs(setup)
     drift = DriftEstimate(state["drift"] if state else None)
     nve = task["ensemble"] == "nve"
-    traj = TrajectoryWriter(run_dir / "trajectory.extxyz")
-    log = TableLog(run_dir / "thermo.log", LOG_COLUMNS, THERMO_NOTE)
+    traj = TrajectoryWriter(setup.file(OUTPUT_FILES["trajectory"]))
+    log = TableLog(setup.file(OUTPUT_FILES["thermo"]), LOG_COLUMNS, THERMO_NOTE)
+    checkpoint = setup.file(CHECKPOINT)
+    setup.file(checkpoint.stem + ".prev.npz")
     steps, every = task["steps"], out  # output intervals
     step_times: list[float] = []
     t_row, last_row = time.perf_counter(), start
@@ -291,36 +453,40 @@ def run_md(setup: Setup, *, resume: bool = False, overwrite: bool = False) -> di
                     "drift_eV_per_ps": drift.slope_eV_per_ps() if nve else float("nan")})
         t_row, last_row = time.perf_counter(), step
 
+    def save(step: int) -> None:
+        save_checkpoint(checkpoint, _md_state(step, atoms, calc, rng, drift, traj, log,
+                                              wall0 + time.perf_counter() - t_start))
+
     def due(step: int, key: str) -> bool:
         return every[key] > 0 and step % every[key] == 0
 
     if state is None:
         traj.write(atoms, 0, 0.0, calc.results["forces"])
         record(0)
-        save_checkpoint(run_dir / "checkpoint.npz",
-                        _md_state(0, atoms, calc, rng, drift, traj, log, 0.0))
+        save(0)
     bar = progress_bar(steps, start, out["progress"])
     try:
-        for step in range(start + 1, steps + 1):
-            t0 = time.perf_counter()
-            dyn.step()
-            step_times.append(time.perf_counter() - t0)
-            if due(step, "trajectory_every") or step == steps:
-                traj.write(atoms, step, step * dt_fs, calc.results["forces"])
-            if due(step, "log_every") or step == steps:
-                record(step)
-            if due(step, "checkpoint_every") or step == steps:
-                save_checkpoint(run_dir / "checkpoint.npz", _md_state(
-                    step, atoms, calc, rng, drift, traj, log,
-                    wall0 + time.perf_counter() - t_start))
-            bar.update(1)
+        with setup.stop:
+            for step in range(start + 1, steps + 1):
+                t0 = time.perf_counter()
+                dyn.step()
+                step_times.append(time.perf_counter() - t0)
+                if due(step, "trajectory_every") or step == steps:
+                    traj.write(atoms, step, step * dt_fs, calc.results["forces"])
+                if due(step, "log_every") or step == steps:
+                    record(step)
+                if due(step, "checkpoint_every") or step == steps or setup.stop.requested:
+                    save(step)
+                bar.update(1)
+                if setup.stop.requested and step < steps:
+                    raise interrupted(setup, step)
     finally:
         bar.close()
         traj.close()
         log.close()
     made = _figures(setup, atoms, run_dir / "thermo.log")
     reports = list(calc.history)
-    return _write_summary(run_dir, {
+    return _write_summary(setup, {
         "task": "md", "ensemble": task["ensemble"], "n_atoms": len(atoms),
         "steps": steps, "resumed_from_step": start if state else None,
         "timestep_fs": dt_fs, "final_temperature_K": temperature_K(atoms),
@@ -350,7 +516,13 @@ def _fmax(forces: np.ndarray) -> float:
     return float(np.sqrt((forces**2).sum(axis=1).max()))
 
 
-def run_relax(setup: Setup, *, resume: bool = False, overwrite: bool = False) -> dict:
+def _stopped_optimizer(setup: Setup, what: str, iteration: int) -> Interrupted:
+    return Interrupted(f"stopped by {setup.stop.name} at {what} iteration {iteration}; a "
+                       f"{what} keeps no checkpoint: start it again with "
+                       f"{setup.resume_command.replace('--resume', '--overwrite')}")
+
+
+def run_relax(setup: Setup) -> dict:
     """Relaxation of the positions on the mixed forces with a force criterion.
 
     Force mixing has no energy, so the criterion is the largest force only; the
@@ -361,16 +533,18 @@ def run_relax(setup: Setup, *, resume: bool = False, overwrite: bool = False) ->
     calc = setup.calculator()
     atoms.calc = calc
     atoms.get_forces()
-    _start_dir(setup, overwrite)
+    _start_dir(setup)
     opt = _optimizer(task["optimizer"], atoms)
-    traj = TrajectoryWriter(run_dir / "trajectory.extxyz")
-    log = TableLog(run_dir / "relax.log", RELAX_COLUMNS)
+    traj = TrajectoryWriter(setup.file("trajectory.extxyz"))
+    log = TableLog(setup.file("relax.log"), RELAX_COLUMNS)
     t_last = time.perf_counter()
     t_start = t_last
     converged = False
     iteration = 0
-    with traj, log:
+    with traj, log, setup.stop:
         for iteration, _ in enumerate(opt.irun(fmax=task["fmax"], steps=task["max_steps"])):
+            if setup.stop.requested:
+                raise _stopped_optimizer(setup, "relaxation", iteration)
             forces = calc.results["forces"]
             now = time.perf_counter()
             log.record({"iteration": iteration, "fmax_eV_per_A": _fmax(forces), **_counts(calc),
@@ -382,12 +556,14 @@ def run_relax(setup: Setup, *, resume: bool = False, overwrite: bool = False) ->
         traj.write(atoms, iteration, 0.0, calc.results["forces"])
     from ase.io import write
 
-    write(run_dir / "relaxed.extxyz", atoms, format="extxyz")
+    relaxed = setup.file("relaxed.extxyz")
+    with output_errors(relaxed):
+        write(relaxed, atoms, format="extxyz")
     energy = None
     if task["expensive_energy"]:
         energy = float(setup.expensive.evaluate(atoms).energies.sum())
     made = _figures(setup, atoms, None)
-    summary = _write_summary(run_dir, {
+    summary = _write_summary(setup, {
         "task": "relax", "n_atoms": len(atoms), "converged": converged,
         "iterations": iteration, "fmax_eV_per_A": _fmax(calc.results["forces"]),
         "fmax_target_eV_per_A": task["fmax"], "wall_seconds": time.perf_counter() - t_start,
@@ -411,12 +587,8 @@ def run_relax(setup: Setup, *, resume: bool = False, overwrite: bool = False) ->
 
 def _final_structure(setup: Setup, initial: Atoms) -> Atoms:
     task = setup.cfg.task
-    if "hop" in task:
+    if "hop" in task:  # in range: checked with the structure (runconfig)
         seeds = setup.structure.defect_seeds
-        if task["hop"] >= len(seeds):
-            raise ConfigurationError(
-                f"task.hop = {task['hop']}: the vacancy has only {len(seeds)} neighbours "
-                f"(0..{len(seeds) - 1})")
         final = initial.copy()
         final.positions[seeds[task["hop"]]] = setup.structure.vacancy_site
         return final
@@ -433,7 +605,7 @@ def _final_structure(setup: Setup, initial: Atoms) -> Atoms:
     return final
 
 
-def run_neb(setup: Setup, *, resume: bool = False, overwrite: bool = False) -> dict:
+def run_neb(setup: Setup) -> dict:
     """Nudged elastic band on mixed forces; barrier from the expensive potential.
 
     Each image has its own regions, built once on its first geometry. The optimiser
@@ -451,27 +623,41 @@ def run_neb(setup: Setup, *, resume: bool = False, overwrite: bool = False) -> d
     for image in images:
         image.calc = setup.calculator(energy="weighted")
     images[0].get_forces()
-    _start_dir(setup, overwrite)
+    _start_dir(setup)
     t0 = time.perf_counter()
+
+    def optimise(opt) -> bool:
+        converged = False
+        with setup.stop:
+            for iteration, converged in enumerate(opt.irun(fmax=task["fmax"],
+                                                           steps=task["max_steps"])):
+                if setup.stop.requested:
+                    raise _stopped_optimizer(setup, "NEB", iteration)
+        return bool(converged)
+
     for end in (images[0], images[-1]):
-        if not FIRE(end, logfile=None).run(fmax=task["fmax"], steps=task["max_steps"]):
+        if not optimise(FIRE(end, logfile=None)):
             raise CalculationError("an NEB end point did not relax within task.max_steps")
     neb = NEB(images, climb=task["climb"], method=task["method"])
     neb.interpolate(mic=True)
-    opt = FIRE(neb, logfile=str(run_dir / "neb.log"))
-    converged = bool(opt.run(fmax=task["fmax"], steps=task["max_steps"]))
+    neb_log = setup.file("neb.log")
+    with output_errors(neb_log):
+        opt = FIRE(neb, logfile=str(neb_log))
+        converged = optimise(opt)
     energies = np.array([setup.expensive.evaluate(im).energies.sum() for im in images])
     relative = energies - energies[0]
-    with TrajectoryWriter(run_dir / "trajectory.extxyz") as traj:
+    with TrajectoryWriter(setup.file("trajectory.extxyz")) as traj:
         for k, image in enumerate(images):
             traj.write(image, k, 0.0, image.get_forces())
     made = _figures(setup, images[len(images) // 2], None)
     if setup.cfg.output["figures"]:
         from .figures import plot_neb
 
-        plot_neb(relative, run_dir / "neb.png")
+        path = setup.file("neb.png")
+        with output_errors(path):
+            plot_neb(relative, path)
         made.append("neb.png")
-    summary = _write_summary(run_dir, {
+    summary = _write_summary(setup, {
         "task": "neb", "n_atoms": len(initial), "images": len(images), "converged": converged,
         "iterations": opt.nsteps, "wall_seconds": time.perf_counter() - t0,
         "barrier_eV": float(relative.max()), "reaction_energy_eV": float(relative[-1]),
@@ -506,7 +692,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue an MD run from the checkpoint in its directory")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing run directory")
+                   help="start again in a run directory mlmix made (only the files mlmix "
+                   "wrote there are removed; a folder it did not make is refused)")
     p.add_argument("--output", help="run directory (default: output.directory of the config)")
     p.add_argument("--progress", action="store_true", help="always show the progress bar")
     p.set_defaults(func=main)

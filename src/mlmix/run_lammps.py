@@ -31,11 +31,12 @@ import time
 import numpy as np
 from ase import Atoms
 
-from .checkpoint import atoms_state, load_checkpoint, save_checkpoint
+from .checkpoint import atoms_state, save_checkpoint
 from .outputs import (
     LOG_COLUMNS,
     TableLog,
     TrajectoryWriter,
+    files_state,
     progress_bar,
     temperature_K,
 )
@@ -57,19 +58,20 @@ def _output_period(out: dict) -> int:
 class _RootOutputs:
     """The files of the run, written on rank 0 from the engine's callback."""
 
-    def __init__(self, setup, start: int, resumed: dict | None, overwrite: bool,
-                 wall0: float):
-        from .run import start_outputs
+    def __init__(self, setup, start: int, wall0: float):
+        from .run import CHECKPOINT, OUTPUT_FILES, start_outputs
 
         self.setup, self.out = setup, setup.cfg.output
         self.dt_fs = setup.cfg.task["timestep_fs"]
         self.steps = setup.cfg.task["steps"]
-        run_dir = setup.run_dir
-        start_outputs(setup, resumed, overwrite)
-        self.traj = TrajectoryWriter(run_dir / "trajectory.extxyz")
-        self.log = TableLog(run_dir / "thermo.log", LOG_COLUMNS, LAMMPS_THERMO_NOTE)
+        start_outputs(setup)
+        self.traj = TrajectoryWriter(setup.file(OUTPUT_FILES["trajectory"]))
+        self.log = TableLog(setup.file(OUTPUT_FILES["thermo"]), LOG_COLUMNS,
+                            LAMMPS_THERMO_NOTE)
+        self.checkpoint = setup.file(CHECKPOINT)
+        setup.file(self.checkpoint.stem + ".prev.npz")
         self.bar = progress_bar(self.steps, start, self.out["progress"])
-        self.first = resumed is None
+        self.first = setup.state is None
         self.wall0, self.t_start = wall0, time.perf_counter()
         self.last_step, self.t_last = start, time.perf_counter()
         self.per_step: list[float] = []
@@ -96,13 +98,13 @@ class _RootOutputs:
                 "n_core": report.counts["core"], "n_weighted": int((atoms.arrays["mlmix_p"] > 0).sum()),
                 "n_expensive": report.n_expensive, "n_cheap": len(atoms),
                 "seconds_per_step": seconds, "drift_eV_per_ps": float("nan")})
-        if fresh or self._due(step, "checkpoint_every"):
-            save_checkpoint(self.setup.run_dir / "checkpoint.npz", {
+        if fresh or self._due(step, "checkpoint_every") or self.setup.stop.requested:
+            save_checkpoint(self.checkpoint, {
                 "step": step,
                 "atoms": atoms_state(atoms),
                 "tracker": engine.tracker.state(),
                 "thermostat_force": atoms.arrays.get("mlmix_thermostat_force"),
-                "files": {"trajectory": self.traj.tell(), "thermo": self.log.tell()},
+                "files": files_state({"trajectory": self.traj, "thermo": self.log}),
                 "wall_seconds": self.wall_seconds(),
             })
         self.bar.update(step - self.last_step)
@@ -117,21 +119,20 @@ class _RootOutputs:
         self.log.close()
 
 
-def run_md_lammps(setup, *, resume: bool = False, overwrite: bool = False) -> dict:
+def run_md_lammps(setup) -> dict:
     """MD of a checked config on the LAMMPS engine (collective: every rank calls it).
 
     Returns the summary on rank 0 (also written to ``summary.json``), ``{}`` on the
     other ranks.
     """
     from .lammps_engine import LammpsEngine, mpi_comm
-    from .run import _figures, _write_summary, md_start
+    from .run import _figures, _write_summary, interrupted, md_start
 
-    cfg, task = setup.cfg, setup.cfg.task
+    cfg, task, state = setup.cfg, setup.cfg.task, setup.state
     comm = mpi_comm()
     ranks = comm.size if comm is not None else 1
     is_root = comm is None or comm.rank == 0
-    state = load_checkpoint(setup.run_dir / "checkpoint.npz") if resume else None
-    atoms, start, wall0 = md_start(setup, state)
+    atoms, start, wall0 = md_start(setup)
     engine = LammpsEngine(
         atoms, setup.expensive, setup.cheap, build_spec(cfg, setup.expensive.cutoff),
         build_seeds(cfg.seeds, setup.structure), nevery=cfg.regions["nevery"],
@@ -145,15 +146,19 @@ def run_md_lammps(setup, *, resume: bool = False, overwrite: bool = False) -> di
     outputs: list[_RootOutputs] = []  # made on rank 0 inside the engine's error handling
 
     def first(snapshot: Atoms, eng) -> None:
-        outputs.append(_RootOutputs(setup, start, state, overwrite, wall0))
+        outputs.append(_RootOutputs(setup, start, wall0))
         if state is None:
             outputs[0](snapshot, eng)
 
     try:
         engine.run(0, callback=first)  # first forces: input errors surface, nothing written
         if task["steps"] > start:
-            engine.run(task["steps"] - start, callback=lambda a, e: outputs[0](a, e),
-                       every=_output_period(cfg.output))
+            with setup.stop:
+                done = engine.run(task["steps"] - start, callback=lambda a, e: outputs[0](a, e),
+                                  every=_output_period(cfg.output),
+                                  should_stop=lambda: setup.stop.requested)
+            if start + done < task["steps"]:  # every rank: stopped by a signal on rank 0
+                raise interrupted(setup, start + done)
         if not is_root:
             return {}
         out = outputs[0]
@@ -161,7 +166,7 @@ def run_md_lammps(setup, *, resume: bool = False, overwrite: bool = False) -> di
         final = out.atoms
         made = _figures(setup, final, setup.run_dir / "thermo.log")
         history = list(engine.history)
-        return _write_summary(setup.run_dir, {
+        return _write_summary(setup, {
             "task": "md", "engine": "lammps", "mpi_ranks": ranks,
             "ensemble": task["ensemble"], "n_atoms": len(final), "steps": task["steps"],
             "resumed_from_step": start if state else None,

@@ -32,6 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import math
+
 import numpy as np
 from ase import Atoms
 from ase.constraints import FixAtoms
@@ -39,6 +41,7 @@ from ase.data import atomic_numbers
 
 from . import structures
 from .config import Problems
+from .contacts import contact_problem
 from .errors import ConfigurationError
 from .potentials.factory import check_potential_spec
 from .potentials.files import resolve_potential_file
@@ -91,6 +94,7 @@ class RunConfig:
     output: dict
     engine: dict
     raw: dict
+    built: Structure | None = None
 
 
 # --------------------------------------------------------------------------- checks
@@ -104,13 +108,32 @@ def _flag(p: Problems, table: Mapping, where: str, key: str, default: bool) -> b
     return value
 
 
-def _int_list(p: Problems, table: Mapping, where: str, key: str, length: int | None = None):
+def _int_list(p: Problems, table: Mapping, where: str, key: str, length: int | None = None,
+              minimum: int | None = None):
     value = table.get(key)
     ok = isinstance(value, list) and all(
         isinstance(v, int) and not isinstance(v, bool) for v in value)
     if not ok or (length is not None and len(value) != length) or (ok and not value):
         shape = f"{length} integers" if length else "a non-empty list of integers"
         p.add(f"{where}.{key}", f"must be {shape}, got {value!r}")
+        return None
+    if minimum is not None and min(value) < minimum:
+        bad = [v for v in value if v < minimum]
+        what = "atom indices count from 0 (negative indices are not accepted)" \
+            if minimum == 0 else f"every entry must be >= {minimum}"
+        p.add(f"{where}.{key}", f"{what}, got {bad}")
+        return None
+    return value
+
+
+def _species_list(p: Problems, table: dict, where: str, key: str, what: str) -> list | None:
+    """``table[key]`` as a list of element symbols (a single symbol is a list of one)."""
+    value = table.get(key)
+    if isinstance(value, str):
+        table[key] = value = [value]
+    if not (isinstance(value, list) and value
+            and all(isinstance(v, str) and v in atomic_numbers for v in value)):
+        p.add(f"{where}.{key}", f"must list {what}, e.g. ['W', 'He'], got {value!r}")
         return None
     return value
 
@@ -152,13 +175,13 @@ def _structure(p: Problems, raw: Mapping, base: Path) -> dict:
         return s
     builder = p.choice(s, "structure", "builder", BUILDERS)
     lattice = {"element", "crystal", "a", "repeat"}
-    known = {"builder"} | {
+    known = {"builder", "min_distance"} | {
         "bulk": lattice, "vacancy": lattice | {"index", "bond"},
         "interstitial": lattice | {"species", "site", "position"},
         "substitution": lattice | {"species", "index"},
         "dislocation": {"element", "a", "C11", "C12", "C44", "radius", "n_burgers",
                         "fix_width"},
-        "file": {"path", "format", "species"},
+        "file": {"path", "format", "species", "pbc"},
     }.get(builder, set())
     p.unknown_keys(s, "structure", known)
     if builder in (BUILDERS - {"file", "dislocation"}):
@@ -184,8 +207,10 @@ def _structure(p: Problems, raw: Mapping, base: Path) -> dict:
         if "position" in s:
             pos = s["position"]
             if not (isinstance(pos, list) and len(pos) == 3
-                    and all(isinstance(x, (int, float)) for x in pos)):
-                p.add("structure.position", f"must be [x, y, z] in Å, got {pos!r}")
+                    and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                            and math.isfinite(x) for x in pos)):
+                p.add("structure.position", f"must be [x, y, z] in Å (finite numbers), "
+                      f"got {pos!r}")
         elif crystal in structures.INTERSTITIAL_SITES:
             sites = structures.INTERSTITIAL_SITES[crystal]
             s.setdefault("site", next(iter(sites)))
@@ -215,10 +240,14 @@ def _structure(p: Problems, raw: Mapping, base: Path) -> dict:
         else:
             s["path"] = str((base / path).resolve())
         if "species" in s:
-            species = s["species"]
-            if not (isinstance(species, list) and all(v in atomic_numbers for v in species)):
-                p.add("structure.species",
-                      f"must list the element of each LAMMPS atom type, got {species!r}")
+            _species_list(p, s, "structure", "species", "the element of each LAMMPS atom type")
+        if "pbc" in s:
+            pbc = s["pbc"]
+            if not (isinstance(pbc, bool) or (isinstance(pbc, list) and len(pbc) == 3
+                                              and all(isinstance(v, bool) for v in pbc))):
+                p.add("structure.pbc", f"must be true, false or three of them, got {pbc!r}")
+    if "min_distance" in s:
+        p.number(s, "structure", "min_distance", minimum=0)
     return s
 
 
@@ -243,14 +272,9 @@ def _seeds(p: Problems, regions: Mapping, builder: str | None) -> dict:
               f"{sorted(DEFECT_BUILDERS)} (it has {builder!r}); give indices, species "
               "or a classifier")
     if kind == "indices":
-        _int_list(p, seeds, where, "indices")
+        _int_list(p, seeds, where, "indices", minimum=0)
     if kind == "species":
-        species = seeds.get("species")
-        if isinstance(species, str):
-            seeds["species"] = species = [species]
-        if not (isinstance(species, list) and species
-                and all(s in atomic_numbers for s in species)):
-            p.add(f"{where}.species", f"must list element symbols, got {species!r}")
+        _species_list(p, seeds, where, "species", "element symbols")
     if kind == "lammps_compute":
         compute = seeds.get("compute")
         if not (isinstance(compute, str) and compute.endswith("/atom")):
@@ -261,7 +285,7 @@ def _seeds(p: Problems, regions: Mapping, builder: str | None) -> dict:
             p.add(f"{where}.args", f"must be the compute's arguments as one string, e.g. "
                   f"'cutoff 2.9' or 'bcc', got {seeds['args']!r}")
     if kind in ("classifier", "lammps_compute"):
-        _averaged_seeds(p, seeds, where)
+        _averaged_seeds(p, seeds, where, regions.get("nevery"))
     if kind == "classifier":
         quantity = p.choice(seeds, where, "quantity", set(QUANTITIES))
         params = QUANTITIES.get(quantity, {})
@@ -280,18 +304,25 @@ def _seeds(p: Problems, regions: Mapping, builder: str | None) -> dict:
     return seeds
 
 
-def _averaged_seeds(p: Problems, seeds: dict, where: str) -> None:
-    """Bounds and schedule of a time-averaged classifier (mlmix.seeds.ClassifierSeeds)."""
-    for key in ("lb", "ub"):
-        if key in seeds:
-            p.number(seeds, where, key)
+def _averaged_seeds(p: Problems, seeds: dict, where: str, nevery) -> None:
+    """Bounds and schedule of a time-averaged classifier (mlmix.seeds.ClassifierSeeds).
+
+    ``nfreq`` defaults to the rebuild period ``regions.nevery`` (a query at every
+    rebuild), so a minimal classifier table fits any schedule.
+    """
+    bounds = [p.number(seeds, where, key) if key in seeds else None for key in ("lb", "ub")]
     if not ("lb" in seeds or "ub" in seeds):
         p.add(where, "a classifier needs lb and/or ub (seeds: lb <= q <= ub)")
+    if None not in bounds and bounds[0] > bounds[1]:
+        p.add(f"{where}.lb", f"({bounds[0]}) must not exceed {where}.ub ({bounds[1]}): "
+              "no atom could be a seed")
+    good_nevery = isinstance(nevery, int) and not isinstance(nevery, bool) and nevery > 0
+    seeds.setdefault("nfreq", nevery if good_nevery else 1)
+    seeds.setdefault("window", 1)
     for key in ("nfreq", "window"):
-        seeds.setdefault(key, 1)
         p.number(seeds, where, key, minimum=1, integer=True)
     if "initial" in seeds:
-        _int_list(p, seeds, where, "initial")
+        _int_list(p, seeds, where, "initial", minimum=0)
 
 
 def _regions(p: Problems, raw: Mapping, task_kind: str | None) -> tuple[dict, dict | None]:
@@ -437,6 +468,7 @@ def parse_run_config(raw: Mapping, base: Path = Path("."), source: str = "run co
     p.unknown_keys(raw, "top level", {"structure", "potentials", "regions", "mixing", "task",
                                       "output", "engine"})
     structure = _structure(p, raw, base)
+    structure_ok = p.count("structure") == 0
     builder = structure.get("builder")
     pots = p.section(raw, "potentials")
     p.unknown_keys(pots, "potentials", {"expensive", "cheap"})
@@ -447,6 +479,8 @@ def parse_run_config(raw: Mapping, base: Path = Path("."), source: str = "run co
         if spec is None:
             p.add(where, "missing table")
             continue
+        if isinstance(spec, Mapping) and isinstance(spec.get("species"), str):
+            spec = {**spec, "species": [spec["species"]]}  # "Si" is ["Si"], not ['S', 'i']
         check_potential_spec(spec, where, p)
         specs[role] = _absolute_files(spec, base, where, p) if isinstance(spec, Mapping) else {}
     task = _task(p, raw, builder)
@@ -466,6 +500,14 @@ def parse_run_config(raw: Mapping, base: Path = Path("."), source: str = "run co
     output = _output(p, raw, Path(source).stem)
     engine = _engine(p, raw, {"task": task, "cheap": specs.get("cheap", {}), "seeds": seeds,
                               "mixing": mixing})
+    built = None
+    if structure_ok and structure:
+        try:
+            built = build_structure(structure)
+        except ConfigurationError as exc:
+            p.add("structure", str(exc))
+        else:
+            _check_structure(p, built, structure, seeds, specs, task)
     p.raise_if_any()
     normalised = {
         "structure": structure, "potentials": specs,
@@ -474,7 +516,66 @@ def parse_run_config(raw: Mapping, base: Path = Path("."), source: str = "run co
         "mixing": mixing, "task": task, "output": output, "engine": engine,
     }
     return RunConfig(structure, specs["expensive"], specs["cheap"], regions, seeds, hyst,
-                     mixing, task, output, engine, normalised)
+                     mixing, task, output, engine, normalised, built)
+
+
+def _check_structure(p: Problems, built: Structure, s: Mapping, seeds: Mapping, specs: Mapping,
+                     task: Mapping) -> None:
+    """What can be said of the built structure before any potential is loaded."""
+    atoms = built.atoms
+    n = len(atoms)
+    if n == 0:
+        p.add("structure", "the structure has no atoms" + (
+            f" ({s['path']} holds none)" if s.get("builder") == "file" else ""))
+        return
+    contact = contact_problem(atoms, s.get("min_distance"), "structure.min_distance")
+    if contact:
+        p.add("structure", contact)
+    present = set(atoms.get_chemical_symbols())
+    kind = seeds.get("kind")
+    for key in ("indices", "initial"):
+        indices = seeds.get(key) if key in seeds else None
+        if isinstance(indices, list) and indices and max(indices) >= n:
+            bad = [i for i in indices if i >= n]
+            p.add(f"regions.seeds.{key}", f"{bad[:5]} out of range: the structure has {n} "
+                  f"atoms (indices 0..{n - 1})")
+    if kind == "defect" and built.defect_seeds is not None and not len(built.defect_seeds):
+        p.add("regions.seeds.kind", "'defect': the builder found no atom next to the defect "
+              "(check structure.bond); give indices instead")
+    if kind == "species" and isinstance(seeds.get("species"), list):
+        missing = sorted(set(seeds["species"]) - present)
+        if missing:
+            p.add("regions.seeds.species", f"{missing} not in the structure (it holds "
+                  f"{sorted(present)}); list a species that is present")
+    for role, spec in specs.items():
+        species = spec.get("species")
+        if isinstance(species, list) and spec.get("backend") == "lammps":
+            lacking = sorted(present - set(species))
+            if lacking and role == "expensive":
+                p.add(f"potentials.{role}.species", f"{species} does not cover {lacking} in "
+                      "the structure: every atom may become expensive, so the expensive "
+                      "potential must describe every species")
+            elif lacking:
+                check_undescribed(p, built, seeds, lacking)
+    if task.get("kind") == "neb" and "hop" in task and built.defect_seeds is not None \
+            and isinstance(task["hop"], int) and task["hop"] >= len(built.defect_seeds):
+        p.add("task.hop", f"= {task['hop']}: the vacancy has {len(built.defect_seeds)} "
+              f"neighbours (0..{len(built.defect_seeds) - 1})")
+
+
+def check_undescribed(p: Problems, built: Structure, seeds: Mapping, lacking: list) -> None:
+    """Atoms of species the cheap potential lacks must be seeds for the whole run."""
+    atoms, kind = built.atoms, seeds.get("kind")
+    need = np.flatnonzero(np.isin(atoms.get_chemical_symbols(), lacking))
+    if kind == "species" and set(lacking) <= set(seeds.get("species") or []):
+        return
+    if kind in ("defect", "indices"):
+        chosen = built.defect_seeds if kind == "defect" else seeds.get("indices")
+        if chosen is not None and set(need.tolist()) <= set(np.asarray(chosen).tolist()):
+            return
+    p.add("potentials.cheap.species", f"{lacking} (e.g. atom {need[0]}) are not described by "
+          f"the cheap potential, so they must stay expensive all run: add them as seeds "
+          f"([regions.seeds] kind = 'species', species = {lacking})")
 
 
 # --------------------------------------------------------------------------- builders
@@ -546,6 +647,19 @@ def _read_structure(s: Mapping) -> Atoms:
         raise ConfigurationError(
             "structure.species: a LAMMPS data file has atom types, not elements; list the "
             "element of each type, e.g. species = ['W', 'He']")
+    has_cell = abs(atoms.cell.volume) > 0 or atoms.cell.array.any()
+    if "pbc" in s:
+        pbc = np.broadcast_to(np.asarray(s["pbc"], bool), (3,))
+        if pbc.any() and not has_cell:
+            raise ConfigurationError(
+                f"structure.pbc: {s['path']} gives no cell (no Lattice), so it cannot be "
+                "periodic; add a Lattice to the file or set pbc = false")
+        atoms.pbc = pbc
+    elif not atoms.pbc.any():
+        raise ConfigurationError(
+            f"structure.path: {s['path']} has no periodic cell (an extended-XYZ file "
+            "without Lattice, or pbc = 'F F F'), so it would run as an isolated cluster in "
+            "vacuum; set structure.pbc = false if that is meant, or add the Lattice")
     return atoms
 
 

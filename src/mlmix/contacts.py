@@ -1,0 +1,86 @@
+"""Close contacts: atoms too close together for any interatomic potential to mean much.
+
+Two atoms 0.1 Å apart (or on top of each other, as after a bad ``repeat`` or a typo in
+a lattice parameter) give NaN, huge or silently garbage forces with every potential
+mlmix drives. :func:`close_pairs` finds such pairs and :func:`contact_problem` says, in
+one sentence, which pair is closest and how close, so a structure is refused before
+any work.
+
+The default minimum distance of a species pair is :data:`DEFAULT_FRACTION` of the sum
+of the two covalent radii (ASE's table), i.e. half a typical bond: 1.11 Å for Si-Si,
+1.62 Å for W-W, 0.95 Å for W-He. Real structures, even hot ones, stay well above it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ase import Atoms
+from ase.data import chemical_symbols, covalent_radii
+
+from .neighbours import neighbour_pairs
+
+DEFAULT_FRACTION = 0.5
+"""Default minimum distance as a fraction of the sum of covalent radii."""
+
+
+def default_min_distance(numbers_i: np.ndarray, numbers_j: np.ndarray) -> np.ndarray:
+    """Å, the default minimum distance of atoms with atomic numbers ``numbers_i`` and
+    ``numbers_j`` (arrays of one shape; the result has that shape)."""
+    radii = covalent_radii[np.asarray(numbers_i)] + covalent_radii[np.asarray(numbers_j)]
+    return DEFAULT_FRACTION * radii
+
+
+def close_pairs(atoms: Atoms, min_distance: float | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs of atoms closer than the minimum distance (minimum image).
+
+    Args:
+        atoms: the structure.
+        min_distance: Å, one threshold for every species pair; None uses
+            :func:`default_min_distance` per pair.
+
+    Returns:
+        ``(i, j, d)``: indices (i < j, or i == j for an atom close to its own image)
+        and distances (Å) of the offending pairs, closest first.
+    """
+    numbers = atoms.numbers
+    if len(atoms) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    if min_distance is None:
+        reach = float(default_min_distance(numbers, numbers).max())
+    else:
+        reach = float(min_distance)
+    if reach <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    i, j, d = neighbour_pairs(atoms.positions, atoms.cell.array, atoms.pbc, reach, "ijd")
+    keep = i <= j
+    i, j, d = i[keep], j[keep], d[keep]
+    limit = reach if min_distance is not None else default_min_distance(numbers[i], numbers[j])
+    bad = d < limit
+    order = np.argsort(d[bad], kind="stable")
+    return i[bad][order], j[bad][order], d[bad][order]
+
+
+def contact_problem(atoms: Atoms, min_distance: float | None = None, key: str = "min_distance"
+                    ) -> str | None:
+    """A message naming the closest pair if any atoms are too close, else None.
+
+    ``key`` is how the user sets the threshold (a config key or a Python argument),
+    named in the message so that a deliberate close contact can be allowed.
+    """
+    i, j, d = close_pairs(atoms, min_distance)
+    if not i.size:
+        return None
+    a, b = int(i[0]), int(j[0])
+    pair = f"{chemical_symbols[atoms.numbers[a]]}-{chemical_symbols[atoms.numbers[b]]}"
+    if min_distance is None:
+        limit = float(default_min_distance(atoms.numbers[a], atoms.numbers[b]))
+        rule = f"{limit:.3g} Å, half the sum of their covalent radii"
+    else:
+        limit, rule = float(min_distance), f"{float(min_distance):.3g} Å"
+    what = (f"atom {a} is {d[0]:.3g} Å from its own periodic image" if a == b else
+            f"atoms {a} and {b} ({pair}) are {d[0]:.3g} Å apart")
+    more = f" ({i.size} such pairs)" if i.size > 1 else ""
+    return (f"{what}{more}, closer than the minimum distance {rule}: overlapping atoms "
+            f"(check the lattice parameter, repeat or file); set {key} (Å) lower to "
+            "allow it")
