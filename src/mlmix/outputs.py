@@ -9,7 +9,7 @@
 * :func:`progress_bar`: tqdm on standard error with an ETA.
 
 Both files are appended to and flushed after every record. A checkpoint records
-each file's size and a fingerprint of its last bytes (:func:`files_state`); a resumed
+each file's size and the CRC-32 of its bytes (:func:`files_state`); a resumed
 run first checks that the files still match (:func:`files_problems`: not deleted, not
 shortened, not rewritten), then cuts them back to the checkpoint (:func:`truncate`)
 and continues them seamlessly. A write that fails (a full disk) raises
@@ -18,10 +18,10 @@ and continues them seamlessly. A write that fails (a full disk) raises
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -35,26 +35,25 @@ LOG_COLUMNS = ("step", "time_fs", "temperature_K", "n_core", "n_weighted", "n_ex
 FRAME_ARRAYS = ("momenta", "mlmix_p", "mlmix_expensive", "mlmix_cheap", ID_ARRAY)
 
 
-FINGERPRINT_BYTES = 65536
-"""How many bytes before a checkpoint's offset its fingerprint covers."""
-
-
-def fingerprint(path: Path, size: int) -> str:
-    """sha256 of the ``FINGERPRINT_BYTES`` bytes of ``path`` that end at ``size``."""
-    start = max(0, size - FINGERPRINT_BYTES)
+def file_crc32(path: Path, size: int) -> int:
+    """CRC-32 of the first ``size`` bytes of ``path`` (read in 16 MiB blocks)."""
+    crc, left = 0, size
     with open(path, "rb") as fh:
-        fh.seek(start)
-        return hashlib.sha256(fh.read(size - start)).hexdigest()
+        while left > 0:
+            block = fh.read(min(left, 1 << 24))
+            if not block:
+                break
+            crc = zlib.crc32(block, crc)
+            left -= len(block)
+    return crc
 
 
 def files_state(files: dict) -> dict:
     """What a checkpoint records of open output files (``{key: _AppendFile}``): per
-    key the size in bytes and the fingerprint of the bytes before it."""
-    out = {}
-    for key, f in files.items():
-        size = f.tell()
-        out[key] = {"name": f.path.name, "size": size, "sha256": fingerprint(f.path, size)}
-    return out
+    key the file name, its size in bytes and the CRC-32 of all of it, so that any
+    later change to what the checkpoint covers is noticed."""
+    return {key: {"name": f.path.name, "size": f.tell(), "crc32": f.crc32}
+            for key, f in files.items()}
 
 
 def _entry(value) -> dict:
@@ -77,7 +76,7 @@ def files_problems(run_dir: Path, state: dict, names: dict[str, str]) -> list[st
             problems.append(f"{path} is shorter ({path.stat().st_size} bytes) than the "
                             f"checkpoint recorded ({size} bytes): it was cut after the "
                             "checkpoint")
-        elif "sha256" in entry and fingerprint(path, size) != entry["sha256"]:
+        elif "crc32" in entry and file_crc32(path, size) != entry["crc32"]:
             problems.append(f"{path} was changed before byte {size}, which the checkpoint "
                             "recorded: it is no longer the file this run wrote")
     return problems
@@ -100,15 +99,19 @@ def truncate_files(run_dir: Path, state: dict, names: dict[str, str]) -> None:
 
 
 class _AppendFile:
+    # Keeps the CRC-32 of everything in the file as it grows, for files_state.
     def __init__(self, path: Path):
         self.path = Path(path)
         with output_errors(self.path):
-            self._fh = open(self.path, "a")
+            size = self.path.stat().st_size if self.path.is_file() else 0
+            self.crc32 = file_crc32(self.path, size) if size else 0
+            self._fh = open(self.path, "a", encoding="utf-8")
 
     def _append(self, text: str) -> None:
         with output_errors(self.path):
             self._fh.write(text)
             self._fh.flush()
+        self.crc32 = zlib.crc32(text.encode("utf-8"), self.crc32)
 
     def tell(self) -> int:
         with output_errors(self.path):

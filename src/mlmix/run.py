@@ -52,7 +52,7 @@ from .outputs import (
 from .potentials.base import Potential
 from .potentials.factory import make_potential
 from .regions import RegionTracker
-from .rundir import RunDirectory, output_errors
+from .rundir import RunDirectory, output_error, output_errors
 from .runconfig import (
     RunConfig,
     Structure,
@@ -197,7 +197,7 @@ def check_loaded(cfg: RunConfig, structure: Structure, expensive: Potential,
     (before any output is written)."""
     from .config import Problems
 
-    p = Problems("the potentials of the config")
+    p = Problems(f"{cfg.source} (checked with its potentials loaded)")
     approx = cfg.mixing["allow_approximate"]
     r_buff = cfg.regions.get("r_buff")
     if not approx and not expensive.is_local:
@@ -300,8 +300,9 @@ def run(config: str | Path | RunConfig, *, resume: bool = False, overwrite: bool
             else:
                 task = {"md": run_md, "relax": run_relax, "neb": run_neb}[cfg.task["kind"]]
             return task(setup)
-        except OutputError as exc:
-            raise OutputError(f"{exc}. {_after_write_error(setup)}") from None
+        except OSError as exc:  # a write failed (full disk, folder gone read-only)
+            error = exc if isinstance(exc, OutputError) else output_error(run_dir, exc)
+            raise OutputError(f"{error}. {_after_write_error(setup)}") from None
         finally:
             setup.close()
 

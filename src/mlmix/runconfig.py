@@ -95,6 +95,7 @@ class RunConfig:
     engine: dict
     raw: dict
     built: Structure | None = None
+    source: str = "run config"
 
 
 # --------------------------------------------------------------------------- checks
@@ -175,15 +176,16 @@ def _structure(p: Problems, raw: Mapping, base: Path) -> dict:
         return s
     builder = p.choice(s, "structure", "builder", BUILDERS)
     lattice = {"element", "crystal", "a", "repeat"}
-    known = {"builder", "min_distance"} | {
+    known = {
         "bulk": lattice, "vacancy": lattice | {"index", "bond"},
         "interstitial": lattice | {"species", "site", "position"},
         "substitution": lattice | {"species", "index"},
         "dislocation": {"element", "a", "C11", "C12", "C44", "radius", "n_burgers",
                         "fix_width"},
         "file": {"path", "format", "species", "pbc"},
-    }.get(builder, set())
-    p.unknown_keys(s, "structure", known)
+    }.get(builder)
+    if known is not None:  # with an unknown builder its keys cannot be judged
+        p.unknown_keys(s, "structure", known | {"builder", "min_distance"})
     if builder in (BUILDERS - {"file", "dislocation"}):
         _element(p, s, "structure", "element")
         crystal = p.choice(s, "structure", "crystal", set(SHELLS))
@@ -289,7 +291,7 @@ def _seeds(p: Problems, regions: Mapping, builder: str | None) -> dict:
     if kind == "classifier":
         quantity = p.choice(seeds, where, "quantity", set(QUANTITIES))
         params = QUANTITIES.get(quantity, {})
-        for key in ({"r_cut", "n_neighbours"} - set(params)) & set(seeds):
+        for key in ({"r_cut", "n_neighbours"} - set(params)) & set(seeds) if quantity else ():
             p.add(f"{where}.{key}", f"is not a parameter of quantity {quantity!r}")
         for key, default in params.items():
             if default is not None:
@@ -344,8 +346,8 @@ def _regions(p: Problems, raw: Mapping, task_kind: str | None) -> tuple[dict, di
     if "hysteresis" in r:
         hyst = p.section(r, "hysteresis")
         p.unknown_keys(hyst, "regions.hysteresis", {"tau_in_fs", "tau_out_fs"})
-        for key in ("tau_in_fs", "tau_out_fs"):
-            p.number(hyst, "regions.hysteresis", key, minimum=0)
+        for key in ("tau_in_fs", "tau_out_fs"):  # 0 fs (the default): no delay that way
+            p.number(hyst, "regions.hysteresis", key, 0.0, minimum=0)
         if nevery == 0:
             p.add("regions.hysteresis", "needs regions that are rebuilt: set nevery > 0")
         if task_kind != "md":
@@ -504,8 +506,8 @@ def parse_run_config(raw: Mapping, base: Path = Path("."), source: str = "run co
     if structure_ok and structure:
         try:
             built = build_structure(structure)
-        except ConfigurationError as exc:
-            p.add("structure", str(exc))
+        except ConfigurationError as exc:  # its message starts with the key at fault
+            p.messages.append(str(exc))
         else:
             _check_structure(p, built, structure, seeds, specs, task)
     p.raise_if_any()
@@ -516,7 +518,7 @@ def parse_run_config(raw: Mapping, base: Path = Path("."), source: str = "run co
         "mixing": mixing, "task": task, "output": output, "engine": engine,
     }
     return RunConfig(structure, specs["expensive"], specs["cheap"], regions, seeds, hyst,
-                     mixing, task, output, engine, normalised, built)
+                     mixing, task, output, engine, normalised, built, source)
 
 
 def _check_structure(p: Problems, built: Structure, s: Mapping, seeds: Mapping, specs: Mapping,
@@ -549,7 +551,8 @@ def _check_structure(p: Problems, built: Structure, s: Mapping, seeds: Mapping, 
                   f"{sorted(present)}); list a species that is present")
     for role, spec in specs.items():
         species = spec.get("species")
-        if isinstance(species, list) and spec.get("backend") == "lammps":
+        if isinstance(species, list) and spec.get("backend") == "lammps" \
+                and all(isinstance(v, str) and v in atomic_numbers for v in species):
             lacking = sorted(present - set(species))
             if lacking and role == "expensive":
                 p.add(f"potentials.{role}.species", f"{species} does not cover {lacking} in "
@@ -559,8 +562,8 @@ def _check_structure(p: Problems, built: Structure, s: Mapping, seeds: Mapping, 
                 check_undescribed(p, built, seeds, lacking)
     if task.get("kind") == "neb" and "hop" in task and built.defect_seeds is not None \
             and isinstance(task["hop"], int) and task["hop"] >= len(built.defect_seeds):
-        p.add("task.hop", f"= {task['hop']}: the vacancy has {len(built.defect_seeds)} "
-              f"neighbours (0..{len(built.defect_seeds) - 1})")
+        p.add("task.hop", f"{task['hop']} is out of range: the vacancy has "
+              f"{len(built.defect_seeds)} neighbours (0..{len(built.defect_seeds) - 1})")
 
 
 def check_undescribed(p: Problems, built: Structure, seeds: Mapping, lacking: list) -> None:
@@ -612,7 +615,8 @@ def build_structure(s: Mapping) -> Structure:
     index = s.get("index", structures.central_atom(atoms))
     if index >= len(atoms):
         raise ConfigurationError(
-            f"structure.index = {index} is out of range: the cell has {len(atoms)} atoms")
+            f"structure.index: {index} is out of range: the cell has {len(atoms)} atoms "
+            f"(0..{len(atoms) - 1})")
     if builder == "vacancy":
         site = atoms.positions[index].copy()
         atoms, neighbours = structures.remove_atom(atoms, index, s["bond"])

@@ -37,6 +37,7 @@ from ..config import Problems, load_toml
 from ..errors import CalculationError, ConfigurationError
 from ..potentials.base import Potential
 from ..potentials.factory import check_potential_spec, make_potential
+from ..rundir import RunDirectory
 from . import data, elastic, report, solvers
 from .model import LinearModel
 
@@ -73,6 +74,7 @@ class FitConfig:
     energy_weight: float = 1.0
     force_weight: float = 0.1
     reg: float = 1e-8
+    zero_columns: str = "error"
     vacancy: bool = False
     elastic: bool = True
     stem: str = "cheap"
@@ -140,12 +142,14 @@ def parse_config(cfg: Mapping, base: Path = Path("."), source: str = "fit config
         accepted = set(inspect.signature(model_class(family)).parameters) - {"self"}
         p.unknown_keys(model, "model", accepted | {"family"})
 
-    p.unknown_keys(fit, "fit", {"alpha", "method", "energy_weight", "force_weight", "reg"})
+    p.unknown_keys(fit, "fit", {"alpha", "method", "energy_weight", "force_weight", "reg",
+                                "zero_columns"})
     p.number(fit, "fit", "alpha", 1e-4, minimum=0)
     p.choice(fit, "fit", "method", {"lambda", "exact"}, "lambda")
     p.number(fit, "fit", "energy_weight", 1.0, minimum=0, strict=True)
     p.number(fit, "fit", "force_weight", 0.1, minimum=0)
     p.number(fit, "fit", "reg", 1e-8, minimum=0)
+    p.choice(fit, "fit", "zero_columns", {"error", "zero"}, "error")
 
     p.unknown_keys(rep, "report", {"vacancy", "elastic"})
     p.unknown_keys(out, "output", {"directory", "stem"})
@@ -165,6 +169,7 @@ def parse_config(cfg: Mapping, base: Path = Path("."), source: str = "fit config
         seed=int(soft.get("seed", 0)), alpha=float(fit.get("alpha", 1e-4)),
         method=fit.get("method", "lambda"), energy_weight=float(fit.get("energy_weight", 1.0)),
         force_weight=float(fit.get("force_weight", 0.1)), reg=float(fit.get("reg", 1e-8)),
+        zero_columns=fit.get("zero_columns", "error"),
         vacancy=bool(rep.get("vacancy", False)), elastic=bool(rep.get("elastic", True)),
         stem=out.get("stem", "cheap"),
     )
@@ -253,7 +258,7 @@ def split(frames: list[Atoms], test_fraction: float, seed: int):
 
 def fit_models(model: LinearModel, reference: Atoms, hard: list[Atoms], train: list[Atoms], *,
                alpha: float, method: str = "lambda", energy_weight: float = 1.0,
-               force_weight: float = 0.1, reg: float = 1e-8):
+               force_weight: float = 0.1, reg: float = 1e-8, zero_columns: str = "error"):
     """Unconstrained (ridge) and constrained coefficients on the same soft data.
 
     Args:
@@ -261,17 +266,22 @@ def fit_models(model: LinearModel, reference: Atoms, hard: list[Atoms], train: l
             per atom from it.
         alpha: eV/atom, tolerance on ``||A_H c - y_H||``; ``method="exact"`` (or
             alpha = 0) solves with the hard rows as equality constraints.
+        zero_columns: ``"error"`` (default) refuses coefficients that no row
+            determines, ``"zero"`` fixes them at 0 (ridge: columns zero in the soft
+            rows; constrained: zero in soft and hard rows). Config: ``[fit] zero_columns``.
 
     Returns:
         ``(unconstrained coefficients, constrained FitResult, (A_H, y_H))``.
     """
     a_h, y_h = hard_rows(model, hard, reference)
     a_s, y_s = soft_rows(model, train, energy_weight, force_weight)
-    unconstrained = solvers.ridge(a_s, y_s, reg=reg)
+    unconstrained = solvers.ridge(a_s, y_s, reg=reg, zero_columns=zero_columns)
     if method == "exact" or alpha == 0:
-        constrained = solvers.equality_constrained_fit(a_s, y_s, a_h, y_h, reg=reg)
+        constrained = solvers.equality_constrained_fit(a_s, y_s, a_h, y_h, reg=reg,
+                                                       zero_columns=zero_columns)
     else:
-        constrained = solvers.constrained_fit(a_s, y_s, a_h, y_h, alpha, reg=reg)
+        constrained = solvers.constrained_fit(a_s, y_s, a_h, y_h, alpha, reg=reg,
+                                              zero_columns=zero_columns)
     return unconstrained, constrained, (a_h, y_h)
 
 
@@ -298,20 +308,39 @@ def properties(potential: Potential, reference: Atoms, test: list[Atoms], cfg: F
     return out
 
 
-def run(cfg: FitConfig, progress: Callable[[str], None] | None = print) -> dict:
-    """Run the whole pipeline; returns the report dict (also written to disk)."""
+def run(cfg: FitConfig, progress: Callable[[str], None] | None = print, *,
+        resume: bool = False, overwrite: bool = False) -> dict:
+    """Run the whole pipeline; returns the report dict (also written to disk).
+
+    The output folder follows the rules of ``mlmix run`` (:mod:`mlmix.rundir`): a
+    folder that exists and is not empty is refused unless ``resume`` (continue from
+    the label cache of an earlier fit there) or ``overwrite`` (start again; only what
+    mlmix wrote there is removed, and only if mlmix made the folder) is given.
+    """
     t0 = time.perf_counter()
-    cfg.output.mkdir(parents=True, exist_ok=True)
-    expensive = make_potential(cfg.expensive, "expensive")
-    model = make_model(cfg.model, [cfg.element])
-    try:
-        return _run(cfg, expensive, model, progress, t0)
-    finally:
-        expensive.close()
-        getattr(model, "close", lambda: None)()
+    with RunDirectory(cfg.output, "fit") as outdir:
+        problems = outdir.check(resume=resume, overwrite=overwrite)
+        if resume and overwrite:
+            problems.insert(0, "--resume and --overwrite exclude each other")
+        if problems:
+            raise ConfigurationError("; ".join(problems))
+        expensive = make_potential(cfg.expensive, "expensive")
+        try:
+            model = make_model(cfg.model, [cfg.element])
+        except BaseException:
+            expensive.close()
+            raise
+        try:
+            outdir.open(overwrite=overwrite)
+            outdir.file("cache")
+            return _run(cfg, expensive, model, progress, t0, outdir)
+        finally:
+            expensive.close()
+            getattr(model, "close", lambda: None)()
 
 
-def _run(cfg: FitConfig, expensive: Potential, model: LinearModel, progress, t0: float) -> dict:
+def _run(cfg: FitConfig, expensive: Potential, model: LinearModel, progress, t0: float,
+         outdir: RunDirectory) -> dict:
     cache = data.LabelCache(cfg.output / "cache")
     reference, hard, soft = generate_data(cfg, expensive, cache, progress)
     train, test = split(soft, cfg.test_fraction, cfg.seed)
@@ -319,7 +348,8 @@ def _run(cfg: FitConfig, expensive: Potential, model: LinearModel, progress, t0:
                    f"{len(train)} frames, {len(hard)} hard constraints")
     unconstrained, constrained, (a_h, y_h) = fit_models(
         model, reference, hard, train, alpha=cfg.alpha, method=cfg.method,
-        energy_weight=cfg.energy_weight, force_weight=cfg.force_weight, reg=cfg.reg)
+        energy_weight=cfg.energy_weight, force_weight=cfg.force_weight, reg=cfg.reg,
+        zero_columns=cfg.zero_columns)
 
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cfg.output))
     pots: dict[str, Potential] = {}
@@ -353,7 +383,7 @@ def _run(cfg: FitConfig, expensive: Potential, model: LinearModel, progress, t0:
         (staging / "report.json").write_text(json.dumps(result, indent=2) + "\n")
         report.plot_report(result, curves, staging / "report.png")
         for path in staging.iterdir():
-            os.replace(path, cfg.output / path.name)
+            os.replace(path, outdir.file(path.name))
     finally:
         for pot in pots.values():
             pot.close()
@@ -379,11 +409,20 @@ def strain_curves(hard: list[Atoms], a_h: np.ndarray, y_h: np.ndarray,
 
 def main(args) -> int:
     cfg = parse_config(load_toml(args.config), Path(args.config).parent, args.config)
-    run(cfg)
+    if args.output is not None:
+        cfg.output = Path(args.output)
+    run(cfg, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("fit", help="distil a cheap linear potential from an expensive one")
     p.add_argument("config", help="TOML file (see examples/fit-si.toml)")
+    p.add_argument("--output", help="folder for the potential files and the report "
+                   "(default: output.directory of the config)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted fit in its folder (labels are cached)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in a folder an earlier fit made (only the files mlmix "
+                   "wrote there are removed; a folder it did not make is refused)")
     p.set_defaults(func=main)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ase.data import atomic_numbers
+
 from ..config import Problems
 from .base import Potential
 
@@ -44,9 +46,10 @@ def check_potential_spec(spec, where: str, problems: Problems) -> None:
     if backend in ("lammps", "ace") and not isinstance(spec.get("file"), str):
         problems.add(f"{where}.file", "missing: a path or the name of a shipped file")
     species = spec.get("species")
-    if species is not None and (not isinstance(species, list)
-                                or not all(isinstance(s, str) for s in species)):
-        problems.add(f"{where}.species", f"must be a list of element symbols, got {species!r}")
+    if species is not None and (not isinstance(species, list) or not species
+                                or not all(s in atomic_numbers for s in species)):
+        problems.add(f"{where}.species", f"must be a list of element symbols such as "
+                     f"['W', 'He'], got {species!r}")
 
 
 def make_potential(spec: Mapping, where: str = "potential") -> Potential:
