@@ -247,11 +247,22 @@ def format_result(r: DemoResult) -> str:
 
 
 def main(args) -> int:
+    if args.json:  # a bad path is said now, not after the minute the demo takes
+        from .rundir import writability_problem
+
+        target = Path(args.json)
+        problem = ("it is a folder" if target.is_dir() else
+                   f"no folder {target.parent}" if not target.parent.is_dir() else
+                   writability_problem(target.parent))
+        if problem:
+            raise ConfigurationError(f"--json {args.json}: cannot write there ({problem})")
     result = run_demo(repeat=args.repeat, steps=args.steps)
     print(format_result(result))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(asdict(result), fh, indent=2)
+        from .rundir import output_errors
+
+        with output_errors(args.json):
+            Path(args.json).write_text(json.dumps(asdict(result), indent=2) + "\n")
     return 0
 
 

@@ -245,6 +245,11 @@ def run_drift(run_dir: str | Path, every: int = 1, start_fs: float = 0.0) -> dic
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigurationError(f"run directory {run_dir} not found")
+    from .rundir import writability_problem
+
+    unwritable = writability_problem(run_dir)
+    if unwritable:  # said before the expensive re-evaluation, not after it
+        raise ConfigurationError(f"cannot write drift.json into {run_dir}: {unwritable}")
     task, spec = _run_task(run_dir)
     frames = [at for at in read_frames(run_dir / "trajectory.extxyz", every)
               if float(at.info.get("time_fs", np.inf)) >= start_fs]
@@ -268,11 +273,17 @@ def run_drift(run_dir: str | Path, every: int = 1, start_fs: float = 0.0) -> dic
         "expensive": spec,
         **result.as_dict(),
     }
-    (run_dir / "drift.json").write_text(json.dumps(report, indent=2) + "\n")
     from .figures import plot_drift
+    from .rundir import RunDirectory, output_errors
 
-    plot_drift(result, run_dir / "drift.png", note="includes thermostat exchange (NVT)"
-               if thermostat else None)
+    outdir = RunDirectory(run_dir, "run")
+    files = [outdir.file(name) if outdir.marked else run_dir / name
+             for name in ("drift.json", "drift.png")]
+    with output_errors(files[0]):
+        files[0].write_text(json.dumps(report, indent=2) + "\n")
+    with output_errors(files[1]):
+        plot_drift(result, files[1], note="includes thermostat exchange (NVT)"
+                   if thermostat else None)
     return report
 
 

@@ -52,7 +52,6 @@ from .outputs import (
 from .potentials.base import Potential
 from .potentials.factory import make_potential
 from .regions import RegionTracker
-from .rundir import RunDirectory, output_error, output_errors
 from .runconfig import (
     RunConfig,
     Structure,
@@ -61,6 +60,7 @@ from .runconfig import (
     check_undescribed,
     parse_run_config,
 )
+from .rundir import RunDirectory, output_error, output_errors
 from .structures import thermalize
 
 RELAX_COLUMNS = ("iteration", "fmax_eV_per_A", "n_core", "n_weighted", "n_expensive",
@@ -412,8 +412,8 @@ def start_outputs(setup: Setup) -> None:
 
 def interrupted(setup: Setup, step: int) -> Interrupted:
     """The error that ends a run stopped by a signal, after its checkpoint at ``step``."""
-    return Interrupted(f"stopped by {setup.stop.name or 'a signal'} at step {step}; a checkpoint of "
-                       f"that step is in {setup.run_dir / CHECKPOINT}. Resume with: "
+    return Interrupted(f"stopped by {setup.stop.name or 'a signal'} at step {step}; a "
+                       f"checkpoint of that step is in {setup.run_dir / CHECKPOINT}. Resume with: "
                        f"{setup.resume_command}")
 
 

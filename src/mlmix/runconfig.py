@@ -28,11 +28,10 @@ config into the library's objects.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import math
 
 import numpy as np
 from ase import Atoms

@@ -99,6 +99,7 @@ class RunDirectory:
         self.lock = lock
         self._lock_fh = None
         self._files: list[str] = []
+        self._opened = False
 
     # ------------------------------------------------------------ questions
 
@@ -174,11 +175,15 @@ class RunDirectory:
                 else:
                     target.unlink(missing_ok=True)
             previous = []
-        self._files = list(dict.fromkeys(previous))
+        self._files, self._opened = list(dict.fromkeys(previous)), True
         self._write_marker()
 
     def file(self, name: str) -> Path:
-        """The path of output ``name`` in the folder, recorded in the manifest."""
+        """The path of output ``name`` in the folder, recorded in the manifest (of an
+        opened folder, or of one an earlier mlmix command made, as ``mlmix drift``
+        adds its files to a run's)."""
+        if not self._opened:
+            self._files, self._opened = self.manifest(), True
         if name not in self._files:
             self._files.append(name)
             self._write_marker()
