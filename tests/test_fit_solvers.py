@@ -1,18 +1,23 @@
-"""Solvers of the constrained distillation (method.md §5) on synthetic problems."""
+"""Solvers of the constrained distillation (method.md §5) on synthetic problems, and
+their zero_columns option as fit_models and a fit config offer it (real W data)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import scipy.optimize
+from ase.build import bulk
 
 from mlmix.errors import ConfigurationError
+from mlmix.fitting import data, pipeline
 from mlmix.fitting.solvers import (
     FitResult,
     constrained_fit,
     equality_constrained_fit,
     ridge,
 )
+from mlmix.fitting.uf3 import Uf3Model
+from mlmix.potentials.lammps import LammpsPotential
 
 
 def _problem(seed=0, m_soft=300, m_hard=12, n=20, noise=0.05, spread=3.0):
@@ -192,3 +197,57 @@ def test_ridge_input_errors():
         ridge(np.ones(3), np.ones(3))
     with pytest.raises(ConfigurationError, match=r"weights has shape \(2,\)"):
         ridge(np.ones((3, 2)), np.ones(3), weights=np.ones(2))
+
+
+# ------------------------------------------- zero_columns through fit_models and [fit]
+
+
+def _w_config(**fit):
+    return {
+        "expensive": {"backend": "lammps", "style": "eam_alloy", "file": "W_zhou.eam.alloy",
+                      "species": ["W"]},
+        "structure": {"element": "W", "crystal": "bcc", "a": 3.165},
+        "model": {"family": "uf3", "r2": 4.5, "n2": 9, "r2_min": 1.0, "r3": 3.5, "n3": 2,
+                  "r3_min": 2.0},
+        "fit": fit,
+        "output": {"directory": "out"},
+    }
+
+
+def test_zero_columns_config_key_is_checked_and_defaults_to_error(tmp_path):
+    assert pipeline.parse_config(_w_config(), tmp_path).zero_columns == "error"
+    assert pipeline.parse_config(_w_config(zero_columns="zero"), tmp_path).zero_columns == "zero"
+    with pytest.raises(ConfigurationError,
+                       match=r"fit\.zero_columns: must be one of \['error', 'zero'\], got 'skip'"):
+        pipeline.parse_config(_w_config(zero_columns="skip"), tmp_path)
+
+
+def test_zero_columns_named_in_the_message_reach_both_fits(tmp_path):
+    """A UF3 whose knots start at 1 Å on W data (no pair below 2.5 Å): the short-range
+    coefficients have no data. The error says where to switch them to 0, and the
+    switch fixes them at exactly 0 in both the ridge and the constrained fit."""
+    cfg = pipeline.parse_config(_w_config(zero_columns="zero"), tmp_path)
+    eam = LammpsPotential.eam_alloy("W_zhou.eam.alloy", ["W"])
+    try:
+        cell = bulk("W", "bcc", a=3.165, cubic=True).repeat(2)
+        reference = data.label_frame(cell, eam)
+        hard = data.strained_set(cell, eam, values=[-0.004, 0.004])
+        soft = []
+        for seed in range(3):
+            frame = cell.copy()
+            frame.rattle(0.05, seed=seed)
+            soft.append(data.label_frame(frame, eam))
+    finally:
+        eam.close()
+    model = pipeline.make_model(cfg.model, ["W"])
+    assert isinstance(model, Uf3Model)
+    with pytest.raises(ConfigurationError, match=r"zero_columns='zero' .*\[fit\] zero_columns = \"zero\""):
+        pipeline.fit_models(model, reference, hard, soft, alpha=1e-4)
+    unconstrained, constrained, _ = pipeline.fit_models(model, reference, hard, soft, alpha=1e-4,
+                                                        zero_columns=cfg.zero_columns)
+    dm = model.design_matrix([reference, *hard, *soft])
+    undetermined = ~np.any(np.vstack([dm.energy, dm.forces]) != 0, axis=0)
+    assert undetermined.any()
+    assert np.all(unconstrained[undetermined] == 0.0)
+    assert np.all(constrained.coefficients[undetermined] == 0.0)
+    assert np.any(constrained.coefficients[~undetermined] != 0.0)

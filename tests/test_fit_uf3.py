@@ -11,7 +11,12 @@ from scipy.interpolate import BSpline
 
 from mlmix.errors import ConfigurationError
 from mlmix.fitting.model import LinearModel
-from mlmix.fitting.uf3 import Uf3Model, clamped_knots, cubic_bspline_basis
+from mlmix.fitting.uf3 import (
+    Uf3Model,
+    clamped_knots,
+    cubic_bspline_basis,
+    extend_to_zero,
+)
 from mlmix.potentials.lammps import LammpsPotential
 
 
@@ -145,3 +150,51 @@ def test_bad_input(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ConfigurationError, match="no 2B block"):
         Uf3Model.from_file("Nb.uf3", ["W"])
+
+
+@pytest.mark.parametrize("repulsive_at_first_knot", [True, False])
+def test_extension_below_the_fitted_range_keeps_it_and_is_a_wall(repulsive_at_first_knot):
+    """extend_to_zero: the same spline on [r2_min, r2]; below, energy rising as r falls
+    (derivative < 0), continuous at r2_min, and the force too when the fit is repulsive
+    there (a fit attracting at r2_min cannot be continued monotonically with its slope)."""
+    rng = np.random.default_rng(11 if repulsive_at_first_knot else 12)
+    t = clamped_knots(2.0, 4.8, 12)
+    c = rng.normal(0.0, 0.3, len(t) - 4)
+    c[-3:] = 0.0
+    c[1] = c[0] - 0.2 if repulsive_at_first_knot else c[0] + 0.2
+    new_t, new_c = extend_to_zero(t, c)
+    assert new_t[0] == 0.0 and len(new_c) == len(new_t) - 4
+    fit, ext = BSpline(t, c, 3), BSpline(new_t, new_c, 3)
+    inside = np.linspace(2.0, 4.8, 500, endpoint=False)
+    np.testing.assert_allclose(ext(inside), fit(inside), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(ext.derivative()(inside), fit.derivative()(inside), rtol=0, atol=1e-12)
+    below = np.linspace(0.0, 2.0, 400, endpoint=False)
+    slope = ext.derivative()(below)
+    assert np.all(slope < 0)
+    # at least as steep as the fit's steepest slope at r = 0
+    assert -slope[0] >= np.abs(fit.derivative()(inside)).max()
+    left = 2.0 - 1e-9
+    assert ext(left) == pytest.approx(fit(2.0), abs=1e-7)
+    if repulsive_at_first_knot:
+        assert ext.derivative()(left) == pytest.approx(fit.derivative()(2.0), abs=1e-6)
+    # knots already at 0: nothing to extend
+    t0 = clamped_knots(0.0, 4.8, 12)
+    same_t, same_c = extend_to_zero(t0, c)
+    np.testing.assert_array_equal(same_t, t0)
+    np.testing.assert_array_equal(same_c, c)
+
+
+def test_written_file_with_a_wall_reads_back_and_writes_the_same(tmp_path):
+    """A file mlmix wrote (wall included) loads as a model from 0 Å that reproduces
+    LAMMPS below and above r2_min, and writes the identical file again."""
+    rng = np.random.default_rng(13)
+    model = Uf3Model(["W"], r2=4.5, n2=8, r2_min=2.2, r3=3.2, n3=2, r3_min=2.2, one_body=False)
+    c = rng.normal(0.0, 0.1, model.n_coefficients)
+    (path,) = model.write(c, tmp_path, "wall")
+    again, c2 = Uf3Model.from_file(path, ["W"])
+    assert again.uf3_text(c2) == path.read_text()
+    frames = [rattled("W", 3.165, rng), rattled("W", 2.3, rng, rattle=0.05)]  # 2nd: pairs < 2.2 Å
+    dm = again.design_matrix(frames)
+    e_ref, f_ref = energies_and_forces(LammpsPotential.uf3(path, ["W"]), frames)
+    np.testing.assert_allclose(dm.energy @ c2, e_ref, rtol=1e-12, atol=1e-8)
+    np.testing.assert_allclose(dm.forces @ c2, f_ref, rtol=1e-12, atol=1e-8)

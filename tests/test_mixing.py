@@ -168,8 +168,12 @@ def test_species_the_cheap_potential_lacks_must_be_core(w_he_pair):
     atoms.calc = MixedCalculator(
         expensive, cheap, RegionTracker(RegionSpec(3.0, 0.0, expensive.cutoff), IndexSeeds([far]))
     )
-    with pytest.raises(ConfigurationError, match=r"atoms of \['He'\] .* lie outside the core"):
+    with pytest.raises(ConfigurationError,
+                       match=r"atoms of \['He'\] .* lie outside the core") as info:
         atoms.get_forces()
+    # the fix in both worlds, in one message
+    assert "SpeciesSeeds(['He']) in Python" in str(info.value)
+    assert '[regions.seeds] kind = "species", species = ["He"]' in str(info.value)
 
 
 def test_helium_in_core_is_exact(w_he_pair):

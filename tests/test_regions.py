@@ -190,6 +190,34 @@ def test_weights_follow_identity_through_deletion_and_insertion():
     assert len(set(bigger.arrays["mlmix_id"])) == len(bigger)
 
 
+def test_a_new_structure_starts_afresh():
+    """Atoms whose ids the tracker never followed: no weights, hysteresis or seeds
+    carried over; the seed indices index the new atoms, as for a new tracker."""
+    def tracker():
+        return RegionTracker(RegionSpec(r_core=2.6, r_blend=2.0, r_buff=2.0), IndexSeeds([5]),
+                             nevery=2, hysteresis=Hysteresis(8.0, 4.0, 1.0))
+
+    a = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(3)
+    t = tracker()
+    for step in range(4):
+        t.update(a, step)
+    b = a[::-1].copy()
+    del b.arrays["mlmix_id"]  # the same crystal built again, atoms in another order
+    b.rattle(0.02, seed=1)
+    assert t.is_new_structure(b) and t.rebuilds(b, 5) and not t.is_new_structure(a[::-1])
+    r = t.update(b, 5)
+    ref = tracker().update(b.copy(), 5)
+    assert np.flatnonzero(r.seeds).tolist() == [5]
+    for name in ("p", "seeds", "core", "expensive", "cheap"):
+        assert_array_equal(getattr(r, name), getattr(ref, name))
+    assert not set(b.arrays["mlmix_id"]) & set(a.arrays["mlmix_id"])
+    # ids that belong to another run are just as unknown
+    c = a.copy()
+    c.arrays["mlmix_id"] = np.arange(1000, 1000 + len(c))
+    assert t.is_new_structure(c)
+    assert_array_equal(t.update(c, 6).p, tracker().update(a.copy(), 0).p)
+
+
 # ------------------------------------------------------------------ seeds
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigurationError
-from .rundir import output_errors
+from .rundir import give_default_mode, output_errors
 
 FORMAT = "mlmix-checkpoint-1"
 
@@ -75,6 +75,7 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     with output_errors(path):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         try:
+            give_default_mode(fd)
             with os.fdopen(fd, "wb") as fh:
                 np.savez(fh, tree=np.array(text), **arrays)
                 fh.flush()

@@ -30,6 +30,16 @@ def default_min_distance(numbers_i: np.ndarray, numbers_j: np.ndarray) -> np.nda
     return DEFAULT_FRACTION * radii
 
 
+def _search_radius(atoms: Atoms, reach: float) -> float:
+    # vesin is ~3x slower at radii far below the atomic spacing than at ~2.5 Å, so a
+    # condensed structure is searched at 2.5 Å and filtered; a very dense one (a wrong
+    # lattice parameter) at the threshold itself, which keeps the pair list small.
+    volume = abs(atoms.cell.volume) if atoms.pbc.all() else 0.0
+    if volume > 0 and len(atoms) / volume < 0.2:  # atoms per Å^3; solids: 0.03-0.2
+        return max(reach, 2.5)
+    return reach
+
+
 def close_pairs(atoms: Atoms, min_distance: float | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs of atoms closer than the minimum distance (minimum image).
@@ -52,7 +62,10 @@ def close_pairs(atoms: Atoms, min_distance: float | None = None
         reach = float(min_distance)
     if reach <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    i, j, d = neighbour_pairs(atoms.positions, atoms.cell.array, atoms.pbc, reach, "ijd")
+    i, j, d = neighbour_pairs(atoms.positions, atoms.cell.array, atoms.pbc,
+                              _search_radius(atoms, reach), "ijd")
+    keep = d < reach
+    i, j, d = i[keep], j[keep], d[keep]
     keep = i <= j
     i, j, d = i[keep], j[keep], d[keep]
     limit = reach if min_distance is not None else default_min_distance(numbers[i], numbers[j])

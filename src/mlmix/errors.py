@@ -8,6 +8,8 @@ before any expensive work starts; a failure while computing is a
 
 from __future__ import annotations
 
+from ase.calculators.calculator import PropertyNotImplementedError
+
 
 class MlmixError(Exception):
     """Base class of all errors raised deliberately by mlmix."""
@@ -24,11 +26,14 @@ class CalculationError(MlmixError, RuntimeError):
     """A potential or engine failed while computing."""
 
 
-class PropertyNotDefinedError(MlmixError, NotImplementedError):
+class PropertyNotDefinedError(MlmixError, PropertyNotImplementedError):
     """A quantity was asked for that the method does not define.
 
     Force mixing has no total energy and no stress: the mixed forces are not the
     gradient of any function. mlmix raises this rather than return an invented number.
+    It is an ASE :class:`~ase.calculators.calculator.PropertyNotImplementedError` (and
+    so a ``NotImplementedError``), which generic ASE code already expects from a
+    calculator that lacks a property.
     """
 
 

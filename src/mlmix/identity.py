@@ -3,6 +3,11 @@
 ASE keeps every per-atom array through slicing, deletion, sorting and ``extend``, so an
 integer array ``mlmix_id`` on ``Atoms.arrays`` marks each atom for the whole run. New
 atoms (added without an id, which ASE fills with 0) get fresh ids.
+
+Identity is also what tells one structure from another: atoms of which a
+:class:`~mlmix.regions.RegionTracker` knows no id (a structure built again, which has
+no ``mlmix_id``) are a new structure and start afresh, while ``atoms.copy()`` keeps
+the ids and so continues the same run.
 """
 
 from __future__ import annotations

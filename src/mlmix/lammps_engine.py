@@ -74,6 +74,7 @@ from ._lammps_runtime import new_lammps
 from .carving import within
 from .errors import CalculationError, ConfigurationError, MlmixError
 from .identity import ID_ARRAY
+from .mixing import undescribed_outside_core
 from .neighbours import complete_cell, neighbour_pairs, perpendicular_widths
 from .potentials.base import Potential
 from .potentials.lammps import LammpsPotential, format_number, lammps_frame
@@ -838,11 +839,8 @@ class LammpsEngine:
         outside = np.flatnonzero(self._undescribed & (regions.p < 1))
         if outside.size:
             symbols = sorted({self._symbols[i] for i in outside})
-            raise ConfigurationError(
-                f"{outside.size} atoms of {symbols} (e.g. index {outside[0]}) lie outside "
-                f"the core, but the cheap potential {self.cheap.name} does not describe "
-                f"{symbols}; make them seeds (SpeciesSeeds({symbols!r})) so they stay "
-                "expensive")
+            raise ConfigurationError(undescribed_outside_core(
+                outside.size, int(outside[0]), symbols, self.cheap.name))
 
     def _make_cluster(self, regions: Regions):
         ra = self._root_atoms

@@ -11,9 +11,10 @@ stress. ``get_forces`` is the product. ``get_potential_energy`` returns NaN — 
 number, on purpose — so that ASE optimisers and MD loggers, which print an energy,
 keep running (FIRE, BFGS, LBFGS and MD use the forces only) while nobody is handed a
 number that means nothing; converge relaxations on forces (``fmax``) alone.
-``get_stress`` raises :class:`~mlmix.errors.PropertyNotDefinedError`: NPT and cell
-relaxation are not possible with force mixing. For an energy, evaluate the expensive
-potential on the final structure.
+``get_stress`` raises :class:`~mlmix.errors.PropertyNotDefinedError`, an ASE
+``PropertyNotImplementedError``, which ASE code that probes for a stress expects: NPT
+and cell relaxation are not possible with force mixing. For an energy, evaluate the
+expensive potential on the final structure.
 
 Tools that must *rank* configurations by energy (ASE's NEB picks tangents and the
 climbing image by comparing image energies) can opt in to ``energy="weighted"``:
@@ -25,6 +26,7 @@ barriers, re-evaluate the images with the expensive potential.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -35,7 +37,14 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import atomic_numbers, chemical_symbols
 
-from .errors import ConfigurationError, PropertyNotDefinedError
+from .arguments import number_argument
+from .contacts import contact_problem
+from .errors import (
+    CalculationError,
+    ConfigurationError,
+    PropertyNotDefinedError,
+)
+from .identity import ID_ARRAY
 from .potentials.base import Evaluation, Potential
 from .regions import Regions, RegionTracker
 
@@ -112,10 +121,32 @@ class MixedCalculator(Calculator):
             ``atoms.arrays`` after every call, so trajectories carry them.
         energy: what ``get_potential_energy`` returns: ``"nan"`` (default; force
             mixing has no energy) or ``"weighted"`` (see the module docstring).
+        min_distance: Å. Atoms closer than this (minimum image) are overlapping and
+            the structure is refused with a :class:`~mlmix.errors.ConfigurationError`
+            naming the closest pair. None (default): per species pair, half the sum
+            of the covalent radii (:mod:`mlmix.contacts`; 1.11 Å for Si-Si); 0
+            disables the check. Checked at the first call and at every region
+            rebuild, before either potential runs.
 
     Each call counts as one step for the region rebuild schedule (ASE's MD calls the
     forces once per step). The atoms receive a per-atom ``mlmix_id`` array that makes
-    weights follow atoms through reordering and deletion.
+    weights follow atoms through reordering, deletion and insertion.
+
+    One calculator on several structures: atoms whose identities the tracker has
+    never followed (a fresh copy built again, without ``mlmix_id``, or with ids of
+    another run) are a new structure. The regions start afresh on them and the step
+    count restarts at 0, so the forces are exactly those of a new calculator (see
+    :class:`~mlmix.regions.RegionTracker`); ``IndexSeeds`` indices then index the
+    new structure. A seed source that finds no seed where the user gave some raises
+    rather than let every atom go cheap. Atoms added to a known structure (id 0) are
+    placed by a rebuild; ``atoms.copy()`` keeps the ids and so continues the run.
+
+    Raises (from a force call):
+        ConfigurationError: bad input, before any potential runs: overlapping atoms
+            (``min_distance``), NaN positions, species a potential lacks, seeds that
+            do not fit the structure.
+        CalculationError: the mixed forces are not finite (the message names how
+            many atoms and the first); no NaN force is ever returned.
     """
 
     implemented_properties = ["forces", "energy"]
@@ -131,10 +162,25 @@ class MixedCalculator(Calculator):
         allow_approximate: bool = False,
         store_arrays: bool = True,
         energy: Literal["nan", "weighted"] = "nan",
+        min_distance: float | None = None,
         **kwargs,
     ):
         if energy not in ("nan", "weighted"):
             raise ConfigurationError(f"energy must be 'nan' or 'weighted', got {energy!r}")
+        for name, value in (("expensive", expensive), ("cheap", cheap)):
+            if not isinstance(value, Potential):
+                raise ConfigurationError(
+                    f"MixedCalculator {name} must be an mlmix Potential (e.g. "
+                    f"LammpsPotential.sw('Si.sw', ['Si'])), got {value!r}; wrap an ASE "
+                    "calculator in mlmix.potentials.AseClusterPotential")
+        if not isinstance(regions, RegionTracker):
+            raise ConfigurationError(
+                f"MixedCalculator regions must be a RegionTracker(spec, seeds), got "
+                f"{regions!r}")
+        if min_distance is not None:
+            min_distance = number_argument("MixedCalculator min_distance", min_distance,
+                                           "Å", minimum=0, what="distance",
+                                           note="None = per species pair, 0 = no check")
         super().__init__(**kwargs)
         self.energy = energy
         self.expensive = expensive
@@ -143,6 +189,7 @@ class MixedCalculator(Calculator):
         self.subtract_mean_force = subtract_mean_force
         self.mask_cheap = mask_cheap
         self.store_arrays = store_arrays
+        self.min_distance = min_distance
         self.step = 0
         self.allow_approximate = allow_approximate
         # The last reports only: a long run must not grow memory step by step.
@@ -173,19 +220,37 @@ class MixedCalculator(Calculator):
         """The regions used for the last force call."""
         return self.tracker.regions
 
-    def get_stress(self, atoms: Atoms | None = None):
-        raise PropertyNotDefinedError(
-            "force mixing defines no stress (the mixed forces have no energy function), "
-            "so NPT and cell relaxation are not possible; relax or run at fixed cell"
-        )
+    def get_property(self, name, atoms=None, allow_calculation=True):
+        # ASE's get_stress and every tool that asks for "stress" come through here; the
+        # error says why there is none (it is still ASE's PropertyNotImplementedError).
+        if name in ("stress", "stresses"):
+            raise PropertyNotDefinedError(
+                f"force mixing defines no {name} (the mixed forces have no energy "
+                "function), so NPT and cell relaxation are not possible; relax or run at "
+                "fixed cell"
+            )
+        return super().get_property(name, atoms, allow_calculation)
+
+    def check_state(self, atoms, tol=1e-15):
+        # ASE compares positions, numbers and cell only: a fresh copy identical to the
+        # last structure would be served the old results without ever being seen
+        # (no ids, no region arrays). Identity counts as a change too.
+        changes = super().check_state(atoms, tol)
+        if not changes and self.tracker.is_new_structure(atoms):
+            changes.append(ID_ARRAY)
+        return changes
 
     def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = atoms if atoms is not None else self.atoms
         # Input errors surface before any work: positions, then species the expensive
-        # potential must describe (every atom may become expensive).
+        # potential must describe (every atom may become expensive), then contacts.
         self.expensive.check_atoms(atoms)
+        if self.tracker.is_new_structure(atoms):
+            self.step = 0  # the tracker starts afresh on it, its schedule with it
         t0 = time.perf_counter()
+        if self.tracker.rebuilds(atoms, self.step):
+            self._check_contacts(atoms)
         regions = self.tracker.update(atoms, self.step)
         rebuilt = self.tracker.last_build == self.step
         undescribed = self._undescribed_by_cheap(atoms, regions)
@@ -209,7 +274,10 @@ class MixedCalculator(Calculator):
         t3 = time.perf_counter()
 
         p = regions.p
-        forces = mix_forces(p, exp.forces, cheap.forces, self.subtract_mean_force)
+        forces = mix_forces(p, exp.forces, cheap.forces)
+        self._check_finite(forces, p, exp, cheap)
+        if self.subtract_mean_force:
+            forces -= forces.mean(axis=0)
         energy = np.nan
         if self.energy == "weighted":
             energy = float(np.sum(p[p > 0] * exp.energies[p > 0])
@@ -234,6 +302,29 @@ class MixedCalculator(Calculator):
         )
         self.step += 1
 
+    def _check_contacts(self, atoms: Atoms) -> None:
+        if self.min_distance == 0:
+            return
+        problem = contact_problem(atoms, self.min_distance, key="MixedCalculator min_distance")
+        if problem:
+            raise ConfigurationError(f"{problem} (0 turns the check off)")
+
+    def _check_finite(self, forces: np.ndarray, p: np.ndarray, exp: Evaluation,
+                      cheap: Evaluation) -> None:
+        bad = np.flatnonzero(~np.isfinite(forces).all(axis=1))
+        if not bad.size:
+            return
+        i = int(bad[0])
+        sources = [pot.name for pot, ev, used in ((self.expensive, exp, p[i] > 0),
+                                                  (self.cheap, cheap, p[i] < 1))
+                   if used and not np.isfinite(ev.forces[i]).all()]
+        raise CalculationError(
+            f"the mixed forces of {bad.size} atoms are not finite (first: index {i}, "
+            f"p = {p[i]:g}, from {' and '.join(sources) or 'the mixing'}); atoms may "
+            "overlap or have left the potentials' range: check the structure (and "
+            "min_distance) or the last MD step, or shorten the time step"
+        )
+
     def _undescribed_by_cheap(self, atoms: Atoms, regions: Regions) -> np.ndarray:
         """Atoms of species the cheap potential lacks; they must have p = 1."""
         if self.cheap.species is None:
@@ -244,11 +335,8 @@ class MixedCalculator(Calculator):
         if outside.size:
             symbols = sorted({chemical_symbols[z] for z in atoms.numbers[outside]})
             raise ConfigurationError(
-                f"{outside.size} atoms of {symbols} (e.g. index {outside[0]}) lie outside "
-                f"the core, but the cheap potential {self.cheap.name} does not describe "
-                f"{symbols}; make them seeds (SpeciesSeeds({symbols!r})) so they stay "
-                "expensive"
-            )
+                undescribed_outside_core(outside.size, int(outside[0]), symbols,
+                                         self.cheap.name))
         return undescribed
 
     def _cheap_evaluation(self, atoms, regions, undescribed) -> Evaluation:
@@ -265,3 +353,15 @@ class MixedCalculator(Calculator):
         forces[keep] = result.forces
         energies[keep] = result.energies
         return Evaluation(forces, energies, result.n_evaluated, result.exact)
+
+
+def undescribed_outside_core(n: int, first: int, symbols: list[str], cheap_name: str) -> str:
+    """The message for ``n`` atoms of ``symbols`` (first: index ``first``) with p < 1
+    that the cheap potential ``cheap_name`` does not describe, with the fix in Python
+    and in a run config."""
+    return (
+        f"{n} atoms of {symbols} (e.g. index {first}) lie outside the core, but the cheap "
+        f"potential {cheap_name} does not describe {symbols}; make them seeds so they "
+        f"stay expensive: SpeciesSeeds({symbols!r}) in Python, or in a run config "
+        f"[regions.seeds] kind = \"species\", species = {json.dumps(symbols)}"
+    )

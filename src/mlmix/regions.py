@@ -9,7 +9,7 @@ The maths lives in small pure functions over numpy arrays (`blend_weight`,
 `region_arrays`, `relax_weights`); :class:`RegionTracker` is the stateful edge that
 decides *when* to rebuild, keeps hysteresis and classifier state, and makes weights
 follow atom identity (the ``mlmix_id`` per-atom array) when atoms are reordered, added
-or deleted.
+or deleted; atoms it has no identity for are a new structure, on which it starts afresh.
 
 Distances are minimum-image under the cell's periodic directions (triclinic cells
 included); all lengths are Å and times fs. Comparisons are strict (``d < r``), as in
@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 from ase import Atoms
 
+from .arguments import number_argument
 from .carving import candidates_near
 from .errors import ConfigurationError
 from .identity import ID_ARRAY, ensure_ids, values_by_id
@@ -57,14 +58,12 @@ class RegionSpec:
 
     def __post_init__(self) -> None:
         for name in ("r_core", "r_blend", "r_buff"):
-            value = getattr(self, name)
-            if not np.isfinite(value) or value < 0:
-                raise ConfigurationError(
-                    f"{name} must be a finite distance >= 0 Å, got {value!r}"
-                )
-        if self.blend not in ("linear", "cubic"):
+            value = number_argument(f"RegionSpec {name}", getattr(self, name), "Å",
+                                    minimum=0, what="distance")
+            object.__setattr__(self, name, value)
+        if not isinstance(self.blend, str) or self.blend not in ("linear", "cubic"):
             raise ConfigurationError(
-                f"blend must be 'linear' or 'cubic', got {self.blend!r}"
+                f"RegionSpec blend must be 'linear' or 'cubic', got {self.blend!r}"
             )
 
     @property
@@ -89,11 +88,11 @@ class Hysteresis:
 
     def __post_init__(self) -> None:
         for name in ("tau_in", "tau_out"):
-            value = getattr(self, name)
-            if not np.isfinite(value) or value < 0:
-                raise ConfigurationError(f"{name} must be >= 0 fs, got {value!r}")
-        if not np.isfinite(self.timestep) or self.timestep <= 0:
-            raise ConfigurationError(f"timestep must be > 0 fs, got {self.timestep!r}")
+            value = number_argument(f"Hysteresis {name}", getattr(self, name), "fs",
+                                    minimum=0, what="time", note="0 = no delay")
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "timestep", number_argument(
+            "Hysteresis timestep", self.timestep, "fs", minimum=0, strict=True, what="time"))
 
 
 @dataclass(frozen=True)
@@ -267,6 +266,24 @@ class RegionTracker:
     built once and then only carried along, as for relaxations and NEB); between
     rebuilds the weights stay attached to the same atoms.
 
+    Which atoms are "the same" is decided by identity, the per-atom ``mlmix_id``
+    array (:mod:`mlmix.identity`), compared with the atoms of the last update:
+
+    * the same ids, in any order or with some atoms deleted: the same structure;
+      weights are carried by identity;
+    * some ids known and some not (atoms added, which ASE gives id 0): the same
+      structure with new atoms; they get fresh ids and the regions are rebuilt at
+      once so that they have a weight;
+    * no id known (atoms without an ``mlmix_id`` array, e.g. a second structure
+      built by the same builder, or ids all from another run): a **new structure**.
+      The tracker starts afresh (:meth:`reset`): no weights, hysteresis or
+      evaluation sets are carried over, and the seed source re-seeds from its
+      definition (indices into this structure, its species, a classifier from
+      scratch), exactly as a new tracker would. Ids keep counting up, so the old and
+      the new structure never share one. A seed source that finds no seed where the
+      user gave some raises :class:`~mlmix.errors.ConfigurationError`; the
+      expensive region is never lost silently.
+
     The evaluation sets must keep covering every atom within r_buff of a weighted atom
     as atoms move, or forces stop being exact between rebuilds. So they are built with
     ``r_buff + skin`` and recomputed from the current weights (at no change of the
@@ -280,6 +297,8 @@ class RegionTracker:
         hysteresis: optional time hysteresis (needs ``nevery > 0``).
         skin: Å, margin of the evaluation sets (see above); 0 recomputes them at
             every call.
+        n_set_builds: how many times the evaluation sets were built (with the
+            regions or alone), over the tracker's life.
     """
 
     spec: RegionSpec
@@ -295,12 +314,22 @@ class RegionTracker:
     n_set_builds: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
-        if not np.isfinite(self.skin) or self.skin < 0:
-            raise ConfigurationError(f"skin must be >= 0 Å, got {self.skin!r}")
-        if not isinstance(self.nevery, (int, np.integer)) or self.nevery < 0:
+        if not isinstance(self.spec, RegionSpec):
             raise ConfigurationError(
-                f"nevery must be an integer >= 0 (0 = build once), got {self.nevery!r}"
-            )
+                f"RegionTracker spec must be a RegionSpec(r_core, r_blend, r_buff), got "
+                f"{self.spec!r}")
+        if not isinstance(self.seeds, Seeds):
+            raise ConfigurationError(
+                f"RegionTracker seeds must be a seed source (IndexSeeds, SpeciesSeeds, "
+                f"ClassifierSeeds), got {self.seeds!r}")
+        if self.hysteresis is not None and not isinstance(self.hysteresis, Hysteresis):
+            raise ConfigurationError(
+                f"RegionTracker hysteresis must be a Hysteresis(tau_in, tau_out, timestep) "
+                f"or None, got {self.hysteresis!r}")
+        self.skin = number_argument("RegionTracker skin", self.skin, "Å", minimum=0,
+                                    what="distance")
+        self.nevery = number_argument("RegionTracker nevery", self.nevery, minimum=0,
+                                      integer=True, note="0 = build once")
         if self.hysteresis is not None and self.nevery == 0:
             raise ConfigurationError(
                 "hysteresis needs regions that are rebuilt: set nevery > 0 or drop it"
@@ -343,33 +372,70 @@ class RegionTracker:
         self.n_set_builds = int(state["n_set_builds"])
         self.seeds.restore(state["seed_source"])
 
+    def reset(self) -> None:
+        """Forget the structure followed so far: the next :meth:`update` builds the
+        regions as a new tracker would, and the seed source re-seeds from its
+        definition (:meth:`~mlmix.seeds.Seeds.reset`). Ids keep counting up."""
+        self._ids = self._regions = self._last_build = self._x_sets = None
+        self.seeds.reset()
+
+    def _known(self, atoms: Atoms) -> np.ndarray | None:
+        """``(N,)`` bool, the atoms followed at the last update (by ``mlmix_id``);
+        None when the atoms are exactly those, in the same order (the common case)."""
+        raw = atoms.arrays.get(ID_ARRAY)
+        if self._ids is None or raw is None:
+            return np.zeros(len(atoms), bool)
+        if np.array_equal(raw, self._ids):
+            return None
+        return np.isin(raw, self._ids)
+
+    def _is_new(self, known: np.ndarray | None) -> bool:
+        return self._ids is not None and known is not None and not known.any()
+
+    def is_new_structure(self, atoms: Atoms) -> bool:
+        """True when ``atoms`` share no identity with the atoms of the last update, so
+        that :meth:`update` starts afresh on them (see the class docstring). False
+        before the first update."""
+        return self._is_new(self._known(atoms))
+
     def is_rebuild_step(self, step: int) -> bool:
-        """True when :meth:`update` at ``step`` rebuilds the regions."""
+        """True when :meth:`update` at ``step`` rebuilds the regions by the schedule
+        (see :meth:`rebuilds` for the structure-driven rebuilds too)."""
         if self._regions is None:
             return True
         return self.nevery > 0 and step % self.nevery == 0 and step != self._last_build
 
+    def rebuilds(self, atoms: Atoms, step: int) -> bool:
+        """True when :meth:`update` of ``atoms`` at ``step`` will rebuild the regions:
+        the first call, a new structure, atoms added, or a rebuild step."""
+        known = self._known(atoms)
+        return (known is not None and not known.all()) or self.is_rebuild_step(step)
+
     def update(self, atoms: Atoms, step: int) -> Regions:
-        """Regions for ``atoms`` at ``step`` (rebuilt if due, else carried by identity)."""
+        """Regions for ``atoms`` at ``step``: rebuilt if due (or the atoms are new,
+        see the class docstring), else carried by identity.
+
+        Writes the ``mlmix_id`` array onto ``atoms`` where ids are missing.
+        """
         if step < 0:
             raise ConfigurationError(f"step must be >= 0, got {step}")
-        same_atoms = self._ids is not None and np.array_equal(
-            atoms.arrays.get(ID_ARRAY), self._ids)
-        if same_atoms:
+        known = self._known(atoms)
+        if self._is_new(known):
+            self.reset()
+        if known is None:
             ids = self._ids
         else:
-            first_new = self._next_id
             ids, self._next_id = ensure_ids(atoms, self._next_id)
-        # Atoms added since the last build have no weight yet: rebuild to place them.
-        added = not same_atoms and self._ids is not None and bool((ids >= first_new).any())
-        if self.is_rebuild_step(step) or added:
+        # Atoms without a weight (added since the last update, or all of a new
+        # structure) are placed by a rebuild.
+        if self.is_rebuild_step(step) or (known is not None and not known.all()):
             seeds = self.seeds.select(atoms, ids, step, sample=True)
             self._regions = self._build(atoms, ids, seeds)
             self._last_build = step
             self._x_sets = atoms.positions.copy()
             self.n_set_builds += 1
         else:
-            if not same_atoms:
+            if known is not None:  # reordered or some atoms deleted
                 self._regions = self._carry(ids)
                 self._x_sets = values_by_id(self._ids, self._x_sets, ids, np.nan)[0]
             if self._moved_too_far(atoms.positions):

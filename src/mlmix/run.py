@@ -32,7 +32,12 @@ from ase import Atoms, units
 
 from . import __version__
 from ._lammps_runtime import mpi_world_rank
-from .checkpoint import atoms_from_state, atoms_state, load_latest_checkpoint, save_checkpoint
+from .checkpoint import (
+    atoms_from_state,
+    atoms_state,
+    load_latest_checkpoint,
+    save_checkpoint,
+)
 from .config import dump_toml, load_toml
 from .errors import CalculationError, ConfigurationError, Interrupted, OutputError
 from .interruption import StopRequests
@@ -94,6 +99,7 @@ class Setup:
 
     def calculator(self, energy: str = "nan") -> MixedCalculator:
         return MixedCalculator(self.expensive, self.cheap, self.tracker(), energy=energy,
+                               min_distance=self.cfg.structure.get("min_distance"),
                                **self.cfg.mixing)
 
     def file(self, name: str) -> Path:

@@ -83,6 +83,15 @@ def output_error(path: str | Path, exc: OSError) -> OutputError:
     return error
 
 
+def give_default_mode(fd: int) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (mode 0600) the mode an ordinary
+    ``open`` would have given it (0666 less the umask), before it is renamed into
+    place: results are read by other tools and people, not only their owner."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+
+
 class RunDirectory:
     """A folder that mlmix owns while it writes outputs there.
 

@@ -25,6 +25,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers
 
+from .arguments import number_argument, species_list
 from .errors import ConfigurationError
 from .identity import values_by_id
 from .neighbours import neighbour_pairs
@@ -54,6 +55,11 @@ class Seeds(abc.ABC):
     def check_schedule(self, nevery: int) -> None:
         """Raise :class:`ConfigurationError` if the source cannot work with ``nevery``."""
 
+    def reset(self) -> None:
+        """Forget the selection history, for a new structure: the next :meth:`select`
+        starts from the source's definition, as a fresh source would. Sources that
+        keep history between steps override it; the others have nothing to forget."""
+
     @abc.abstractmethod
     def select(self, atoms: Atoms, ids: np.ndarray, step: int, sample: bool) -> np.ndarray:
         """Seeds at ``step`` as an ``(N,)`` bool mask.
@@ -66,20 +72,43 @@ class Seeds(abc.ABC):
         """
 
 
-def _check_indices(indices: np.ndarray, n: int) -> None:
-    bad = indices[(indices < -n) | (indices >= n)]
+def _check_indices(indices: np.ndarray, n: int, what: str) -> None:
+    bad = indices[indices >= n]
     if bad.size:
         raise ConfigurationError(
-            f"seed indices {bad[:5].tolist()} are out of range for {n} atoms "
-            f"(valid: 0..{n - 1})"
+            f"{what}: seed indices {bad[:5].tolist()} are out of range for {n} atoms "
+            f"(valid: 0..{n - 1}); give indices into this structure"
         )
 
 
-def _as_indices(indices: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
+def _as_indices(indices, what: str) -> np.ndarray:
     arr = np.asarray(indices)
-    if arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
-        raise ConfigurationError(f"{what} must be a 1-D list of integer atom indices")
+    if isinstance(indices, str) or arr.ndim != 1 \
+            or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
+        raise ConfigurationError(
+            f"{what} must be a 1-D list of integer atom indices such as [0, 5], got "
+            f"{indices!r}")
+    negative = arr[arr < 0]
+    if negative.size:
+        # numpy would read -1 as the last atom: a silent seed nobody asked for.
+        raise ConfigurationError(
+            f"{what} has negative indices {negative[:5].tolist()}; atom indices count "
+            "from 0 (the first atom) to N - 1: write the atom's index itself, e.g. "
+            "len(atoms) - 1 for the last one")
     return arr.astype(np.int64)
+
+
+def _followed(ids: np.ndarray, seed_ids: np.ndarray, what: str) -> np.ndarray:
+    """The atoms whose ids are ``seed_ids``; refuses to lose them all silently."""
+    mask = np.isin(ids, seed_ids)
+    if not mask.any():
+        raise ConfigurationError(
+            f"none of the {seed_ids.size} atoms seeded by {what} is in the structure any "
+            "more (they were deleted, or these atoms carry the ids of another structure), "
+            "so no atom would be expensive; give seeds for this structure, or drop its "
+            "'mlmix_id' array so that it counts as a new structure"
+        )
+    return mask
 
 
 @dataclass
@@ -87,7 +116,17 @@ class IndexSeeds(Seeds):
     """Fixed seed atoms, given by index into the atoms of the first step.
 
     From then on the same atoms (by identity) are seeds, wherever they move in the
-    atom list.
+    atom list. On a new structure (:meth:`reset`, see
+    :class:`~mlmix.regions.RegionTracker`) the indices are applied again, to it.
+
+    Attributes:
+        indices: 0-based atom indices (negative ones are refused, not counted from
+            the end).
+
+    Raises:
+        ConfigurationError: at construction for an empty, non-integer or negative
+            index list; at a step for an index beyond the structure, or when every
+            seed atom has been deleted.
     """
 
     indices: Sequence[int] | np.ndarray
@@ -95,45 +134,45 @@ class IndexSeeds(Seeds):
     _STATE: ClassVar[tuple[str, ...]] = ("_seed_ids",)
 
     def __post_init__(self) -> None:
-        self.indices = _as_indices(self.indices, "seed indices")
+        self.indices = _as_indices(self.indices, "IndexSeeds indices")
         if self.indices.size == 0:
             raise ConfigurationError("IndexSeeds needs at least one seed index")
 
+    def reset(self) -> None:
+        self._seed_ids = None
+
     def select(self, atoms, ids, step, sample):
         if self._seed_ids is None:
-            _check_indices(self.indices, len(atoms))
+            _check_indices(self.indices, len(atoms), "IndexSeeds indices")
             self._seed_ids = ids[self.indices]
-        return np.isin(ids, self._seed_ids)
+        return _followed(ids, self._seed_ids, "IndexSeeds indices")
 
 
 @dataclass
 class SpeciesSeeds(Seeds):
-    """Every atom of the given species is a seed (e.g. ``SpeciesSeeds(["He"])``)."""
+    """Every atom of the given species is a seed (e.g. ``SpeciesSeeds(["He"])``).
+
+    One symbol may be given as a string: ``SpeciesSeeds("He")`` is ``["He"]`` (never
+    split into letters).
+
+    Raises:
+        ConfigurationError: at construction for an empty list or unknown symbols; at
+            every step where no atom of the species is in the structure.
+    """
 
     symbols: Sequence[str]
-    _checked: bool = field(default=False, init=False, repr=False)
-    _STATE: ClassVar[tuple[str, ...]] = ("_checked",)
 
     def __post_init__(self) -> None:
-        if isinstance(self.symbols, str):
-            self.symbols = [self.symbols]
-        self.symbols = list(self.symbols)
-        if not self.symbols:
-            raise ConfigurationError("SpeciesSeeds needs at least one chemical symbol")
-        unknown = [s for s in self.symbols if s not in atomic_numbers]
-        if unknown:
-            raise ConfigurationError(f"unknown element symbols {unknown} in SpeciesSeeds")
+        self.symbols = species_list(self.symbols, "SpeciesSeeds symbols")
 
     def select(self, atoms, ids, step, sample):
         mask = np.isin(atoms.numbers, [atomic_numbers[s] for s in self.symbols])
-        if not self._checked:
-            if not mask.any():
-                present = sorted(set(atoms.get_chemical_symbols()))
-                raise ConfigurationError(
-                    f"no atom of the seed species {self.symbols} is in the structure "
-                    f"(it holds {present}); pick a species that is present"
-                )
-            self._checked = True
+        if not mask.any():
+            present = sorted(set(atoms.get_chemical_symbols()))
+            raise ConfigurationError(
+                f"no atom of the seed species {self.symbols} is in the structure "
+                f"(it holds {present}); pick a species that is present"
+            )
         return mask
 
 
@@ -147,14 +186,20 @@ class ClassifierSeeds(Seeds):
     Between queries, the chosen atoms stay seeds. Before the first query the seeds are
     ``initial`` (indices into the first structure) or, if None, every atom: the whole
     system is expensive until the classifier has spoken. With ``nevery = 0`` (regions
-    built once) the classifier is queried once, on the first structure.
+    built once) the classifier is queried once, on the first structure. On a new
+    structure (:meth:`reset`) all of this starts again: no samples are kept, and
+    ``initial`` indexes the new structure.
+
+    A query may find no seed (no defect left): then every atom is cheap. The
+    ``initial`` seeds, by contrast, are the user's: if every one of them is deleted
+    before the first query, :meth:`select` raises rather than run all cheap.
 
     Attributes:
         quantity: ``q(atoms) -> (N,)`` float array.
-        lb, ub: inclusive bounds on q.
+        lb, ub: inclusive bounds on q (-inf, +inf: no bound); NaN is refused.
         nfreq: steps between queries; a positive multiple of the rebuild period.
         window: number of samples averaged (>= 1).
-        initial: optional seed indices used before the first query.
+        initial: optional 0-based seed indices used before the first query.
     """
 
     quantity: Quantity
@@ -166,27 +211,43 @@ class ClassifierSeeds(Seeds):
     _nevery: int = field(default=1, init=False, repr=False)
     _history: deque = field(default_factory=deque, init=False, repr=False)
     _seed_ids: np.ndarray | None = field(default=None, init=False, repr=False)
+    _queried: bool = field(default=False, init=False, repr=False)
 
     def state(self) -> dict:
-        return {"_seed_ids": self._seed_ids, "_history": [list(h) for h in self._history]}
+        return {"_seed_ids": self._seed_ids, "_history": [list(h) for h in self._history],
+                "_queried": self._queried}
 
     def restore(self, state: dict) -> None:
         self._seed_ids = state["_seed_ids"]
         self._history = deque((tuple(h) for h in state["_history"]), maxlen=self.window)
+        # Checkpoints written before the flag existed: never refuse their seeds.
+        self._queried = bool(state.get("_queried", True))
+
+    def reset(self) -> None:
+        self._seed_ids = None
+        self._history = deque(maxlen=self.window)
+        self._queried = False
 
     def __post_init__(self) -> None:
         if not callable(self.quantity):
-            raise ConfigurationError("quantity must be a function atoms -> (N,) array")
-        if np.isnan(self.lb) or np.isnan(self.ub) or self.lb > self.ub:
             raise ConfigurationError(
-                f"classifier bounds must satisfy lb <= ub, got lb={self.lb}, ub={self.ub}"
+                f"ClassifierSeeds quantity must be a function atoms -> (N,) array such "
+                f"as coordination(2.9), got {self.quantity!r}")
+        self.lb = number_argument("ClassifierSeeds lb", self.lb, finite=False,
+                                  note="-inf for no lower bound")
+        self.ub = number_argument("ClassifierSeeds ub", self.ub, finite=False,
+                                  note="inf for no upper bound")
+        if self.lb > self.ub or self.lb == np.inf or self.ub == -np.inf:
+            raise ConfigurationError(
+                f"classifier bounds must satisfy lb <= ub with lb < inf and ub > -inf, "
+                f"got lb={self.lb}, ub={self.ub}: no atom could be a seed; pass "
+                "ClassifierSeeds(q, lb=..., ub=...) with lb <= ub"
             )
         for name in ("nfreq", "window"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
+            setattr(self, name, number_argument(f"ClassifierSeeds {name}", getattr(self, name),
+                                                minimum=1, integer=True))
         if self.initial is not None:
-            self.initial = _as_indices(self.initial, "initial seed indices")
+            self.initial = _as_indices(self.initial, "ClassifierSeeds initial")
         self._history = deque(maxlen=self.window)
 
     def check_schedule(self, nevery: int) -> None:
@@ -220,16 +281,19 @@ class ClassifierSeeds(Seeds):
     def select(self, atoms, ids, step, sample):
         first_call = self._seed_ids is None and not self._history
         if first_call and self.initial is not None and self._nevery > 0:
-            _check_indices(self.initial, len(atoms))
+            _check_indices(self.initial, len(atoms), "ClassifierSeeds initial")
             self._seed_ids = ids[self.initial]
         if sample and self._wants_sample(step, first_call):
             self._history.append((ids.copy(), self._evaluate(atoms)))
         if self._is_query(step, first_call) and self._history:
             self._seed_ids = ids[self._mean(ids)]
+            self._queried = True
             self._history.clear()
         if self._seed_ids is None:
             return np.ones(len(atoms), dtype=bool)
-        return np.isin(ids, self._seed_ids)
+        if self._queried or not self._seed_ids.size:
+            return np.isin(ids, self._seed_ids)
+        return _followed(ids, self._seed_ids, "ClassifierSeeds initial")
 
     def _mean(self, ids: np.ndarray) -> np.ndarray:
         samples = [values_by_id(old_ids, q, ids, np.nan)[0] for old_ids, q in self._history]
@@ -245,8 +309,8 @@ def coordination(r_cut: float) -> Quantity:
     For a perfect bcc or fcc crystal pick ``r_cut`` between the first and second
     neighbour shells; atoms next to a vacancy or interstitial then stand out.
     """
-    if r_cut <= 0:
-        raise ConfigurationError(f"r_cut must be > 0 Å, got {r_cut}")
+    r_cut = number_argument("coordination r_cut", r_cut, "Å", minimum=0, strict=True,
+                            what="distance")
 
     def q(atoms: Atoms) -> np.ndarray:
         i = neighbour_pairs(atoms.positions, atoms.cell.array, atoms.pbc, r_cut, "i")[0]
@@ -335,8 +399,8 @@ def centrosymmetry(n_neighbours: int = 8, r_cut: float = 3.6) -> Quantity:
             f"n_neighbours must be an even integer from 2 to 12 (8 for bcc, 12 for fcc), "
             f"got {n_neighbours!r}"
         )
-    if not np.isfinite(r_cut) or r_cut <= 0:
-        raise ConfigurationError(f"r_cut must be > 0 Å, got {r_cut}")
+    r_cut = number_argument("centrosymmetry r_cut", r_cut, "Å", minimum=0, strict=True,
+                            what="distance")
     pairs = perfect_matchings(int(n_neighbours))  # (M, n/2, 2)
     # atoms per chunk: keep the (chunk, M, n/2) cost array near 16 MB
     chunk = max(1, 2_000_000 // (pairs.shape[0] * pairs.shape[1]))

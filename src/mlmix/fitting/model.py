@@ -20,6 +20,7 @@ from ase.data import atomic_numbers
 
 from ..errors import ConfigurationError
 from ..potentials.base import Potential
+from ..rundir import give_default_mode
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ def write_texts_atomically(texts: Mapping[Path, str]) -> list[Path]:
         for path, text in texts.items():
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            give_default_mode(fd)
             with os.fdopen(fd, "w") as fh:
                 fh.write(text)
             tmps.append((tmp, path))

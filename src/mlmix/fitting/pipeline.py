@@ -354,18 +354,26 @@ def _run(cfg: FitConfig, expensive: Potential, model: LinearModel, progress, t0:
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cfg.output))
     pots: dict[str, Potential] = {}
     try:
-        pots = {
-            "unconstrained": model.potential(unconstrained, staging,
-                                             f"{cfg.stem}_unconstrained"),
-            "constrained": model.potential(constrained.coefficients, staging, cfg.stem),
-        }
+        pots["constrained"] = model.potential(constrained.coefficients, staging, cfg.stem)
         _log(progress, "computing properties for the report")
         models = {"expensive": properties(expensive, reference, test, cfg)}
-        for name, pot in pots.items():
-            models[name] = properties(pot, reference, test, cfg)
+        # The unconstrained fit is only a comparison: when it misbehaves (say, no
+        # energy minimum, so the bulk relaxation runs away), the report says why and
+        # the product is still written. Failures of the expensive potential or the
+        # constrained model still end the run. LinAlgError: ASE's BFGS on non-finite
+        # forces ("Eigenvalues did not converge").
+        try:
+            pots["unconstrained"] = model.potential(unconstrained, staging,
+                                                    f"{cfg.stem}_unconstrained")
+            models["unconstrained"] = properties(pots["unconstrained"], reference, test, cfg)
+        except (CalculationError, ConfigurationError, np.linalg.LinAlgError) as exc:
+            models["unconstrained"] = {"failed": f"{type(exc).__name__}: {exc}"}
+            _log(progress, f"the unconstrained comparison model failed: {exc}")
+        models["constrained"] = properties(pots["constrained"], reference, test, cfg)
         result = {
             "config": {"element": cfg.element, "crystal": cfg.crystal, "model": cfg.model,
-                       "alpha_eV_per_atom": cfg.alpha, "method": cfg.method},
+                       "alpha_eV_per_atom": cfg.alpha, "method": cfg.method,
+                       "zero_columns": cfg.zero_columns},
             "fit": {
                 "lambda": constrained.lambda_,
                 "hard_residual_norm_eV_per_atom": constrained.hard_residual_norm,

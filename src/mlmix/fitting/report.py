@@ -60,7 +60,9 @@ def plot_report(report: Mapping, curves: Mapping, path: Path) -> None:
     """Write the report figure (PNG).
 
     Args:
-        report: the report dict (``models`` -> name -> properties).
+        report: the report dict (``models`` -> name -> properties, or
+            ``{"failed": reason}`` for a model whose properties could not be
+            computed: it gets no bars and "(failed)" in the legend).
         curves: strain type -> {"strain": (k,), model name -> (k,) energies, eV/atom,
             relative to the unstrained cell}.
         path: where to write the PNG.
@@ -92,9 +94,11 @@ def plot_report(report: Mapping, curves: Mapping, path: Path) -> None:
     keys = ["C11", "C12", "C44"]
     width = 0.8 / max(len(names), 1)
     for k, name in enumerate(names):
-        cubic = report["models"][name].get("cubic") or {}
+        props = report["models"][name]
+        cubic = props.get("cubic") or {}
         values = [cubic.get(key, np.nan) for key in keys]
-        ax.bar(np.arange(3) + k * width, values, width, label=name,
+        ax.bar(np.arange(3) + k * width, values, width,
+               label=f"{name} (failed)" if "failed" in props else name,
                color=styles[name].get("color"))
     ax.set_xticks(np.arange(3) + width * (len(names) - 1) / 2, keys)
     ax.set_ylabel("GPa")

@@ -155,8 +155,9 @@ def _handle_zero_columns(cols: np.ndarray, what: str, zero_columns: str) -> None
         raise ConfigurationError(
             f"columns {shown}{more} of {what} are all zero: no data determines these "
             "coefficients (e.g. a species absent from every frame); add frames that "
-            "involve them, drop them from the model, or pass zero_columns='zero' to fix "
-            "them at 0"
+            "involve them, drop them from the model, or fix them at 0 with "
+            "zero_columns='zero' (pipeline.fit_models argument; in a fit config: "
+            "[fit] zero_columns = \"zero\")"
         )
 
 

@@ -10,6 +10,12 @@ check to round-off against LAMMPS itself:
   three coefficients of every spline direction are zero, so energies and their first
   two derivatives vanish at the cutoffs. Those trimmed coefficients are not part of
   the coefficient vector.
+* Below the first two-body knot LAMMPS finds no knot interval and returns garbage
+  (finite, e.g. 1e244 eV). So a written file always starts at 0 Å: a two-body spline
+  whose first knot r2_min is above 0 gets a repulsive wall on [0, r2_min)
+  (:func:`extend_to_zero`; energy rising as r falls, continuous at r2_min). The wall
+  is not part of the linear model: the design matrix has no rows for pairs below
+  r2_min, so fit with data above it only (as the hard and soft sets are).
 * Two-body energy. LAMMPS loops over a FULL neighbour list and tallies V2(r_ij) for
   every ordered pair, so ``E2 = sum_i sum_{j != i} V2(r_ij)``: each unordered pair
   counts twice. The energy columns therefore hold ``sum over ordered pairs of
@@ -66,7 +72,7 @@ from .model import (
     write_texts_atomically,
 )
 
-__all__ = ["Uf3Model", "clamped_knots", "cubic_bspline_basis"]
+__all__ = ["Uf3Model", "clamped_knots", "cubic_bspline_basis", "extend_to_zero"]
 
 _TRIM = 3  # trailing coefficients fixed at zero in every spline direction ("0 3")
 
@@ -131,6 +137,70 @@ def cubic_bspline_basis(knots: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, n
         term2 = np.divide(q[:, r + 1], d2, out=np.zeros(len(x)), where=d2 != 0)
         d[:, r] = 3.0 * (term1 - term2)
     return span - 3, n, d
+
+
+def _blossom(poly: Sequence[float], u: Sequence[float]) -> float:
+    """Polar form of the cubic ``sum_k poly[k] r^k`` at the three points ``u`` (Å).
+
+    The B-spline coefficient of a basis function with knots t_j .. t_{j+4} of a spline
+    that equals this cubic on an interval inside its support is the blossom at
+    (t_{j+1}, t_{j+2}, t_{j+3}) (de Boor-Fix), which is how :func:`extend_to_zero`
+    writes a given polynomial into the knot vector exactly.
+    """
+    a0, a1, a2, a3 = (list(poly) + [0.0] * 4)[:4]
+    u1, u2, u3 = u
+    return (a0 + a1 * (u1 + u2 + u3) / 3 + a2 * (u1 * u2 + u1 * u3 + u2 * u3) / 3
+            + a3 * u1 * u2 * u3)
+
+
+def extend_to_zero(knots: np.ndarray, coefficients: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two-body spline extended down to r = 0 by a repulsive wall; unchanged above knots[0].
+
+    LAMMPS ``pair_style uf3`` (non-uniform knots) finds no knot interval for a pair
+    shorter than the first knot and then reads memory outside its tables: finite
+    garbage (1e-308 or 1e244 eV). Written files therefore start at 0 Å. Below the
+    fitted range [p, r_c] (p = knots[0] > 0) the spline becomes
+
+        g(r) = V(p) + s (p - r) + (S / p) (p - r)^2,   0 <= r < p,
+
+    with s = max(-V'(p), 0) and S = max(s, max |V'| over the fitted range) (eV/Å): the
+    energy rises monotonically as r falls and the force pushes the atoms apart, at
+    least as hard as the fit's steepest slope. When the fit is repulsive at p
+    (V'(p) < 0), p becomes a double knot and energy and force are continuous (C1).
+    When it is not, no monotonic continuation can match its slope; p becomes a triple
+    knot and only the energy is continuous (the force jumps at p): a fit that attracts
+    at p has a cusp there, not a hole below it.
+
+    Args:
+        knots: ``(m,)`` clamped knot vector (Å), knots[0..3] equal.
+        coefficients: ``(m - 4,)`` all coefficients (eV), trimmed ones included.
+
+    Returns:
+        ``(knots, coefficients)`` of the extended spline (``m + mu`` knots, mu = 2 or
+        3, and mu more coefficients); the inputs themselves when knots[0] <= 0.
+        On [p, r_c] it is the same piecewise cubic (the coefficients there are the
+        input's, the one that straddles p follows from V(p) and V'(p)).
+    """
+    t = np.asarray(knots, dtype=float)
+    c = np.asarray(coefficients, dtype=float)
+    p = float(t[0])
+    if p <= 0:
+        return t, c
+    # B-spline derivative coefficients 3 (c_{j+1} - c_j) / (t_{j+4} - t_{j+1}); the
+    # first is V'(p) (clamped start) and together they bound |V'| on the range.
+    span = t[4 : 4 + len(c) - 1] - t[1 : len(c)]
+    slopes = np.divide(3.0 * np.diff(c), span, out=np.zeros(len(c) - 1), where=span > 0)
+    s = max(-float(slopes[0]), 0.0)
+    wall = max(s, float(np.abs(slopes).max()))
+    mu = 2 if s > 0 else 3
+    new_t = np.concatenate([[0.0] * 4, [p] * mu, t[4:]])
+    # g(r) = V(p) + s (p - r) + (wall / p) (p - r)^2 as a polynomial in r
+    poly = (c[0] + s * p + wall * p, -s - 2 * wall, wall / p)
+    low = [_blossom(poly, new_t[j + 1 : j + 4]) for j in range(mu)]
+    # The function that straddles p has blossom V(p) + (0 - p) V'(p) / 3 (double knot)
+    # or V(p) (triple knot): from the fit itself, so [p, r_c] keeps its exact values.
+    straddle = c[0] - p * slopes[0] / 3 if mu == 2 else c[0]
+    return new_t, np.concatenate([low, [straddle], c[1:]])
 
 
 # ----------------------------------------------------------------------------------
@@ -205,9 +275,10 @@ class Uf3Model(LinearModel):
         n3: knot intervals on [r3_min, r3] for r_ij, r_ik (default 6); r_jk gets
             2 n3 intervals on [r3_min, 2 r3]. Free coefficients per block:
             n3 * n3 * 2 n3, or n3 (n3 + 1) / 2 * 2 n3 when J == K.
-        r2_min: first two-body knot, Å (default 0). LAMMPS cannot evaluate a pair
-            closer than this, so keep it at (or near) zero; spline pieces below the
-            shortest distance in the data stay unconstrained (regularise the fit).
+        r2_min: first two-body knot, Å (default 0): the fitted range is [r2_min, r2].
+            Set it near the shortest distance in the data (spline pieces without
+            data are undetermined); written files continue below it with a repulsive
+            wall down to 0 Å (module docstring), which the design matrix leaves out.
         r3_min: first three-body knot, Å (default 1.5); triplets with a distance
             below it get no three-body energy (as in LAMMPS).
         one_body: prepend one reference-energy column per species (default True).
@@ -470,15 +541,21 @@ class Uf3Model(LinearModel):
     # -- coefficients <-> file --------------------------------------------------------
 
     def uf3_text(self, coefficients: np.ndarray) -> str:
-        """Contents of the LAMMPS ``.uf3`` file (one-body energies are not written)."""
+        """Contents of the LAMMPS ``.uf3`` file (one-body energies are not written).
+
+        Two-body splines whose first knot is above 0 are written extended down to 0 Å
+        by the repulsive wall of :func:`extend_to_zero` (LAMMPS returns garbage for
+        a pair below the first knot); above the first knot the file is the model.
+        """
         c = self._check_coefficients(coefficients)
         head = "#UF3 POT UNITS: metal DATE: mlmix AUTHOR: mlmix CITATION:"
         out: list[str] = []
         for blk in self._blocks2:
             coef = np.zeros(len(blk.knots) - 4)
             coef[: blk.n_free] = c[blk.offset : blk.offset + blk.n_free]
+            knots, coef = extend_to_zero(blk.knots, coef)
             out += [head, f"2B {self._names(blk.pair).replace('-', ' ')} 0 {_TRIM} nk",
-                    f"{format_number(blk.cutoff)} {len(blk.knots)}", " ".join(format_number(v) for v in blk.knots),
+                    f"{format_number(blk.cutoff)} {len(knots)}", " ".join(format_number(v) for v in knots),
                     str(len(coef)), " ".join(format_number(v) for v in coef), "#"]
         for blk in self._blocks3:
             kij, kik, kjk = blk.knots
@@ -500,7 +577,8 @@ class Uf3Model(LinearModel):
         """Write the file and load it as ``pair_style uf3 3``.
 
         Its energies are ``energy @ c - reference_energy(c, atoms)``; forces are
-        ``forces @ c``.
+        ``forces @ c`` (for structures with no pair below r2_min, where the file adds
+        its repulsive wall).
         """
         (path,) = self.write(coefficients, directory, stem)
         return LammpsPotential.uf3(path, list(self.species))
@@ -512,7 +590,8 @@ class Uf3Model(LinearModel):
 
         The file must use "0 3" trims with zero trailing coefficients (as the uf3
         package writes them). For J == K blocks the upper triangle (a < b) of C is
-        taken, which is what LAMMPS uses.
+        taken, which is what LAMMPS uses. A file mlmix wrote with a wall below its
+        fitted range loads with knots from 0 Å, the wall's coefficients included.
 
         Returns:
             ``(model, coefficients)``; one-body columns (if asked for) are zero.

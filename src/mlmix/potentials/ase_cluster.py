@@ -43,8 +43,13 @@ from ase import Atoms
 from ase.calculators.calculator import all_changes
 from ase.data import chemical_symbols
 
+from ..arguments import species_list
 from ..carving import carve_cluster, within
-from ..errors import CalculationError, ConfigurationError, missing_dependency
+from ..errors import (
+    CalculationError,
+    ConfigurationError,
+    missing_dependency,
+)
 from .base import Evaluation, Potential
 
 
@@ -95,7 +100,8 @@ class AseClusterPotential(Potential):
         receptive_field: Å, range over which a force depends on positions
             (``n_layers * cutoff`` for message passing); read from the model, or
             equal to ``cutoff`` for a local calculator when only ``cutoff`` is given.
-        species: chemical symbols described, or None (read from SevenNet models).
+        species: chemical symbols described (one string is one symbol: ``"Si"``),
+            or None (read from SevenNet models).
         vacuum: Å, padding of a non-periodic cluster's box; default ``cutoff + 1``,
             so calculators that treat every box as periodic (CHGNet) see no images.
         name: label used in messages.
@@ -141,8 +147,9 @@ class AseClusterPotential(Potential):
         self.buffer = float(buffer)
         self.vacuum = self.cutoff + 1.0 if vacuum is None else float(vacuum)
         if species is None:
-            species = _model_species(calculator)
-        self.species = None if species is None else frozenset(species)
+            self.species = _model_species(calculator)
+        else:
+            self.species = frozenset(species_list(species, "AseClusterPotential species"))
         props = getattr(calculator, "implemented_properties", ())
         self._has_energies = "energies" in props
         if self.buffer < self.receptive_field:
