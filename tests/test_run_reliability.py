@@ -376,7 +376,7 @@ def test_fit_output_overwrite_and_resume(tmp_path, capsys):
         "expensive": {"backend": "lammps", "style": "sw", "file": "Si.sw", "species": ["Si"]},
         "structure": {"element": "Si", "crystal": "diamond", "a": 5.431, "repeat": 2},
         "hard": {"n_strains": 5}, "soft": {"n_frames": 6, "interval": 20, "seed": 1},
-        "model": {"family": "snap", "twojmax": 6}, "fit": {"alpha": 2e-6},
+        "model": {"family": "snap", "twojmax": 4}, "fit": {"alpha": 2e-6},
         "report": {"elastic": False},
         "output": {"directory": "fit", "stem": "si"},
     }
