@@ -38,7 +38,7 @@ from .checkpoint import (
     load_latest_checkpoint,
     save_checkpoint,
 )
-from .config import dump_toml, load_toml
+from .config import Problems, dump_toml, load_toml
 from .errors import CalculationError, ConfigurationError, Interrupted, OutputError
 from .interruption import StopRequests
 from .mixing import MixedCalculator
@@ -164,10 +164,10 @@ def check_run_dir(cfg: RunConfig, outdir: RunDirectory, resume: bool, overwrite:
     except ConfigurationError as exc:
         problems.append(str(exc))
     if state is not None:
-        problems += files_problems(run_dir, state["files"], OUTPUT_FILES)
-        if problems:  # the files cannot be continued: say how to start again
-            problems.append("this run cannot continue its files: start it again with "
-                            "--overwrite, or move the run directory away")
+        changed = files_problems(run_dir, state["files"], OUTPUT_FILES)
+        if changed:  # the files cannot be continued: say how to start again
+            problems += changed + ["this run cannot continue its files: start it again "
+                                   "with --overwrite, or move the run directory away"]
         step, steps = int(state["step"]), cfg.task["steps"]
         if steps < step:
             problems.append(
@@ -201,8 +201,6 @@ def check_loaded(cfg: RunConfig, structure: Structure, expensive: Potential,
                  cheap: Potential) -> None:
     """The checks that need loaded potentials, all findings in one ConfigurationError
     (before any output is written)."""
-    from .config import Problems
-
     p = Problems(f"{cfg.source} (checked with its potentials loaded)")
     approx = cfg.mixing["allow_approximate"]
     r_buff = cfg.regions.get("r_buff")
@@ -221,8 +219,9 @@ def check_loaded(cfg: RunConfig, structure: Structure, expensive: Potential,
         p.add("mixing.mask_cheap", f"needs regions.r_buff >= the cheap cutoff "
               f"({cheap.cutoff} Å)")
     atoms = structure.atoms
-    lacking = sorted(set(atoms.get_chemical_symbols()) - set(cheap.species or ()))
-    if cheap.species is not None and lacking:
+    lacking = [] if cheap.species is None else sorted(
+        set(atoms.get_chemical_symbols()) - set(cheap.species))
+    if lacking:
         check_undescribed(p, structure, cfg.seeds, lacking)
     described = ~np.isin(atoms.get_chemical_symbols(), lacking) if lacking else None
     for role, pot, view in (("expensive", expensive, atoms),
@@ -253,11 +252,10 @@ def prepare(cfg: RunConfig, run_dir: Path) -> Setup:
     return setup
 
 
-def _resume_command(config, output, resume_flag: bool = True) -> str:
-    parts = ["mlmix", "run", str(config)]
-    if output is not None:
-        parts += ["--output", str(output)]
-    return " ".join(parts + (["--resume"] if resume_flag else []))
+def _resume_command(config, output) -> str:
+    """The command line that resumes this run."""
+    output_option = [] if output is None else ["--output", str(output)]
+    return " ".join(["mlmix", "run", str(config), *output_option, "--resume"])
 
 
 def run(config: str | Path | RunConfig, *, resume: bool = False, overwrite: bool = False,
