@@ -64,9 +64,7 @@ def close_pairs(atoms: Atoms, min_distance: float | None = None
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
     i, j, d = neighbour_pairs(atoms.positions, atoms.cell.array, atoms.pbc,
                               _search_radius(atoms, reach), "ijd")
-    keep = d < reach
-    i, j, d = i[keep], j[keep], d[keep]
-    keep = i <= j
+    keep = (d < reach) & (i <= j)  # within the search radius, each pair once
     i, j, d = i[keep], j[keep], d[keep]
     limit = reach if min_distance is not None else default_min_distance(numbers[i], numbers[j])
     bad = d < limit
@@ -90,7 +88,7 @@ def contact_problem(atoms: Atoms, min_distance: float | None = None, key: str = 
         limit = float(default_min_distance(atoms.numbers[a], atoms.numbers[b]))
         rule = f"{limit:.3g} Å, half the sum of their covalent radii"
     else:
-        limit, rule = float(min_distance), f"{float(min_distance):.3g} Å"
+        rule = f"{float(min_distance):.3g} Å"
     what = (f"atom {a} is {d[0]:.3g} Å from its own periodic image" if a == b else
             f"atoms {a} and {b} ({pair}) are {d[0]:.3g} Å apart")
     more = f" ({i.size} such pairs)" if i.size > 1 else ""
