@@ -71,6 +71,26 @@ def all_atom_seconds_per_step(potential, atoms: Atoms, repeats: int) -> float:
     return statistics.median(times)
 
 
+def case_structure(case: dict, size: str) -> tuple[Atoms, list[int], int]:
+    """The vacancy cell of a case at ``size`` (300 K velocities), its seeds, its repeat."""
+    symbol, crystal, a = case["crystal"]
+    repeat = case["repeats"][size]
+    atoms, seeds = vacancy_supercell(symbol, crystal, a, repeat, case["bond"])
+    thermalize(atoms, 300.0, seed=1)
+    return atoms, seeds, repeat
+
+
+def all_expensive_seconds_per_step(expensive, case: dict, atoms: Atoms,
+                                   repeat: int) -> tuple[float, str]:
+    """Seconds per step of the fastest all-expensive route a user has, and its name."""
+    if isinstance(expensive, LammpsPotential):
+        lattice, a = case["lattice"], case["crystal"][2]
+        return (native_lammps_seconds_per_step(expensive, lattice, a, repeat, 2),
+                "native LAMMPS run N")
+    return (all_atom_seconds_per_step(expensive, atoms, repeats=2),
+            "python-ace, all atoms (mlmix all-atom path)")
+
+
 def mixed_md(atoms: Atoms, expensive, cheap, seeds, r_blend: float, steps: int) -> dict:
     """Time mixed velocity-Verlet MD; per-step mean includes the region rebuilds."""
     spec = RegionSpec(r_core=6.0, r_blend=r_blend, r_buff=expensive.cutoff)
@@ -100,16 +120,9 @@ def run_case(name: str, sizes: list[str], mixed_steps: int) -> list[dict]:
     expensive, cheap = case["expensive"](), case["cheap"]()
     rows = []
     for size in sizes:
-        repeat = case["repeats"][size]
-        atoms, seeds = vacancy_supercell(symbol, crystal, a, repeat, case["bond"])
-        thermalize(atoms, 300.0, seed=1)
+        atoms, seeds, repeat = case_structure(case, size)
         n = len(atoms)
-        if isinstance(expensive, LammpsPotential):
-            t_all_exp = native_lammps_seconds_per_step(expensive, case["lattice"], a, repeat, 2)
-            route = "native LAMMPS run N"
-        else:
-            t_all_exp = all_atom_seconds_per_step(expensive, atoms, repeats=2)
-            route = "python-ace, all atoms (mlmix all-atom path)"
+        t_all_exp, route = all_expensive_seconds_per_step(expensive, case, atoms, repeat)
         t_all_cheap = native_lammps_seconds_per_step(cheap, case["lattice"], a, repeat, 20)
         t_exp, t_cheap = t_all_exp / n, t_all_cheap / n
         for r_blend in (0.0, 4.0):

@@ -57,6 +57,8 @@ CASES = [
     ("expensive species wrong", {"potentials.expensive.species": ["Ge"]},
      "potentials.expensive.species"),
     ("species not symbols", {"potentials.cheap.species": [14]}, "potentials.cheap.species"),
+    ("truncation typo", {"potentials.expensive.truncation": "yes"},
+     "potentials.expensive.truncation: must be one of ['auto', 'off', 'require']"),
     ("r_core nan", {"regions.r_core": NAN}, "regions.r_core: must be a finite number"),
     ("r_core string", {"regions.r_core": "5"}, "regions.r_core: must be a number"),
     ("r_blend negative", {"regions.r_blend": -1.0}, "regions.r_blend"),

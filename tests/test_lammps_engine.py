@@ -164,6 +164,56 @@ def test_one_and_two_ranks_agree(tmp_path):
     assert int(one["n_cluster"]) == int(two["n_cluster"]) > 0
 
 
+SNAP_JOB = """
+import sys
+from mlmix.lammps_engine import LammpsEngine, exit_on_error
+from mlmix.potentials.lammps import LammpsPotential
+from mlmix.regions import RegionSpec
+from mlmix.seeds import IndexSeeds
+
+with exit_on_error():
+    exp = LammpsPotential.snap("Si_Zuo_JPCA2020.quadratic", ["Si"])
+    cheap = LammpsPotential.tersoff("Si.tersoff", ["Si"])
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(4)
+    del atoms[0]
+    atoms.rattle(0.05, seed=2)
+    frames = []
+    with LammpsEngine(atoms, exp, cheap, RegionSpec(3.0, 2.0, exp.cutoff),
+                      IndexSeeds([1, 2, 3]), nevery=5, skin=0.3) as engine:
+        engine.run(12, callback=lambda a, e: frames.append(a), every=12)
+        if engine.is_root:
+            h = engine.history
+            np.savez(sys.argv[0] + ".npz", x=frames[-1].positions, f=frames[-1].get_forces(),
+                     p=frames[-1].arrays["mlmix_p"], cell=frames[-1].cell.array,
+                     centres=[r.n_expensive for r in h],
+                     expensive=[r.counts["expensive"] for r in h],
+                     cluster=[r.n_cluster for r in h], route=exp.route)
+"""
+
+
+def test_truncated_snap_on_one_and_two_ranks_is_exact_and_computes_the_expensive_set(tmp_path):
+    """SNAP through the plugin inside the engine: on every step (rebuilds and the skin
+    in between) LAMMPS computed exactly the expensive set as centres, summed over the
+    ranks, and the forces on p = 1 atoms are the all-SNAP forces."""
+    from ase import Atoms
+
+    results = {}
+    for ranks in (1, 2):
+        done = run_mpi(tmp_path, ranks, SNAP_JOB)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results[ranks] = np.load(tmp_path / f"job_{ranks}.py.npz")
+    for r in results.values():
+        assert str(r["route"]) == "centres"
+        assert (r["centres"] == r["expensive"]).all() and (r["centres"] < r["cluster"]).all()
+        frame = Atoms("Si" * len(r["x"]), positions=r["x"], cell=r["cell"], pbc=True)
+        full = r["p"] == 1
+        with LammpsPotential.snap("Si_Zuo_JPCA2020.quadratic", ["Si"]) as snap:
+            f_exp = snap.evaluate(frame).forces
+        assert full.sum() >= 3
+        assert_allclose(r["f"][full], f_exp[full], rtol=0, atol=1e-8)
+    assert_allclose(results[2]["x"], results[1]["x"], rtol=0, atol=1e-9)
+
+
 def test_w_snap_he_forces_equal_all_expensive():
     """Real W-He SNAP (expensive) and W EAM (cheap, no He): after the correction the
     forces are the all-expensive ones on p = 1 atoms, the mix in the blend, cheap
@@ -198,6 +248,9 @@ def test_w_snap_he_forces_equal_all_expensive():
                              "expensive": int(got.arrays["mlmix_expensive"].sum()),
                              "cheap": int(got.arrays["mlmix_cheap"].sum())}
     assert report.counts["expensive"] <= report.n_cluster < len(atoms)
+    # zbl + snap + table, all truncated: LAMMPS computed the expensive set as centres
+    assert expensive.route == "centres"
+    assert report.n_expensive == report.counts["expensive"] < report.n_cluster
 
 
 def test_lammps_classifier_finds_vacancy_neighbours():

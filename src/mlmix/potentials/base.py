@@ -41,8 +41,9 @@ class Evaluation:
             interior of the mask (see the module docstring); undefined (partial
             terms or NaN) elsewhere.
         energies: ``(N,)`` eV, per-atom energy E_i for i in the mask, NaN elsewhere
-            (for potentials with shared three-body terms, such as Tersoff, exact on
-            the interior of the mask).
+            (for potentials with shared three-body terms, such as Tersoff, and for
+            pair terms booked under one atom, as LAMMPS does with truncated centres,
+            exact on the interior of the mask).
         n_evaluated: number of atoms whose per-atom energy (or environment) the backend
             actually computed; at least the mask size, more when a cluster or a shell
             of partial environments had to be evaluated too. This is the cost measure.

