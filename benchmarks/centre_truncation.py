@@ -50,10 +50,12 @@ def expensive_for(case: str, truncation: str):
     return CASES[case]["expensive"]()
 
 
-def engine_md(atoms, expensive, cheap, seeds, r_blend: float, steps: int) -> dict:
+def engine_md(atoms, expensive, cheap, seeds, r_blend: float, steps: int, nevery: int = 10,
+              correction_every: int = 1) -> dict:
     """Seconds per step of the LAMMPS engine (NVE, one rank), rebuilds included."""
     spec = RegionSpec(r_core=6.0, r_blend=r_blend, r_buff=expensive.cutoff)
-    engine = LammpsEngine(atoms, expensive, cheap, spec, IndexSeeds(seeds), nevery=10)
+    engine = LammpsEngine(atoms, expensive, cheap, spec, IndexSeeds(seeds), nevery=nevery,
+                          correction_every=correction_every)
     try:
         engine.run(2)  # first build and instance set-up are not MD steps
         t, c = time.perf_counter(), time.process_time()
@@ -63,7 +65,7 @@ def engine_md(atoms, expensive, cheap, seeds, r_blend: float, steps: int) -> dic
         return {
             "seconds_per_step": wall, "cpu_seconds_per_step": cpu,
             "counts": reports[-1].counts,
-            "centres_per_step": statistics.mean(r.n_expensive for r in reports),
+            "centres_per_step": statistics.mean(r.n_expensive for r in reports if r.corrected),
             "cluster_atoms": reports[-1].n_cluster,
             "breakdown_seconds": {k: statistics.mean(r.seconds[k] for r in reports)
                                   for k in reports[-1].seconds},
@@ -72,9 +74,10 @@ def engine_md(atoms, expensive, cheap, seeds, r_blend: float, steps: int) -> dic
         engine.close()
 
 
-def ase_md(atoms, expensive, cheap, seeds, r_blend: float, steps: int) -> dict:
+def ase_md(atoms, expensive, cheap, seeds, r_blend: float, steps: int, nevery: int = 10,
+           correction_every: int = 1) -> dict:
     t = time.process_time()
-    out = mixed_md(atoms, expensive, cheap, seeds, r_blend, steps)
+    out = mixed_md(atoms, expensive, cheap, seeds, r_blend, steps, nevery, correction_every)
     out["cpu_seconds_per_step"] = (time.process_time() - t) / (steps + 1)
     out["centres_per_step"] = out.pop("n_expensive_evaluated")
     return out

@@ -65,6 +65,13 @@ CASES = [
     ("skin inf", {"regions.skin": INF}, "regions.skin"),
     ("r_buff below the cutoff", {"regions.r_buff": 1.0}, "regions.r_buff"),
     ("nevery negative", {"regions.nevery": -1}, "regions.nevery"),
+    ("correction_every zero", {"task.correction_every": 0},
+     "task.correction_every: must be >= 1"),
+    ("correction_every not a multiple of nevery", {"task.correction_every": 3},
+     "regions.nevery: 5 is not a multiple of task.correction_every = 3: regions can change "
+     "only at steps that evaluate the expensive correction; use 3"),
+    ("correction_every with mask_cheap", {"task.correction_every": 5, "mixing.mask_cheap": True},
+     "mixing.mask_cheap: must be false with task.correction_every = 5"),
     ("blend unknown", {"regions.blend": "gaussian"}, "regions.blend"),
     ("negative seed index", {"regions.seeds": {"kind": "indices", "indices": [-1]}},
      "regions.seeds.indices"),

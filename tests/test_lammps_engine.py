@@ -393,17 +393,20 @@ def test_errors_exit_every_rank_cleanly(tmp_path, case):
     assert "Traceback" not in done.stderr
 
 
-def test_continued_run_matches_uninterrupted():
+@pytest.mark.parametrize("k, nevery", [(1, 5), (3, 6)])
+def test_continued_run_matches_uninterrupted(k, nevery):
     """Snapshot + tracker state at step 10, a new engine continues to step 20 (NVE: with
     NVT the restart's first force call sees full-step instead of half-step velocities
-    in the drag, as LAMMPS's fix langevin does on a restart)."""
+    in the drag, as LAMMPS's fix langevin does on a restart). With multiple time
+    stepping (k = 3) step 10 lies between outer steps."""
     expensive, cheap = cu_pair()
     spec = RegionSpec(r_core=3.0, r_blend=4.0, r_buff=expensive.cutoff)
     hysteresis = Hysteresis(tau_in=20.0, tau_out=20.0, timestep=2.0)
 
     def engine(atoms, **kw):
-        return LammpsEngine(atoms, expensive, cheap, spec, IndexSeeds([0, 1, 2]), nevery=5,
-                            timestep=2.0, hysteresis=hysteresis, **kw)
+        return LammpsEngine(atoms, expensive, cheap, spec, IndexSeeds([0, 1, 2]),
+                            nevery=nevery, timestep=2.0, hysteresis=hysteresis,
+                            correction_every=k, **kw)
 
     frames = []
     with engine(cu_vacancy()) as whole:

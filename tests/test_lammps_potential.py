@@ -276,3 +276,24 @@ def test_include_file_with_continuation_lines():
          for a in (3.10, 3.18, 3.26)]
     assert e[1] < e[0] and e[1] < e[2]
     pot.close()
+
+
+@pytest.mark.parametrize("build", [
+    lambda: bulk("Si", "diamond", a=5.43, cubic=True).repeat(3),
+    lambda: bulk("W", "bcc", a=3.165).repeat((4, 3, 5)),  # triclinic primitive cell
+])
+def test_box_faces_lie_between_atomic_planes(build):
+    """Atoms at lattice sites sit on the cell's faces; LAMMPSPotential's frame moves
+    each face into a gap, so thermal vibrations never carry an atom across one (a
+    crossing jumps the atom by a box vector and forces a neighbour-list rebuild)."""
+    atoms = build()
+    frame = lammps_frame(atoms.cell.array, atoms.pbc, atoms.positions, faces_in_gaps=True)
+    x0 = frame.to_lammps(atoms.positions)
+    shaken = atoms.positions + np.random.default_rng(0).uniform(-0.3, 0.3, atoms.positions.shape)
+    moved = frame.to_lammps(shaken) - x0
+    assert np.abs(moved - (shaken - atoms.positions) @ frame.rotation).max() < 1e-9
+    # the same structure gives the same box whatever came before (results repeat)
+    again = lammps_frame(atoms.cell.array, atoms.pbc, atoms.positions, faces_in_gaps=True)
+    assert np.array_equal(again.origin, frame.origin)
+    plain = lammps_frame(atoms.cell.array, atoms.pbc, atoms.positions)
+    assert np.abs(frame.to_lammps(shaken) - plain.to_lammps(shaken)).max() > 1.0  # plain wraps some

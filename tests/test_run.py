@@ -160,9 +160,13 @@ def _kill_at(monkeypatch, n_step: int) -> None:
     monkeypatch.setattr(runner, "_integrator", dying)
 
 
-@pytest.mark.parametrize("seeds", ["defect", "classifier"])
-def test_killed_run_resumes_the_uninterrupted_trajectory(tmp_path, monkeypatch, seeds):
-    cfg = si_config()
+@pytest.mark.parametrize("seeds, k", [("defect", 1), ("classifier", 1), ("defect", 3)])
+def test_killed_run_resumes_the_uninterrupted_trajectory(tmp_path, monkeypatch, seeds, k):
+    """Killed at step 27, resumed from the checkpoint of step 20; with multiple time
+    stepping (k = 3, regions every 6 steps) step 20 lies between outer steps."""
+    cfg = si_config(correction_every=k)
+    if k > 1:
+        cfg["regions"]["nevery"] = 6
     cfg["regions"]["hysteresis"] = {"tau_in_fs": 10.0, "tau_out_fs": 20.0}
     if seeds == "classifier":  # under-coordinated atoms: the vacancy's neighbours
         cfg["regions"]["seeds"] = {"kind": "classifier", "quantity": "coordination",

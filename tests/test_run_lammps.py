@@ -54,9 +54,12 @@ def test_lammps_engine_follows_the_ase_engine(tmp_path):
     assert np.isfinite(lmp_drift) and lmp_drift == pytest.approx(ase_drift, rel=1e-4)
 
 
-@pytest.mark.parametrize("ensemble", ["nve", "nvt"])
-def test_crashed_run_resumes_the_uninterrupted_trajectory(tmp_path, monkeypatch, ensemble):
-    cfg = lammps_config(ensemble=ensemble, temperature_K=900.0)
+@pytest.mark.parametrize("ensemble, k", [("nve", 1), ("nvt", 1), ("nve", 3)])
+def test_crashed_run_resumes_the_uninterrupted_trajectory(tmp_path, monkeypatch, ensemble, k):
+    """Crashed at step 25, resumed from step 20 (with k = 3, between outer steps)."""
+    cfg = lammps_config(ensemble=ensemble, temperature_K=900.0, correction_every=k)
+    if k > 1:
+        cfg["regions"]["nevery"] = 6
     cfg["regions"]["hysteresis"] = {"tau_in_fs": 10.0, "tau_out_fs": 20.0}
     path = write_config(tmp_path, cfg)
     runner.run(path, output=tmp_path / "whole")

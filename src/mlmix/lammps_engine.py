@@ -24,7 +24,10 @@ cheap pair forces, so the local ``f`` array holds F^cheap of the owned atoms):
    the expensive potential evaluates the cluster with the expensive set as its mask
    (an exact masked evaluation: every mask atom has its full neighbourhood in the
    cluster); rank 0 broadcasts ``p (F^exp - F^cheap)`` for the p > 0 atoms and each
-   rank writes it into ``fix external``'s array for the atoms it owns.
+   rank writes it into ``fix external``'s array for the atoms it owns. With
+   ``correction_every = k > 1`` (multiple time stepping, :mod:`mlmix.mts`) this happens
+   on steps that are multiples of k only, with the correction times k; the steps
+   between apply no correction and evaluate nothing but the cheap potential.
 
 Who evaluates the expensive potential: a :class:`LammpsPotential` creates its LAMMPS
 instances on all ranks (MPI_COMM_WORLD), so every rank calls it with the same cluster
@@ -75,6 +78,7 @@ from .carving import within
 from .errors import CalculationError, ConfigurationError, MlmixError
 from .identity import ID_ARRAY
 from .mixing import undescribed_outside_core
+from .mts import check_correction_every, is_outer_step, schedule_problem
 from .neighbours import complete_cell, neighbour_pairs, perpendicular_widths
 from .potentials.base import Potential
 from .potentials.lammps import LammpsPotential, format_number, lammps_frame
@@ -198,6 +202,8 @@ class EngineStep:
             ``n_evaluated``, summed over components).
         seconds: wall time in the callback on rank 0: ``regions``, ``expensive``,
             ``exchange`` (gathers and broadcasts), ``callback`` (all of it).
+        corrected: False on the cheap-only steps of multiple time stepping
+            (``correction_every > 1``), True otherwise.
     """
 
     step: int
@@ -207,6 +213,7 @@ class EngineStep:
     n_cluster: int
     n_expensive: int
     seconds: dict
+    corrected: bool = True
 
 
 @dataclass
@@ -329,6 +336,11 @@ class LammpsEngine:
             half-step velocities, which a snapshot does not hold; with it the
             continued run repeats the uninterrupted one bit for bit.
         comm: an mpi4py communicator spanning the LAMMPS ranks (default: world).
+        correction_every: k >= 1: the expensive correction p (F^exp - F^cheap) is
+            evaluated on steps that are multiples of k only and applied there k times
+            over, the impulse multiple-time-step integrator of :mod:`mlmix.mts`
+            (1 = every step). Needs ``nevery`` a multiple of k and a cheap potential
+            that describes every species.
 
     Attributes:
         history: deque of :class:`EngineStep` (rank 0; empty elsewhere).
@@ -358,6 +370,7 @@ class LammpsEngine:
         tracker_state: dict | None = None,
         thermostat_force: np.ndarray | None = None,
         comm=None,
+        correction_every: int = 1,
     ) -> None:
         self.comm = comm or mpi_comm() or _SerialComm()
         self.is_root = self.comm.rank == 0
@@ -367,6 +380,17 @@ class LammpsEngine:
         # -- every input check first, identically on every rank ------------------------
         self._check_inputs(atoms, expensive, cheap, spec, seeds, nevery, ensemble,
                            allow_approximate)
+        self.correction_every = check_correction_every(correction_every)
+        problem = schedule_problem(self.correction_every, int(nevery))
+        problem = problem and f"nevery = {problem}"
+        undescribed = sorted(set(atoms.get_chemical_symbols()) - set(cheap.species))
+        if self.correction_every > 1 and undescribed:
+            problem = "; ".join(filter(None, [problem, (
+                f"correction_every = {self.correction_every} integrates the cheap force on "
+                f"every atom, but {cheap.name} does not describe {undescribed}: use "
+                "correction_every = 1")]))
+        if problem:
+            raise ConfigurationError(problem)
         self.expensive, self.cheap, self.spec = expensive, cheap, spec
         self.nevery = int(nevery)
         self.skin = _check_positive("skin", skin, "Å", allow_zero=True)
@@ -745,7 +769,11 @@ class LammpsEngine:
             xref = np.zeros((0, 3))
         rebuilt = self._is_rebuild(step)
         # (no plan yet: a run continued from a tracker state builds its cluster first)
-        sets = rebuilt or self._plan is None or self._moved_too_far(x, xref[:nlocal])
+        # Between the outer steps of multiple time stepping only the cheap force acts
+        # (mlmix.mts); rebuild steps are outer steps by construction.
+        corrected = is_outer_step(step, self.correction_every)
+        sets = self._plan is None or (corrected and (
+            rebuilt or self._moved_too_far(x, xref[:nlocal])))
         t_regions = t_exchange = 0.0
         if sets:
             ts = time.perf_counter()
@@ -764,14 +792,16 @@ class LammpsEngine:
         ts = time.perf_counter()
         rows = self._lut[tag]
         mine = np.flatnonzero(rows >= 0)
-        parts = self.comm.gather((rows[mine], x[mine].copy(), f[mine].copy()), root=0)
-        t_exchange += time.perf_counter() - ts
-        corr, n_eval, t_exp = self._correction(parts)
-        ts = time.perf_counter()
-        fext[:nlocal] = 0.0
         w = self._wlut[rows[mine]] if len(self._wlut) else np.zeros(0, np.int64)
         hit = w >= 0
-        fext[mine[hit]] = corr[w[hit]]
+        fext[:nlocal] = 0.0
+        n_eval, t_exp = 0, 0.0
+        if corrected:
+            parts = self.comm.gather((rows[mine], x[mine].copy(), f[mine].copy()), root=0)
+            t_exchange += time.perf_counter() - ts
+            corr, n_eval, t_exp = self._correction(parts)
+            ts = time.perf_counter()
+            fext[mine[hit]] = self.correction_every * corr[w[hit]]
         t_exchange += time.perf_counter() - ts
         if self.ensemble == "nvt":
             self._thermostat(step, tag, mine, w, hit, fext, nlocal)
@@ -780,7 +810,7 @@ class LammpsEngine:
             r = self.tracker.regions
             self.history.append(EngineStep(
                 step=step, rebuilt=rebuilt, sets_rebuilt=sets, counts=r.counts(),
-                n_cluster=len(self._plan.index), n_expensive=n_eval,
+                n_cluster=len(self._plan.index), n_expensive=n_eval, corrected=corrected,
                 seconds={"regions": t_regions, "expensive": t_exp, "exchange": t_exchange,
                          "callback": time.perf_counter() - t0}))
 

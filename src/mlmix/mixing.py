@@ -45,6 +45,7 @@ from .errors import (
     PropertyNotDefinedError,
 )
 from .identity import ID_ARRAY
+from .mts import check_correction_every, impulse_forces, is_outer_step, schedule_problem
 from .potentials.base import Evaluation, Potential
 from .regions import Regions, RegionTracker
 
@@ -91,6 +92,8 @@ class StepReport:
         counts: region set sizes (see :meth:`Regions.counts`).
         n_expensive, n_cheap: atoms each potential really evaluated.
         seconds: wall time of ``regions``, ``expensive``, ``cheap`` and ``total``.
+        corrected: False on the cheap-only steps of multiple time stepping
+            (``correction_every > 1``), True otherwise.
     """
 
     step: int
@@ -99,6 +102,7 @@ class StepReport:
     n_expensive: int
     n_cheap: int
     seconds: dict
+    corrected: bool = True
 
 
 class MixedCalculator(Calculator):
@@ -127,6 +131,15 @@ class MixedCalculator(Calculator):
             of the covalent radii (:mod:`mlmix.contacts`; 1.11 Å for Si-Si); 0
             disables the check. Checked at the first call and at every region
             rebuild, before either potential runs.
+        correction_every: k >= 1. With k > 1 the calculator serves the impulse
+            multiple-time-step integrator of :mod:`mlmix.mts` and is for MD only:
+            calls whose step is a multiple of k return ``F^cheap + k p (F^exp -
+            F^cheap)`` and the others the cheap forces alone (no expensive
+            evaluation, regions unchanged, energy NaN), so ASE's velocity Verlet (or
+            :class:`~mlmix.md.RegionLangevin`) driving it integrates the mixed force
+            with the correction as the slow force. Needs the cheap potential on every
+            atom (no ``mask_cheap``, no species it lacks) and a rebuild period that
+            is a multiple of k. Never use it with an optimiser or NEB.
 
     Each call counts as one step for the region rebuild schedule (ASE's MD calls the
     forces once per step). The atoms receive a per-atom ``mlmix_id`` array that makes
@@ -163,10 +176,12 @@ class MixedCalculator(Calculator):
         store_arrays: bool = True,
         energy: Literal["nan", "weighted"] = "nan",
         min_distance: float | None = None,
+        correction_every: int = 1,
         **kwargs,
     ):
         if energy not in ("nan", "weighted"):
             raise ConfigurationError(f"energy must be 'nan' or 'weighted', got {energy!r}")
+        k = check_correction_every(correction_every, "MixedCalculator correction_every")
         for name, value in (("expensive", expensive), ("cheap", cheap)):
             if not isinstance(value, Potential):
                 raise ConfigurationError(
@@ -177,6 +192,15 @@ class MixedCalculator(Calculator):
             raise ConfigurationError(
                 f"MixedCalculator regions must be a RegionTracker(spec, seeds), got "
                 f"{regions!r}")
+        problem = schedule_problem(k, regions.nevery)
+        problems = [problem and f"RegionTracker nevery = {problem}"]
+        if k > 1 and mask_cheap:
+            problems.append("mask_cheap=True leaves the core without a cheap force, but "
+                            f"correction_every = {k} integrates the cheap force on every "
+                            "atom at every step: drop mask_cheap")
+        problems = [q for q in problems if q]
+        if problems:
+            raise ConfigurationError("MixedCalculator: " + "; ".join(problems))
         if min_distance is not None:
             min_distance = number_argument("MixedCalculator min_distance", min_distance,
                                            "Å", minimum=0, what="distance",
@@ -191,6 +215,7 @@ class MixedCalculator(Calculator):
         self.store_arrays = store_arrays
         self.min_distance = min_distance
         self.step = 0
+        self.correction_every = k
         self.allow_approximate = allow_approximate
         # The last reports only: a long run must not grow memory step by step.
         self.history: deque[StepReport] = deque(maxlen=HISTORY_LENGTH)
@@ -248,12 +273,22 @@ class MixedCalculator(Calculator):
         self.expensive.check_atoms(atoms)
         if self.tracker.is_new_structure(atoms):
             self.step = 0  # the tracker starts afresh on it, its schedule with it
+        if self.tracker.regions is not None and not is_outer_step(self.step,
+                                                                  self.correction_every):
+            self._cheap_step(atoms)
+            return
         t0 = time.perf_counter()
         if self.tracker.rebuilds(atoms, self.step):
             self._check_contacts(atoms)
         regions = self.tracker.update(atoms, self.step)
         rebuilt = self.tracker.last_build == self.step
         undescribed = self._undescribed_by_cheap(atoms, regions)
+        if self.correction_every > 1 and undescribed.any():
+            raise ConfigurationError(
+                f"correction_every = {self.correction_every} integrates the cheap force on "
+                f"every atom, but {self.cheap.name} does not describe "
+                f"{sorted({chemical_symbols[z] for z in atoms.numbers[undescribed]})}: "
+                "use correction_every = 1")
         t1 = time.perf_counter()
 
         n = len(atoms)
@@ -269,13 +304,15 @@ class MixedCalculator(Calculator):
         t2 = time.perf_counter()
 
         cheap = Evaluation(np.zeros((n, 3)), np.full(n, np.nan), 0)
-        if regions.cheap.any():
+        # multiple time stepping needs the cheap force on every atom, even an all-core cell
+        if regions.cheap.any() or self.correction_every > 1:
             cheap = self._cheap_evaluation(atoms, regions, undescribed)
         t3 = time.perf_counter()
 
         p = regions.p
         forces = mix_forces(p, exp.forces, cheap.forces)
         self._check_finite(forces, p, exp, cheap)
+        forces = impulse_forces(cheap.forces, forces, self.correction_every)
         if self.subtract_mean_force:
             forces -= forces.mean(axis=0)
         energy = np.nan
@@ -300,6 +337,25 @@ class MixedCalculator(Calculator):
                 },
             )
         )
+        self.step += 1
+
+    def _cheap_step(self, atoms: Atoms) -> None:
+        """A step between outer steps of multiple time stepping: the cheap forces of
+        every atom, nothing else (see :mod:`mlmix.mts`)."""
+        t0 = time.perf_counter()
+        self.cheap.check_atoms(atoms)
+        cheap = self.cheap.evaluate(atoms, None)
+        forces = cheap.forces
+        if not np.isfinite(forces).all():
+            self._check_finite(forces, np.zeros(len(atoms)), cheap, cheap)
+        if self.subtract_mean_force:
+            forces = forces - forces.mean(axis=0)
+        self.results = {"forces": forces, "energy": np.nan}
+        seconds = time.perf_counter() - t0
+        self.history.append(StepReport(
+            step=self.step, rebuilt=False, counts=self.tracker.regions.counts(),
+            n_expensive=0, n_cheap=cheap.n_evaluated, corrected=False,
+            seconds={"regions": 0.0, "expensive": 0.0, "cheap": seconds, "total": seconds}))
         self.step += 1
 
     def _check_contacts(self, atoms: Atoms) -> None:

@@ -42,6 +42,7 @@ from .config import Problems, dump_toml, load_toml
 from .errors import CalculationError, ConfigurationError, Interrupted, OutputError
 from .interruption import StopRequests
 from .mixing import MixedCalculator
+from .mts import corrected_median
 from .outputs import (
     LOG_COLUMNS,
     THERMO_NOTE,
@@ -97,10 +98,10 @@ class Setup:
     def tracker(self) -> RegionTracker:
         return build_tracker(self.cfg, self.structure, self.expensive.cutoff)
 
-    def calculator(self, energy: str = "nan") -> MixedCalculator:
+    def calculator(self, energy: str = "nan", correction_every: int = 1) -> MixedCalculator:
         return MixedCalculator(self.expensive, self.cheap, self.tracker(), energy=energy,
                                min_distance=self.cfg.structure.get("min_distance"),
-                               **self.cfg.mixing)
+                               correction_every=correction_every, **self.cfg.mixing)
 
     def file(self, name: str) -> Path:
         """Path of output ``name`` in the run directory (recorded as mlmix's)."""
@@ -425,7 +426,7 @@ def run_md(setup: Setup) -> dict:
     """MD (NVE, or NVT with the region-weighted Langevin thermostat)."""
     task, out, run_dir, state = setup.cfg.task, setup.cfg.output, setup.run_dir, setup.state
     rng = np.random.default_rng(np.random.SeedSequence(task["seed"]).spawn(2)[1])
-    calc = setup.calculator(energy="weighted")
+    calc = setup.calculator(energy="weighted", correction_every=task["correction_every"])
     atoms, start, wall0 = md_start(setup)
     if state is not None:
         calc.tracker.restore(state["tracker"])
@@ -450,8 +451,9 @@ def run_md(setup: Setup) -> dict:
     def record(step: int) -> None:
         nonlocal t_row, last_row
         now = time.perf_counter()
-        if nve:
-            drift.add(step * dt_fs, atoms.get_potential_energy() + atoms.get_kinetic_energy())
+        energy = atoms.get_potential_energy()  # NaN between multiple-time-step outer steps
+        if nve and np.isfinite(energy):
+            drift.add(step * dt_fs, energy + atoms.get_kinetic_energy())
         per_step = (now - t_row) / (step - last_row) if step > last_row else float("nan")
         log.record({"step": step, "time_fs": step * dt_fs, "temperature_K": temperature_K(atoms),
                     **_counts(calc), "seconds_per_step": per_step,
@@ -497,7 +499,8 @@ def run_md(setup: Setup) -> dict:
         "timestep_fs": dt_fs, "final_temperature_K": temperature_K(atoms),
         "seconds_per_step_median": float(np.median(step_times)) if step_times else None,
         "wall_seconds": wall0 + time.perf_counter() - t_start,
-        "expensive_evaluated_median": float(np.median([r.n_expensive for r in reports])),
+        "correction_every": task["correction_every"],
+        "expensive_evaluated_median": corrected_median(reports),
         "cheap_evaluated_median": float(np.median([r.n_cheap for r in reports])),
         "region_counts_final": calc.regions.counts(),
         "drift_estimate_eV_per_ps": drift.slope_eV_per_ps() if nve else None,

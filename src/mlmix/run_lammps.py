@@ -32,6 +32,7 @@ import numpy as np
 from ase import Atoms
 
 from .checkpoint import atoms_state, save_checkpoint
+from .mts import corrected_median
 from .outputs import (
     LOG_COLUMNS,
     TableLog,
@@ -142,7 +143,8 @@ def run_md_lammps(setup) -> dict:
         thermostat_weights=task.get("thermostat_weights", "cheap"), seed=task["seed"],
         allow_approximate=cfg.mixing["allow_approximate"], start_step=start,
         tracker_state=state["tracker"] if state else None,
-        thermostat_force=state.get("thermostat_force") if state else None, comm=comm)
+        thermostat_force=state.get("thermostat_force") if state else None, comm=comm,
+        correction_every=task["correction_every"])
     outputs: list[_RootOutputs] = []  # made on rank 0 inside the engine's error handling
 
     def first(snapshot: Atoms, eng) -> None:
@@ -175,7 +177,8 @@ def run_md_lammps(setup) -> dict:
             "seconds_per_step_median": float(np.median(out.per_step)) if out.per_step
             else None,
             "wall_seconds": out.wall_seconds(),
-            "expensive_evaluated_median": float(np.median([h.n_expensive for h in history])),
+            "correction_every": task["correction_every"],
+            "expensive_evaluated_median": corrected_median(history),
             "cheap_evaluated_median": float(len(final)),
             "region_counts_final": engine.tracker.regions.counts(),
             "drift_estimate_eV_per_ps": None,

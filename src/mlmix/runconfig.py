@@ -42,6 +42,7 @@ from . import structures
 from .config import Problems
 from .contacts import contact_problem
 from .errors import ConfigurationError
+from .mts import schedule_problem
 from .potentials.factory import check_potential_spec
 from .potentials.files import resolve_potential_file
 from .regions import Hysteresis, RegionSpec, RegionTracker
@@ -354,12 +355,28 @@ def _regions(p: Problems, raw: Mapping, task_kind: str | None) -> tuple[dict, di
     return r, hyst
 
 
+def _multiple_time_step(p: Problems, task: dict, regions: dict, mixing: dict) -> None:
+    """task.correction_every against the rebuild period and mask_cheap (mlmix.mts)."""
+    k = task.get("correction_every", 1)
+    if not isinstance(k, int) or isinstance(k, bool) or k <= 1:
+        return
+    nevery = regions.get("nevery")
+    if isinstance(nevery, int) and not isinstance(nevery, bool):
+        problem = schedule_problem(k, nevery, "task.correction_every")
+        if problem:
+            p.add("regions.nevery", problem)
+    if mixing.get("mask_cheap") is True:
+        p.add("mixing.mask_cheap", f"must be false with task.correction_every = {k} (the "
+              "cheap force acts on every atom at every step)")
+
+
 def _task(p: Problems, raw: Mapping, builder: str | None) -> dict:
     t = p.section(raw, "task")
     kind = p.choice(t, "task", "kind", TASKS)
     if kind == "md":
         p.unknown_keys(t, "task", {"kind", "ensemble", "timestep_fs", "steps", "temperature_K",
-                                   "friction_per_fs", "thermostat_weights", "seed"})
+                                   "friction_per_fs", "thermostat_weights", "seed",
+                                   "correction_every"})
         ensemble = p.choice(t, "task", "ensemble", ENSEMBLES, "nve")
         t.setdefault("timestep_fs", 1.0)
         dt = p.number(t, "task", "timestep_fs", minimum=0, strict=True)
@@ -382,6 +399,8 @@ def _task(p: Problems, raw: Mapping, builder: str | None) -> dict:
                     p.add(f"task.{key}", "only for ensemble = 'nvt'")
         t.setdefault("seed", 0)
         p.number(t, "task", "seed", minimum=0, integer=True)
+        t.setdefault("correction_every", 1)
+        p.number(t, "task", "correction_every", minimum=1, integer=True)
     elif kind == "relax":
         p.unknown_keys(t, "task", {"kind", "fmax", "max_steps", "optimizer",
                                    "expensive_energy"})
@@ -498,6 +517,7 @@ def parse_run_config(raw: Mapping, base: Path = Path("."), source: str = "run co
     p.unknown_keys(mixing, "mixing", {"subtract_mean_force", "mask_cheap", "allow_approximate"})
     for key in ("subtract_mean_force", "mask_cheap", "allow_approximate"):
         mixing[key] = _flag(p, mixing, "mixing", key, False)
+    _multiple_time_step(p, task, regions, mixing)
     output = _output(p, raw, Path(source).stem)
     engine = _engine(p, raw, {"task": task, "cheap": specs.get("cheap", {}), "seeds": seeds,
                               "mixing": mixing})

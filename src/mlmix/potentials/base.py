@@ -132,7 +132,10 @@ class Potential(abc.ABC):
 def check_finite_positions(atoms: Atoms) -> None:
     """Raise :class:`ConfigurationError` if any position or cell entry is NaN or inf."""
     pos = atoms.positions
-    bad = np.flatnonzero(~np.isfinite(pos).all(axis=1))
+    if np.isfinite(pos.sum()):  # one pass; a NaN or inf anywhere makes the sum non-finite
+        bad = np.zeros(0, dtype=int)
+    else:
+        bad = np.flatnonzero(~np.isfinite(pos).all(axis=1))
     if bad.size:
         raise ConfigurationError(
             f"{bad.size} atoms have NaN or infinite positions (first: index "

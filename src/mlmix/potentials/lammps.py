@@ -316,6 +316,15 @@ def _resolve_args(args: Sequence[str], dirs: Sequence[Path]) -> tuple[str, ...]:
 # ----------------------------------------------------------------------------------
 
 
+def _widest_gap_centre(s: np.ndarray) -> float:
+    """Fractional coordinate (0..1) at the centre of the widest periodic gap between
+    the values ``s`` (taken modulo 1)."""
+    u = np.sort(np.mod(s, 1.0))
+    gaps = np.diff(np.append(u, u[0] + 1.0))
+    i = int(np.argmax(gaps))
+    return float(np.mod(u[i] + 0.5 * gaps[i], 1.0))
+
+
 @dataclass(frozen=True)
 class LammpsFrame:
     """An ASE cell expressed as a LAMMPS box.
@@ -325,7 +334,8 @@ class LammpsFrame:
             ``f_lammps @ rotation.T`` (orthogonal; a reflection when the axes had to
             be permuted into a left-handed order).
         box: ``(3, 3)`` lower-triangular rows a, b, c of the LAMMPS box (Å).
-        origin: ``(3,)`` box lower corner (Å); non-zero only along open axes.
+        origin: ``(3,)`` box lower corner (Å): zero along periodic axes unless the
+            faces were placed in gaps (:func:`lammps_frame`).
         pbc: the periodicity of the LAMMPS axes (periodic axes come first).
     """
 
@@ -373,14 +383,17 @@ def _reduce_tilts(box: np.ndarray, pbc: Sequence[bool]) -> np.ndarray:
     return b
 
 
-def lammps_frame(cell: np.ndarray, pbc: Sequence[bool], positions: np.ndarray, pad: float = 2.0) -> LammpsFrame:
+def lammps_frame(cell: np.ndarray, pbc: Sequence[bool], positions: np.ndarray, pad: float = 2.0,
+                 faces_in_gaps: bool = False) -> LammpsFrame:
     """Build the LAMMPS box for an ASE cell (rows = lattice vectors, Å).
 
     Periodic axes come first; each open axis gets a unit vector orthogonal to the
     periodic ones (an open axis' cell vector has no physical meaning) so that LAMMPS'
     shrink-wrapping sees zero tilt along it. The cell is rotated to lower-triangular
     form by a QR decomposition. Open axes span the atoms plus ``pad`` Å (LAMMPS then
-    shrink-wraps them, ``boundary s``).
+    shrink-wraps them, ``boundary s``). With ``faces_in_gaps`` each periodic face is
+    moved (along its lattice vector, which changes no physics) to the middle of the
+    widest gap between the atoms' planes, so that vibrating atoms do not cross it.
     """
     cell = np.asarray(cell, dtype=float)
     pbc = [bool(p) for p in np.broadcast_to(pbc, (3,))]
@@ -412,6 +425,10 @@ def lammps_frame(cell: np.ndarray, pbc: Sequence[bool], positions: np.ndarray, p
     lpbc = tuple([True] * len(per) + [False] * (3 - len(per)))
     box = _reduce_tilts(box, lpbc)
     origin = np.zeros(3)
+    if faces_in_gaps and len(positions) and per:
+        s = (np.asarray(positions, dtype=float) @ q) @ np.linalg.inv(box)
+        for k in range(len(per)):
+            origin += _widest_gap_centre(s[:, k]) * box[k]
     if len(per) < 3:
         x = np.asarray(positions, dtype=float) @ q
         for k in range(len(per), 3):
@@ -991,7 +1008,7 @@ class LammpsPotential(Potential):
         closer than that knot (see :meth:`_check_uf3_pairs`).
         """
         check_finite_positions(atoms)
-        z = np.unique(atoms.numbers)
+        z = np.flatnonzero(np.bincount(atoms.numbers))  # np.unique sorts: 10x slower
         unknown = sorted(chemical_symbols[k] for k in z if chemical_symbols[k] not in self.species)
         if unknown:
             raise ConfigurationError(
@@ -1015,18 +1032,19 @@ class LammpsPotential(Potential):
         pbc = tuple(bool(p) for p in atoms.pbc)
         key = (len(atoms), types.tobytes(), cell.tobytes(), pbc)
         fresh = key != self._key or self._lmp is None
+        # Positions are handed over wrapped into the box, so the numbers LAMMPS sees
+        # depend on the structure alone, not on the instance's history (results repeat
+        # bit for bit). An atom that crosses a box face jumps by a box vector and makes
+        # LAMMPS rebuild its lists, so the faces are put in the widest gaps between
+        # atomic planes: in a crystal at lattice sites every atom sat on a face and
+        # some crossed it at every call (measured: 17 ms of a 44 ms Tersoff call, 8k).
         if fresh:
-            frame = lammps_frame(cell, pbc, atoms.positions)
+            frame = lammps_frame(cell, pbc, atoms.positions, faces_in_gaps=True)
             x = frame.to_lammps(atoms.positions)
             self._create_instance(frame, types, x)
             self._key = key
         else:
-            # Each atom at the image nearest to where LAMMPS holds it (LAMMPS wraps atoms
-            # only when it rebuilds its lists): wrapped afresh here, an atom vibrating
-            # across a box face would jump by a box vector and force a neighbour-list
-            # rebuild on every call (measured: 17 ms of a 44 ms Tersoff call, 8k atoms).
-            held = self._gather("x", 3)
-            x = held + self._frame.min_image(atoms.positions @ self._frame.rotation - held)
+            x = self._frame.to_lammps(atoms.positions)
             self._scatter("x", x, 1, 3)
 
         if self.route == "centres":
