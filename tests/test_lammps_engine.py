@@ -312,13 +312,18 @@ def test_bad_input_is_refused_before_work(kwargs, message):
     assert message in str(info.value)
 
 
-def test_species_the_cheap_potential_lacks_must_be_seeds():
-    atoms = bulk("W", "bcc", a=3.165, cubic=True).repeat(4)
+def w_with_he(repeat: int):
+    """bcc W with one He, the W-He SNAP, a W-only EAM (it lacks He) and a small spec."""
+    atoms = bulk("W", "bcc", a=3.165, cubic=True).repeat(repeat)
     atoms.append("He")
     atoms.positions[-1] = [0.5 * 3.165, 0.25 * 3.165, 0.0]
     expensive = LammpsPotential.snap("W_2940_2017_2_He_JW2013.snap", species=("W", "He"))
     cheap = LammpsPotential.eam_alloy("W_zhou.eam.alloy", ["W"])
-    spec = RegionSpec(r_core=3.0, r_buff=expensive.cutoff)
+    return atoms, expensive, cheap, RegionSpec(r_core=3.0, r_buff=expensive.cutoff)
+
+
+def test_species_the_cheap_potential_lacks_must_be_seeds():
+    atoms, expensive, cheap, spec = w_with_he(4)
     with pytest.raises(ConfigurationError, match=r"does not describe \['He'\]"):
         LammpsEngine(atoms, expensive, cheap, spec, LammpsClassifier("coord/atom", "3.0"))
 

@@ -8,16 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ase import units
-from ase.build import bulk
 from ase.md.verlet import VelocityVerlet
 from numpy.testing import assert_allclose
-from test_lammps_engine import ASE_MVV2E, LAMMPS_MVV2E, cu_pair, cu_vacancy
+from test_lammps_engine import ASE_MVV2E, LAMMPS_MVV2E, cu_pair, cu_vacancy, w_with_he
 
 from mlmix import ConfigurationError
 from mlmix.lammps_engine import LammpsEngine
 from mlmix.mixing import MixedCalculator
 from mlmix.mts import schedule_problem
-from mlmix.potentials.lammps import LammpsPotential
 from mlmix.regions import RegionSpec, RegionTracker
 from mlmix.seeds import IndexSeeds, SpeciesSeeds
 
@@ -162,12 +160,7 @@ def test_bad_settings_are_refused(kwargs, message):
 
 
 def test_species_the_cheap_potential_lacks_are_refused():
-    atoms = bulk("W", "bcc", a=3.165, cubic=True).repeat(3)
-    atoms.append("He")
-    atoms.positions[-1] = [0.5 * 3.165, 0.25 * 3.165, 0.0]
-    expensive = LammpsPotential.snap("W_2940_2017_2_He_JW2013.snap", species=("W", "He"))
-    cheap = LammpsPotential.eam_alloy("W_zhou.eam.alloy", ["W"])
-    spec = RegionSpec(r_core=3.0, r_buff=expensive.cutoff)
+    atoms, expensive, cheap, spec = w_with_he(3)
     atoms.calc = MixedCalculator(expensive, cheap,
                                  RegionTracker(spec, SpeciesSeeds(["He"]), nevery=2),
                                  correction_every=2)
