@@ -20,6 +20,7 @@ from ase.md.verlet import VelocityVerlet
 from numpy.testing import assert_allclose
 
 from mlmix import ConfigurationError
+from mlmix.demo import demo_cheap_potential
 from mlmix.lammps_engine import LammpsClassifier, LammpsEngine, counter_normals
 from mlmix.mixing import MixedCalculator
 from mlmix.potentials.lammps import LammpsPotential
@@ -164,15 +165,16 @@ def test_one_and_two_ranks_agree(tmp_path):
     assert int(one["n_cluster"]) == int(two["n_cluster"]) > 0
 
 
-SNAP_JOB = """
+TRUNCATED_JOB = """
 import sys
+from mlmix.demo import demo_cheap_potential
 from mlmix.lammps_engine import LammpsEngine, exit_on_error
 from mlmix.potentials.lammps import LammpsPotential
 from mlmix.regions import RegionSpec
 from mlmix.seeds import IndexSeeds
 
 with exit_on_error():
-    exp = LammpsPotential.snap("Si_Zuo_JPCA2020.quadratic", ["Si"])
+    exp = EXPENSIVE
     cheap = LammpsPotential.tersoff("Si.tersoff", ["Si"])
     atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(4)
     del atoms[0]
@@ -191,15 +193,28 @@ with exit_on_error():
 """
 
 
-def test_truncated_snap_on_one_and_two_ranks_is_exact_and_computes_the_expensive_set(tmp_path):
-    """SNAP through the plugin inside the engine: on every step (rebuilds and the skin
-    in between) LAMMPS computed exactly the expensive set as centres, summed over the
-    ranks, and the forces on p = 1 atoms are the all-SNAP forces."""
+# the expensive potential: as the job script builds it, and here for the reference
+TRUNCATED_STYLES = {
+    "snap": ('LammpsPotential.snap("Si_Zuo_JPCA2020.quadratic", ["Si"])',
+             lambda: LammpsPotential.snap("Si_Zuo_JPCA2020.quadratic", ["Si"])),
+    "sw": ('LammpsPotential.sw("Si.sw", ["Si"])', lambda: LammpsPotential.sw("Si.sw", ["Si"])),
+    "uf3": ("demo_cheap_potential()", demo_cheap_potential),
+}
+
+
+@pytest.mark.parametrize("style", list(TRUNCATED_STYLES))
+def test_truncated_styles_on_one_and_two_ranks_are_exact_and_compute_the_expensive_set(
+        tmp_path, style):
+    """An expensive style through the plugin inside the engine: on every step (rebuilds
+    and the skin in between) LAMMPS computed exactly the expensive set as centres,
+    summed over the ranks, and the forces on p = 1 atoms are the all-expensive forces."""
     from ase import Atoms
 
+    expression, build = TRUNCATED_STYLES[style]
     results = {}
+    job = TRUNCATED_JOB.replace("EXPENSIVE", expression)
     for ranks in (1, 2):
-        done = run_mpi(tmp_path, ranks, SNAP_JOB)
+        done = run_mpi(tmp_path, ranks, job)
         assert done.returncode == 0, done.stderr[-2000:]
         results[ranks] = np.load(tmp_path / f"job_{ranks}.py.npz")
     for r in results.values():
@@ -207,8 +222,8 @@ def test_truncated_snap_on_one_and_two_ranks_is_exact_and_computes_the_expensive
         assert (r["centres"] == r["expensive"]).all() and (r["centres"] < r["cluster"]).all()
         frame = Atoms("Si" * len(r["x"]), positions=r["x"], cell=r["cell"], pbc=True)
         full = r["p"] == 1
-        with LammpsPotential.snap("Si_Zuo_JPCA2020.quadratic", ["Si"]) as snap:
-            f_exp = snap.evaluate(frame).forces
+        with build() as ref:
+            f_exp = ref.evaluate(frame).forces
         assert full.sum() >= 3
         assert_allclose(r["f"][full], f_exp[full], rtol=0, atol=1e-8)
     assert_allclose(results[2]["x"], results[1]["x"], rtol=0, atol=1e-9)
