@@ -199,6 +199,8 @@ TRUNCATED_STYLES = {
              lambda: LammpsPotential.snap("Si_Zuo_JPCA2020.quadratic", ["Si"])),
     "sw": ('LammpsPotential.sw("Si.sw", ["Si"])', lambda: LammpsPotential.sw("Si.sw", ["Si"])),
     "uf3": ("demo_cheap_potential()", demo_cheap_potential),
+    "tersoff": ('LammpsPotential.tersoff("Si.tersoff", ["Si"])',  # (cheap = the same style)
+                lambda: LammpsPotential.tersoff("Si.tersoff", ["Si"])),
 }
 
 
