@@ -78,7 +78,7 @@ from .carving import within
 from .errors import CalculationError, ConfigurationError, MlmixError
 from .identity import ID_ARRAY
 from .mixing import undescribed_outside_core
-from .mts import check_correction_every, is_outer_step, schedule_problem
+from .mts import check_correction_every, is_outer_step, schedule_problem, undescribed_problem
 from .neighbours import complete_cell, neighbour_pairs, perpendicular_widths
 from .potentials.base import Potential
 from .potentials.lammps import LammpsPotential, format_number, lammps_frame
@@ -381,16 +381,12 @@ class LammpsEngine:
         self._check_inputs(atoms, expensive, cheap, spec, seeds, nevery, ensemble,
                            allow_approximate)
         self.correction_every = check_correction_every(correction_every)
-        problem = schedule_problem(self.correction_every, int(nevery))
-        problem = problem and f"nevery = {problem}"
-        undescribed = sorted(set(atoms.get_chemical_symbols()) - set(cheap.species))
-        if self.correction_every > 1 and undescribed:
-            problem = "; ".join(filter(None, [problem, (
-                f"correction_every = {self.correction_every} integrates the cheap force on "
-                f"every atom, but {cheap.name} does not describe {undescribed}: use "
-                "correction_every = 1")]))
-        if problem:
-            raise ConfigurationError(problem)
+        schedule = schedule_problem(self.correction_every, int(nevery))
+        problems = [schedule and f"nevery = {schedule}", undescribed_problem(
+            self.correction_every, cheap.name,
+            set(atoms.get_chemical_symbols()) - set(cheap.species))]
+        if any(problems):
+            raise ConfigurationError("; ".join(filter(None, problems)))
         self.expensive, self.cheap, self.spec = expensive, cheap, spec
         self.nevery = int(nevery)
         self.skin = _check_positive("skin", skin, "Å", allow_zero=True)

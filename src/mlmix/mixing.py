@@ -45,7 +45,13 @@ from .errors import (
     PropertyNotDefinedError,
 )
 from .identity import ID_ARRAY
-from .mts import check_correction_every, impulse_forces, is_outer_step, schedule_problem
+from .mts import (
+    check_correction_every,
+    impulse_forces,
+    is_outer_step,
+    schedule_problem,
+    undescribed_problem,
+)
 from .potentials.base import Evaluation, Potential
 from .regions import Regions, RegionTracker
 
@@ -268,27 +274,25 @@ class MixedCalculator(Calculator):
     def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = atoms if atoms is not None else self.atoms
-        # Input errors surface before any work: positions, then species the expensive
-        # potential must describe (every atom may become expensive), then contacts.
-        self.expensive.check_atoms(atoms)
         if self.tracker.is_new_structure(atoms):
             self.step = 0  # the tracker starts afresh on it, its schedule with it
         if self.tracker.regions is not None and not is_outer_step(self.step,
                                                                   self.correction_every):
-            self._cheap_step(atoms)
+            self._cheap_step(atoms)  # (the cheap potential checks the atoms it evaluates)
             return
+        # Input errors surface before any work: positions, then species the expensive
+        # potential must describe (every atom may become expensive), then contacts.
+        self.expensive.check_atoms(atoms)
         t0 = time.perf_counter()
         if self.tracker.rebuilds(atoms, self.step):
             self._check_contacts(atoms)
         regions = self.tracker.update(atoms, self.step)
         rebuilt = self.tracker.last_build == self.step
         undescribed = self._undescribed_by_cheap(atoms, regions)
-        if self.correction_every > 1 and undescribed.any():
-            raise ConfigurationError(
-                f"correction_every = {self.correction_every} integrates the cheap force on "
-                f"every atom, but {self.cheap.name} does not describe "
-                f"{sorted({chemical_symbols[z] for z in atoms.numbers[undescribed]})}: "
-                "use correction_every = 1")
+        problem = undescribed_problem(self.correction_every, self.cheap.name,
+                                      {chemical_symbols[z] for z in atoms.numbers[undescribed]})
+        if problem:
+            raise ConfigurationError(problem)
         t1 = time.perf_counter()
 
         n = len(atoms)
@@ -343,11 +347,9 @@ class MixedCalculator(Calculator):
         """A step between outer steps of multiple time stepping: the cheap forces of
         every atom, nothing else (see :mod:`mlmix.mts`)."""
         t0 = time.perf_counter()
-        self.cheap.check_atoms(atoms)
         cheap = self.cheap.evaluate(atoms, None)
         forces = cheap.forces
-        if not np.isfinite(forces).all():
-            self._check_finite(forces, np.zeros(len(atoms)), cheap, cheap)
+        self._check_finite(forces, np.zeros(len(atoms)), cheap, cheap)
         if self.subtract_mean_force:
             forces = forces - forces.mean(axis=0)
         self.results = {"forces": forces, "energy": np.nan}

@@ -63,6 +63,15 @@ def schedule_problem(k: int, nevery: int, k_key: str = "correction_every") -> st
     return None
 
 
+def undescribed_problem(k: int, cheap_name: str, symbols) -> str | None:
+    """Why outer steps of ``k`` steps cannot run when the cheap potential ``cheap_name``
+    lacks the species ``symbols`` (the fast force must act on every atom), or None."""
+    if k > 1 and len(symbols):
+        return (f"correction_every = {k} integrates the cheap force on every atom, but "
+                f"{cheap_name} does not describe {sorted(symbols)}: use correction_every = 1")
+    return None
+
+
 def is_outer_step(step: int, k: int) -> bool:
     """True when MD step ``step`` evaluates the expensive correction."""
     return step % k == 0
