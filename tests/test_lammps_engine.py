@@ -171,60 +171,81 @@ from mlmix.demo import demo_cheap_potential
 from mlmix.lammps_engine import LammpsEngine, exit_on_error
 from mlmix.potentials.lammps import LammpsPotential
 from mlmix.regions import RegionSpec
-from mlmix.seeds import IndexSeeds
+from mlmix.seeds import IndexSeeds, SpeciesSeeds
 
 with exit_on_error():
     exp = EXPENSIVE
-    cheap = LammpsPotential.tersoff("Si.tersoff", ["Si"])
-    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(4)
-    del atoms[0]
+    cheap = CHEAP
+    atoms = STRUCTURE
     atoms.rattle(0.05, seed=2)
     frames = []
     with LammpsEngine(atoms, exp, cheap, RegionSpec(3.0, 2.0, exp.cutoff),
-                      IndexSeeds([1, 2, 3]), nevery=5, skin=0.3) as engine:
+                      SEEDS, nevery=5, skin=0.3) as engine:
         engine.run(12, callback=lambda a, e: frames.append(a), every=12)
         if engine.is_root:
             h = engine.history
             np.savez(sys.argv[0] + ".npz", x=frames[-1].positions, f=frames[-1].get_forces(),
+                     numbers=frames[-1].numbers,
                      p=frames[-1].arrays["mlmix_p"], cell=frames[-1].cell.array,
                      centres=[r.n_expensive for r in h],
                      expensive=[r.counts["expensive"] for r in h],
                      cluster=[r.n_cluster for r in h], route=exp.route)
 """
 
+_SI = ('bulk("Si", "diamond", a=5.43, cubic=True).repeat(4)[1:]',
+       'LammpsPotential.tersoff("Si.tersoff", ["Si"])', "IndexSeeds([1, 2, 3])")
+_W_HE = ('bulk("W", "bcc", a=3.165, cubic=True).repeat(6) '
+         '+ Atoms("He", positions=[[0.5 * 3.165, 0.25 * 3.165, 0.0]])',
+         'LammpsPotential.eam_alloy("W_zhou.eam.alloy", ["W"])', 'SpeciesSeeds(["He"])')
+_CU = ('bulk("Cu", "fcc", a=3.615, cubic=True).repeat(4)[1:]',
+       'LammpsPotential.eam("Cu_u3.eam", ["Cu"])', "IndexSeeds([1, 2, 3])")
+_HE = ('bulk("He", "fcc", a=3.0, cubic=True).repeat(6)',
+       'LammpsPotential("lj/cut 6.0", ["* * 0.00094 2.64"], ["He"])', "IndexSeeds([0])")
+_HE_TABLE = ('LammpsPotential.table({("He", "He"): ("He_He_JW2013.table", "HeHe")}, ["He"], '
+             'style="spline", n=5000)')
 
-# the expensive potential: as the job script builds it, and here for the reference
+# style: the expensive potential as the job builds it, (structure, cheap, seeds), the
+# route it must take
 TRUNCATED_STYLES = {
-    "snap": ('LammpsPotential.snap("Si_Zuo_JPCA2020.quadratic", ["Si"])',
-             lambda: LammpsPotential.snap("Si_Zuo_JPCA2020.quadratic", ["Si"])),
-    "sw": ('LammpsPotential.sw("Si.sw", ["Si"])', lambda: LammpsPotential.sw("Si.sw", ["Si"])),
-    "uf3": ("demo_cheap_potential()", demo_cheap_potential),
-    "tersoff": ('LammpsPotential.tersoff("Si.tersoff", ["Si"])',  # (cheap = the same style)
-                lambda: LammpsPotential.tersoff("Si.tersoff", ["Si"])),
+    "snap": ('LammpsPotential.snap("Si_Zuo_JPCA2020.quadratic", ["Si"])', _SI, "centres"),
+    "sw": ('LammpsPotential.sw("Si.sw", ["Si"])', _SI, "centres"),
+    "uf3": ("demo_cheap_potential()", _SI, "centres"),
+    "tersoff": ('LammpsPotential.tersoff("Si.tersoff", ["Si"])', _SI, "centres"),
+    "table": (_HE_TABLE, _HE, "centres"),
+    "hybrid/overlay": ('LammpsPotential.snap("W_2940_2017_2_He_JW2013.snap", ["W", "He"])',
+                       _W_HE, "centres"),
+    "eam/alloy": ('LammpsPotential.eam_alloy("Cu_mishin1.eam.alloy", ["Cu"])', _CU, "shell"),
 }
 
 
 @pytest.mark.parametrize("style", list(TRUNCATED_STYLES))
-def test_truncated_styles_on_one_and_two_ranks_are_exact_and_compute_the_expensive_set(
+def test_expensive_styles_on_one_and_two_ranks_are_exact_and_report_their_centres(
         tmp_path, style):
-    """An expensive style through the plugin inside the engine: on every step (rebuilds
-    and the skin in between) LAMMPS computed exactly the expensive set as centres,
-    summed over the ranks, and the forces on p = 1 atoms are the all-expensive forces."""
+    """An expensive LAMMPS style inside the engine, on every step (rebuilds and the skin
+    in between): the forces on p = 1 atoms are the all-expensive forces; on the plugin's
+    route LAMMPS computed exactly the expensive set as centres, summed over the ranks;
+    on the shell route (half-list styles) it computed more, and says so."""
     from ase import Atoms
 
-    expression, build = TRUNCATED_STYLES[style]
+    expression, (structure, cheap, seeds), route = TRUNCATED_STYLES[style]
     results = {}
-    job = TRUNCATED_JOB.replace("EXPENSIVE", expression)
+    job = (TRUNCATED_JOB.replace("EXPENSIVE", expression).replace("CHEAP", cheap)
+           .replace("STRUCTURE", structure).replace("SEEDS", seeds)
+           .replace("import sys", "import sys\nfrom ase import Atoms"))
     for ranks in (1, 2):
         done = run_mpi(tmp_path, ranks, job)
         assert done.returncode == 0, done.stderr[-2000:]
         results[ranks] = np.load(tmp_path / f"job_{ranks}.py.npz")
     for r in results.values():
-        assert str(r["route"]) == "centres"
-        assert (r["centres"] == r["expensive"]).all() and (r["centres"] < r["cluster"]).all()
-        frame = Atoms("Si" * len(r["x"]), positions=r["x"], cell=r["cell"], pbc=True)
+        assert str(r["route"]) == route
+        if route == "centres":
+            assert (r["centres"] == r["expensive"]).all() and (r["centres"] < r["cluster"]).all()
+        else:
+            assert (r["centres"] > r["expensive"]).all()
+        frame = Atoms(numbers=r["numbers"], positions=r["x"], cell=r["cell"], pbc=True)
         full = r["p"] == 1
-        with build() as ref:
+        namespace = {"LammpsPotential": LammpsPotential, "demo_cheap_potential": demo_cheap_potential}
+        with eval(expression, namespace) as ref:
             f_exp = ref.evaluate(frame).forces
         assert full.sum() >= 3
         assert_allclose(r["f"][full], f_exp[full], rtol=0, atol=1e-8)
