@@ -73,3 +73,14 @@ def sw_tersoff_pair():
     yield expensive, cheap
     expensive.close()
     cheap.close()
+
+
+def emt_without_energies():
+    """ASE's EMT, minus per-atom energies: a calculator that cannot give them (for the
+    ``backend = "ase"`` factory tests, as ``conftest:emt_without_energies``)."""
+    from ase.calculators.emt import EMT
+
+    class _EMTNoEnergies(EMT):
+        implemented_properties = ["energy", "free_energy", "forces"]
+
+    return _EMTNoEnergies()

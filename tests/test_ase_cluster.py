@@ -81,8 +81,7 @@ def test_too_small_buffer_is_visibly_wrong():
 def test_whole_system_is_exact():
     atoms = _cell(3, vacancy=True)
     forces, energies = _reference(atoms)
-    with pytest.warns(ReceptiveFieldWarning):
-        pot = AseClusterPotential(EMT(), buffer=0.0, cutoff=EMT_CUTOFF)
+    pot = AseClusterPotential(EMT(), buffer=0.0, cutoff=EMT_CUTOFF)  # no cluster: no warning
     ev = pot.evaluate(atoms)
     np.testing.assert_allclose(ev.forces, forces, rtol=0, atol=1e-10)
     np.testing.assert_allclose(ev.energies, energies, rtol=0, atol=1e-10)
@@ -102,12 +101,21 @@ def test_carve_cluster_keeps_geometry():
     assert cluster.positions.min() >= 7.0 - 1e-9
 
 
-def test_warns_when_buffer_below_receptive_field():
-    with pytest.warns(ReceptiveFieldWarning, match=r"buffer 4 Å is smaller than the receptive field 10 Å"):
-        AseClusterPotential(EMT(), buffer=4.0, cutoff=5.0, receptive_field=10.0)
+def test_warns_at_the_first_cluster_when_buffer_below_receptive_field():
+    atoms = _cell(4)
+    mask = np.zeros(len(atoms), bool)
+    mask[0] = True
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        AseClusterPotential(EMT(), buffer=10.0, cutoff=5.0, receptive_field=10.0)
+        warnings.simplefilter("error")  # construction and whole-system use: exact, silent
+        pot = AseClusterPotential(EMT(), buffer=4.0, cutoff=5.0, receptive_field=10.0)
+        pot.evaluate(atoms)
+        AseClusterPotential(EMT(), buffer=10.0, cutoff=5.0, receptive_field=10.0).evaluate(
+            atoms, mask)
+    with pytest.warns(ReceptiveFieldWarning, match=r"buffer 4 Å is smaller than the receptive field 10 Å"):
+        pot.evaluate(atoms, mask)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per potential
+        pot.evaluate(atoms, mask)
 
 
 def test_configuration_errors():

@@ -37,6 +37,9 @@ W_SNAP = {"backend": "lammps", "style": "include", "file": "W_2940_2017_2_He_JW2
 W_EAM = {"backend": "lammps", "style": "eam_alloy", "file": "W_zhou.eam.alloy",
          "species": ["W"]}
 
+ASE_EMT = {"backend": "ase", "calculator": "ase.calculators.emt:EMT", "buffer": 6.0,
+           "cutoff": 5.88, "receptive_field": 5.88}
+
 # (id, {dotted key: value}, text the message must contain)
 CASES = [
     ("crystal typo", {"structure.crystal": "diamnd"}, "structure.crystal"),
@@ -110,6 +113,34 @@ CASES = [
      "task.hop"),
     ("lammps engine for a relaxation", {"task": {"kind": "relax"}, "regions.nevery": 0,
                                         "engine.kind": "lammps"}, "engine.kind"),
+    ("ase calculator not module:factory",
+     {"potentials.expensive": {"backend": "ase", "calculator": "ase.calculators.emt.EMT",
+                               "buffer": 6.0}},
+     "potentials.expensive.calculator: must name a factory as 'package.module:function'"),
+    ("ase calculator module missing",
+     {"potentials.expensive": {**ASE_EMT, "calculator": "no_such_package.calc:make"}},
+     "potentials.expensive.calculator: cannot import 'no_such_package.calc'"),
+    ("ase calculator not callable",
+     {"potentials.expensive": {**ASE_EMT, "calculator": "ase.units:fs"}},
+     "potentials.expensive.calculator: 'ase.units:fs' is a float, not a function or class"),
+    ("ase calculator factory fails",
+     {"potentials.expensive": {**ASE_EMT, "calculator": "ase.build:bulk"}},
+     "potentials.expensive.calculator: ase.build:bulk(**potentials.expensive.kwargs) failed: "
+     "TypeError"),
+    ("ase calculator factory returns no calculator",
+     {"potentials.expensive": {**ASE_EMT, "calculator": "ase.build:bulk",
+                               "kwargs": {"name": "Si"}}},
+     "potentials.expensive.calculator: ase.build:bulk returned an object of type Atoms, not an ASE calculator"),
+    ("ase calculator without ranges", {"potentials.expensive": {
+        "backend": "ase", "calculator": "ase.calculators.emt:EMT", "buffer": 6.0}},
+     "set potentials.expensive.cutoff and potentials.expensive.receptive_field"),
+    ("ase calculator without per-atom energies for NEB",
+     {"task": {"kind": "neb", "hop": 0}, "regions.nevery": 0,
+      "potentials.expensive": {**ASE_EMT, "calculator": "conftest:emt_without_energies"}},
+     "potentials.expensive: ase:conftest:emt_without_energies gives no per-atom energies"),
+    ("mace device typo", {"potentials.expensive": {"backend": "mace", "model": "Si_snap_mace",
+                                                   "device": "gpu"}},
+     "potentials.expensive.device: must be 'cpu' or 'cuda'"),
     ("cheap lacks He, He not a seed",
      {"structure": W_HE, "potentials": {"expensive": W_SNAP, "cheap": W_EAM},
       "regions.seeds": CLASSIFIER, "task.temperature_K": 300.0},

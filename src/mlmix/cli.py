@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import demo, drift, run
+from . import buffer, demo, drift, run
 from ._lammps_runtime import mpi_world_rank
 from .errors import Interrupted, MlmixError
 from .fitting import pipeline as fit
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_parser(sub)
     run.add_parser(sub)
     drift.add_parser(sub)
+    buffer.add_parser(sub)
     return parser
 
 

@@ -80,7 +80,7 @@ from .identity import ID_ARRAY
 from .mixing import undescribed_outside_core
 from .mts import check_correction_every, is_outer_step, schedule_problem, undescribed_problem
 from .neighbours import complete_cell, neighbour_pairs, perpendicular_widths
-from .potentials.base import Potential
+from .potentials.base import Potential, buffer_problem
 from .potentials.lammps import LammpsPotential, format_number, lammps_frame
 from .regions import Hysteresis, Regions, RegionSpec, RegionTracker
 from .seeds import ClassifierSeeds, IndexSeeds, Seeds, SpeciesSeeds
@@ -524,17 +524,9 @@ class LammpsEngine:
                 f"ensemble must be 'nve' or 'nvt', got {ensemble!r} (force mixing has no "
                 "stress, so no NPT)")
         expensive.check_atoms(atoms)  # species it describes, finite positions
-        if not allow_approximate:
-            if not expensive.is_local:
-                raise ConfigurationError(
-                    f"{expensive.name} has a receptive field of {expensive.receptive_field} "
-                    f"Å beyond its cutoff {expensive.cutoff} Å (a message-passing model): "
-                    "pass allow_approximate=True and measure the force error")
-            if spec.r_buff < expensive.cutoff:
-                raise ConfigurationError(
-                    f"r_buff = {spec.r_buff} Å is below the cutoff {expensive.cutoff} Å of "
-                    f"{expensive.name}: forces on weighted atoms would be approximate. Set "
-                    f"r_buff >= {expensive.cutoff}, or pass allow_approximate=True")
+        problem = None if allow_approximate else buffer_problem(expensive, spec.r_buff)
+        if problem is not None:
+            raise ConfigurationError(problem)
         present = set(atoms.get_chemical_symbols())
         if isinstance(seeds, SpeciesSeeds) and not present & set(seeds.symbols):
             raise ConfigurationError(
@@ -871,7 +863,7 @@ class LammpsEngine:
     def _make_cluster(self, regions: Regions):
         ra = self._root_atoms
         cell, pbc = ra.cell.array, ra.pbc
-        halo = self.expensive.cutoff + self.skin
+        halo = self.expensive.halo + self.skin
         if not np.isfinite(halo):  # pragma: no cover - potentials always have a cutoff
             raise ConfigurationError(f"{self.expensive.name} has no finite cutoff")
         expensive = regions.expensive

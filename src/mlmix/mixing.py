@@ -52,7 +52,7 @@ from .mts import (
     schedule_problem,
     undescribed_problem,
 )
-from .potentials.base import Evaluation, Potential
+from .potentials.base import Evaluation, Potential, buffer_problem
 from .regions import Regions, RegionTracker
 
 HISTORY_LENGTH = 1000
@@ -231,20 +231,9 @@ class MixedCalculator(Calculator):
                 self._check_buffer(cheap)
 
     def _check_buffer(self, potential: Potential) -> None:
-        r_buff = self.tracker.spec.r_buff
-        if not potential.is_local:
-            raise ConfigurationError(
-                f"{potential.name} has a receptive field of {potential.receptive_field} Å, "
-                f"beyond its cutoff {potential.cutoff} Å (a message-passing model): masked "
-                "or clustered forces are approximate at any affordable buffer. Pass "
-                "allow_approximate=True and measure the force error against a full run"
-            )
-        if r_buff < potential.cutoff:
-            raise ConfigurationError(
-                f"r_buff = {r_buff} Å is below the cutoff {potential.cutoff} Å of "
-                f"{potential.name}: forces on weighted atoms would be approximate. Set "
-                f"r_buff >= {potential.cutoff}, or pass allow_approximate=True to accept it"
-            )
+        problem = buffer_problem(potential, self.tracker.spec.r_buff)
+        if problem is not None:
+            raise ConfigurationError(problem)
 
     @property
     def regions(self) -> Regions | None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from ase import Atoms, units
 
 from . import __version__
 from ._lammps_runtime import mpi_world_rank
+from .buffer import BufferScan, scan_buffers
 from .checkpoint import (
     atoms_from_state,
     atoms_state,
@@ -55,12 +56,14 @@ from .outputs import (
     temperature_K,
     truncate_files,
 )
-from .potentials.base import Potential
+from .potentials.base import Potential, buffer_problem, default_r_buff, exact_r_buff
 from .potentials.factory import make_potential
 from .regions import RegionTracker
 from .runconfig import (
     RunConfig,
     Structure,
+    build_seeds,
+    build_spec,
     build_structure,
     build_tracker,
     check_undescribed,
@@ -94,9 +97,10 @@ class Setup:
     overwrite: bool = False
     resume_command: str = "mlmix run CONFIG --resume"
     stop: StopRequests = field(default_factory=StopRequests)
+    buffer: BufferScan | None = None  # the scan behind r_buff = "auto"
 
     def tracker(self) -> RegionTracker:
-        return build_tracker(self.cfg, self.structure, self.expensive.cutoff)
+        return build_tracker(self.cfg, self.structure, default_r_buff(self.expensive))
 
     def calculator(self, energy: str = "nan", correction_every: int = 1) -> MixedCalculator:
         return MixedCalculator(self.expensive, self.cheap, self.tracker(), energy=energy,
@@ -205,18 +209,16 @@ def check_loaded(cfg: RunConfig, structure: Structure, expensive: Potential,
     p = Problems(f"{cfg.source} (checked with its potentials loaded)")
     approx = cfg.mixing["allow_approximate"]
     r_buff = cfg.regions.get("r_buff")
-    if not approx and not expensive.is_local:
-        p.add("mixing.allow_approximate", f"the expensive {expensive.name} has a receptive "
-              f"field of {expensive.receptive_field} Å beyond its cutoff {expensive.cutoff} "
-              "Å (a message-passing model): its masked forces are approximate at any "
-              "affordable buffer; set allow_approximate = true and measure the error")
-    if not approx and r_buff is not None and r_buff < expensive.cutoff:
-        p.add("regions.r_buff", f"{r_buff} Å is below the cutoff {expensive.cutoff} Å of "
-              f"the expensive {expensive.name}: forces on weighted atoms would be "
-              f"approximate; set r_buff >= {expensive.cutoff} (or leave it out: it "
-              "defaults to the cutoff), or mixing.allow_approximate = true")
+    if r_buff == "auto":  # measured and chosen after these checks (choose_buffer)
+        r_buff, approx = None, True
+    problem = None if approx else buffer_problem(
+        expensive, r_buff if r_buff is not None else default_r_buff(expensive),
+        "regions.r_buff", "set mixing.allow_approximate = true")
+    if problem is not None:
+        p.add("mixing.allow_approximate" if exact_r_buff(expensive) is None
+              else "regions.r_buff", problem)
     if not approx and cfg.mixing["mask_cheap"] and cheap.is_local \
-            and (r_buff if r_buff is not None else expensive.cutoff) < cheap.cutoff:
+            and (r_buff if r_buff is not None else default_r_buff(expensive)) < cheap.cutoff:
         p.add("mixing.mask_cheap", f"needs regions.r_buff >= the cheap cutoff "
               f"({cheap.cutoff} Å)")
     atoms = structure.atoms
@@ -231,6 +233,9 @@ def check_loaded(cfg: RunConfig, structure: Structure, expensive: Potential,
             pot.check_atoms(view)
         except ConfigurationError as exc:
             p.add(f"potentials.{role}", str(exc))
+        if cfg.task["kind"] == "neb" and not pot.has_energies:
+            p.add(f"potentials.{role}", f"{pot.name} gives no per-atom energies, which NEB "
+                  "needs to rank its images; use a calculator that implements 'energies'")
     p.raise_if_any()
 
 
@@ -247,10 +252,40 @@ def prepare(cfg: RunConfig, run_dir: Path) -> Setup:
     setup = Setup(cfg, structure, expensive, cheap, run_dir)
     try:
         check_loaded(cfg, structure, expensive, cheap)
+        if cfg.regions.get("r_buff") == "auto":
+            choose_buffer(setup)
     except BaseException:
         setup.close()
         raise
     return setup
+
+
+def choose_buffer(setup: Setup) -> None:
+    """``r_buff = "auto"``: measure the force error against the buffer on the initial
+    structure (:func:`mlmix.buffer.scan_buffers`) and run with the smallest buffer that
+    meets ``regions.force_tolerance``; ``setup.cfg`` gets that number, ``setup.buffer``
+    the scan (written to ``buffer.json`` and the summary)."""
+    cfg = setup.cfg
+    spec = build_spec(cfg, default_r_buff(setup.expensive))
+    scan = scan_buffers(setup.structure.atoms, setup.expensive, spec,
+                        build_seeds(cfg.seeds, setup.structure),
+                        tolerance=cfg.regions["force_tolerance"])
+    chosen = scan.recommended
+    if chosen is None:
+        raise ConfigurationError(
+            f"regions.r_buff = 'auto': no buffer up to {scan.points[-1].r_buff:g} Å keeps "
+            f"the force error on weighted atoms within regions.force_tolerance = "
+            f"{scan.tolerance:g} eV/Å (it is {scan.points[-1].error:.3g} eV/Å there); "
+            "loosen the tolerance or set r_buff (see `mlmix buffer CONFIG`)")
+    exact = scan.exact_r_buff is not None and chosen >= scan.exact_r_buff
+    setup.cfg = replace(cfg, regions={**cfg.regions, "r_buff": chosen},
+                        mixing={**cfg.mixing,
+                                "allow_approximate": cfg.mixing["allow_approximate"] or not exact})
+    setup.buffer = scan
+    if mpi_world_rank() == 0:
+        print(f"mlmix: r_buff = auto: {chosen:g} Å, measured force error on weighted atoms "
+              f"{scan.error_at(chosen):.3g} eV/Å (tolerance {scan.tolerance:g}; "
+              f"{'exact' if exact else 'approximate'})", file=sys.stderr, flush=True)
 
 
 def _resume_command(config, output) -> str:
@@ -336,6 +371,13 @@ def _counts(calc: MixedCalculator) -> dict:
 
 def _write_summary(setup: Setup, summary: dict) -> dict:
     summary = {"mlmix_version": __version__, **summary}
+    if setup.buffer is not None:
+        chosen = setup.cfg.regions["r_buff"]
+        summary["buffer"] = {"r_buff_A": chosen, "source": "auto",
+                             "measured_error_eV_per_A": setup.buffer.error_at(chosen),
+                             "tolerance_eV_per_A": setup.buffer.tolerance,
+                             "exact_r_buff_A": setup.buffer.exact_r_buff,
+                             "scan": setup.buffer.to_dict()}
     path = setup.file("summary.json")
     tmp = path.with_name(path.name + ".tmp")
     with output_errors(path):

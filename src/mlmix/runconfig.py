@@ -6,8 +6,9 @@ Sections (lengths Å, times fs, temperatures K, forces eV/Å)::
                            "substitution" | "dislocation" | "file"
     [potentials.expensive] a potential table (mlmix.potentials.factory)
     [potentials.cheap]     the same for the cheap potential
-    [regions]              r_core, r_blend, r_buff (default: the expensive cutoff),
-                           blend, nevery, skin
+    [regions]              r_core, r_blend, r_buff (default: the expensive receptive field;
+                           "auto": the smallest that meets force_tolerance, measured by
+                           mlmix.buffer), force_tolerance (eV/Å), blend, nevery, skin
     [regions.seeds]        kind = "defect" | "indices" | "species" | "classifier" |
                            "lammps_compute" (a LAMMPS per-atom compute, LAMMPS engine)
     [regions.hysteresis]   tau_in_fs, tau_out_fs
@@ -39,6 +40,7 @@ from ase.constraints import FixAtoms
 from ase.data import atomic_numbers
 
 from . import structures
+from .buffer import DEFAULT_TOLERANCE
 from .config import Problems
 from .contacts import contact_problem
 from .errors import ConfigurationError
@@ -329,13 +331,17 @@ def _averaged_seeds(p: Problems, seeds: dict, where: str, nevery) -> None:
 
 def _regions(p: Problems, raw: Mapping, task_kind: str | None) -> tuple[dict, dict | None]:
     r = p.section(raw, "regions")
-    p.unknown_keys(r, "regions", {"r_core", "r_blend", "r_buff", "blend", "nevery", "skin",
-                                  "seeds", "hysteresis"})
+    p.unknown_keys(r, "regions", {"r_core", "r_blend", "r_buff", "force_tolerance", "blend",
+                                  "nevery", "skin", "seeds", "hysteresis"})
     p.number(r, "regions", "r_core", minimum=0)
     r.setdefault("r_blend", 0.0)
     p.number(r, "regions", "r_blend", minimum=0)
-    if "r_buff" in r:
+    if r.get("r_buff") != "auto" and "r_buff" in r:
         p.number(r, "regions", "r_buff", minimum=0)
+    if "force_tolerance" in r or r.get("r_buff") == "auto":
+        # eV/Å: what r_buff = "auto" (and `mlmix buffer`) accept on weighted atoms
+        r.setdefault("force_tolerance", DEFAULT_TOLERANCE)
+        p.number(r, "regions", "force_tolerance", minimum=0, strict=True)
     r.setdefault("blend", "linear")
     p.choice(r, "regions", "blend", {"linear", "cubic"})
     r.setdefault("nevery", DEFAULT_NEVERY.get(task_kind, 10))
@@ -715,10 +721,14 @@ def build_seeds(seeds: Mapping, structure: Structure):
                            nfreq=seeds["nfreq"], window=seeds["window"], initial=initial)
 
 
-def build_spec(cfg: RunConfig, expensive_cutoff: float) -> RegionSpec:
-    """The region radii of a checked config; r_buff defaults to the expensive cutoff."""
+def build_spec(cfg: RunConfig, default_r_buff: float) -> RegionSpec:
+    """The region radii of a checked config; ``default_r_buff`` (Å) when it gives none
+    (:func:`mlmix.potentials.base.default_r_buff` of the expensive potential) or
+    ``"auto"`` that is not chosen yet (:func:`mlmix.run.choose_buffer`)."""
     r = cfg.regions
-    return RegionSpec(r["r_core"], r["r_blend"], r.get("r_buff", expensive_cutoff), r["blend"])
+    r_buff = r.get("r_buff", "auto")
+    return RegionSpec(r["r_core"], r["r_blend"], default_r_buff if r_buff == "auto" else r_buff,
+                      r["blend"])
 
 
 def build_hysteresis(cfg: RunConfig) -> Hysteresis | None:
@@ -729,9 +739,9 @@ def build_hysteresis(cfg: RunConfig) -> Hysteresis | None:
                       cfg.hysteresis.get("tau_out_fs", 0.0), cfg.task["timestep_fs"])
 
 
-def build_tracker(cfg: RunConfig, structure: Structure, expensive_cutoff: float
+def build_tracker(cfg: RunConfig, structure: Structure, default_r_buff: float
                   ) -> RegionTracker:
     """The region tracker of a checked config (the ASE engine)."""
     r = cfg.regions
-    return RegionTracker(build_spec(cfg, expensive_cutoff), build_seeds(cfg.seeds, structure),
+    return RegionTracker(build_spec(cfg, default_r_buff), build_seeds(cfg.seeds, structure),
                          nevery=r["nevery"], hysteresis=build_hysteresis(cfg), skin=r["skin"])

@@ -51,6 +51,7 @@ from ..errors import (
     missing_dependency,
 )
 from .base import Evaluation, Potential
+from .devices import check_device
 
 
 class ReceptiveFieldWarning(UserWarning):
@@ -94,7 +95,8 @@ class AseClusterPotential(Potential):
     Args:
         calculator: any ASE calculator giving ``forces`` (and optionally
             ``energies``, per-atom energies in eV).
-        buffer: Å, how far beyond the mask atoms are kept (>= 0).
+        buffer: Å, how far beyond the mask atoms are kept (>= 0); None = one
+            receptive field.
         cutoff: Å, range of one per-atom energy (the graph cutoff of a network);
             read from SevenNet/CHGNet models when None.
         receptive_field: Å, range over which a force depends on positions
@@ -107,13 +109,14 @@ class AseClusterPotential(Potential):
         name: label used in messages.
 
     Warns:
-        ReceptiveFieldWarning: when ``buffer < receptive_field``.
+        ReceptiveFieldWarning: at the first carved cluster when ``buffer <
+        receptive_field`` (whole-system evaluations are exact at any buffer).
     """
 
     def __init__(
         self,
         calculator,
-        buffer: float,
+        buffer: float | None,
         cutoff: float | None = None,
         receptive_field: float | None = None,
         species=None,
@@ -140,6 +143,8 @@ class AseClusterPotential(Potential):
                 f"receptive_field ({receptive_field} Å) must be at least the cutoff "
                 f"({cutoff} Å)"
             )
+        if buffer is None:
+            buffer = receptive_field
         if not (np.isfinite(buffer) and buffer >= 0):
             raise ConfigurationError(f"buffer must be >= 0 Å, got {buffer}")
         self.cutoff = float(cutoff)
@@ -152,23 +157,29 @@ class AseClusterPotential(Potential):
             self.species = frozenset(species_list(species, "AseClusterPotential species"))
         props = getattr(calculator, "implemented_properties", ())
         self._has_energies = "energies" in props
-        if self.buffer < self.receptive_field:
-            warnings.warn(
-                f"{self.name}: buffer {self.buffer:g} Å is smaller than the receptive "
-                f"field {self.receptive_field:g} Å; forces on mask atoms near the "
-                "cluster surface will be approximate (exact needs a buffer of twice "
-                "the receptive field); measure the error",
-                ReceptiveFieldWarning,
-                stacklevel=2,
-            )
+        self._warned = False
+
+    @property
+    def masked_exact(self) -> bool:
+        # A local calculator's cluster forces are exact on the interior; a
+        # message-passing model's are not at any affordable buffer (module docstring).
+        return self.is_local
+
+    @property
+    def halo(self) -> float:
+        return self.buffer
+
+    @property
+    def has_energies(self) -> bool:
+        return self._has_energies
 
     def __repr__(self) -> str:
         return (f"AseClusterPotential({self.name}, buffer={self.buffer:g}, "
                 f"cutoff={self.cutoff:g}, receptive_field={self.receptive_field:g})")
 
     @classmethod
-    def sevennet(cls, model: str = "7net-0", *, buffer: float, device: str = "cpu",
-                 **kwargs) -> AseClusterPotential:
+    def sevennet(cls, model: str = "7net-0", *, buffer: float | None = None,
+                 device: str = "cpu", **kwargs) -> AseClusterPotential:
         """A SevenNet model (pretrained name or checkpoint path) on carved clusters.
 
         Needs the ``sevenn`` extra. SevenNet's warning that no tensor-product
@@ -178,6 +189,7 @@ class AseClusterPotential(Potential):
             from sevenn.calculator import SevenNetCalculator
         except ImportError as exc:
             raise missing_dependency("sevenn", "sevenn") from exc
+        check_device(device)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="No tensor product accelerator")
             calculator = SevenNetCalculator(model, device=device)
@@ -185,8 +197,8 @@ class AseClusterPotential(Potential):
         return cls(calculator, buffer=buffer, **kwargs)
 
     @classmethod
-    def chgnet(cls, model: str | None = None, *, buffer: float, device: str = "cpu",
-               **kwargs) -> AseClusterPotential:
+    def chgnet(cls, model: str | None = None, *, buffer: float | None = None,
+               device: str = "cpu", **kwargs) -> AseClusterPotential:
         """A CHGNet model (default: the shipped pretrained one, or a version name such
         as ``"0.3.0"``) on carved clusters, with per-atom (site) energies.
 
@@ -196,6 +208,7 @@ class AseClusterPotential(Potential):
             from chgnet.model import CHGNet, CHGNetCalculator
         except ImportError as exc:
             raise missing_dependency("chgnet", "chgnet") from exc
+        check_device(device)
         loaded = CHGNet.load(model_name=model or "0.3.0", verbose=False)
         calculator = CHGNetCalculator(loaded, use_device=device, return_site_energies=True)
         kwargs.setdefault("name", f"chgnet:{model or '0.3.0'}")
@@ -229,6 +242,18 @@ class AseClusterPotential(Potential):
             if e is not None:
                 energies[:] = e
             return Evaluation(f, energies, n_evaluated=n, exact=True)
+        if self.buffer < self.receptive_field and not self._warned:
+            # at the first cluster, not at construction: whole-system uses (labelling a
+            # fit) are exact at any buffer
+            self._warned = True
+            warnings.warn(
+                f"{self.name}: buffer {self.buffer:g} Å is smaller than the receptive "
+                f"field {self.receptive_field:g} Å; forces on mask atoms near the "
+                "cluster surface will be approximate (exact needs a buffer of twice "
+                "the receptive field); measure the error (mlmix buffer)",
+                ReceptiveFieldWarning,
+                stacklevel=3,
+            )
         cluster, index, _ = self.carve(atoms, mask)
         f, e = self._run(cluster)
         inside = mask[index]

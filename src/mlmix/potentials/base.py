@@ -5,10 +5,10 @@ A backend answers a single question: given a structure and a set of atoms M (the
 
     F_k = -d(sum_{i in M} E_i) / d x_k
 
-on the *interior* of M: the atoms k whose every neighbour within the cutoff is in M.
-For such an atom this is exactly the force of the whole system, which is what force
-mixing needs (method.md §3): with r_buff >= the cutoff, every atom with p > 0 is
-interior to the expensive set. (The guarantee is the whole-system force. Engines that
+on the *interior* of M: the atoms k whose every atom within the receptive field (the
+cutoff, for a local potential) is in M. For such an atom this is exactly the force of
+the whole system, which is what force mixing needs (method.md §3): with r_buff >= the
+receptive field, every atom with p > 0 is interior to the expensive set. (The guarantee is the whole-system force. Engines that
 book a many-body term in shares on several atoms, as LAMMPS does for SW and Tersoff,
 make E_i depend on atoms up to two cutoffs away; there the identity with the masked
 energy sum holds only two cutoffs inside M, while the interior force is still exact.) Off the interior a backend may return partial terms
@@ -71,11 +71,23 @@ class Potential(abc.ABC):
     cutoff: float
     receptive_field: float
     species: frozenset[str] | None = None
+    #: True when the masked forces meet the contract on the interior of M (the
+    #: receptive field deep); False for a carved cluster of a message-passing model,
+    #: whose forces are approximate at any affordable buffer.
+    masked_exact: bool = True
+    #: False when the backend cannot give per-atom energies (Evaluation.energies NaN).
+    has_energies: bool = True
 
     @property
     def is_local(self) -> bool:
         """True when forces depend only on atoms within one cutoff."""
         return self.receptive_field <= self.cutoff
+
+    @property
+    def halo(self) -> float:
+        """Å, how far beyond the mask the atoms a masked evaluation reads may lie (an
+        engine that hands this potential a carved cluster must keep them)."""
+        return self.receptive_field
 
     def check_atoms(self, atoms: Atoms) -> None:
         """Raise :class:`ConfigurationError` if ``atoms`` cannot be evaluated."""
@@ -127,6 +139,38 @@ class Potential(abc.ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+def exact_r_buff(potential: Potential) -> float | None:
+    """Å, the smallest ``r_buff`` at which the forces on weighted atoms are the
+    whole-system forces of ``potential`` (its receptive field), or None when no buffer
+    makes them exact (a carved cluster of a message-passing model)."""
+    return float(potential.receptive_field) if potential.masked_exact else None
+
+
+def default_r_buff(potential: Potential) -> float:
+    """Å, the ``r_buff`` used when none is given: the exact one, else the cutoff."""
+    need = exact_r_buff(potential)
+    return float(potential.cutoff) if need is None else need
+
+
+def buffer_problem(potential: Potential, r_buff: float, key: str = "r_buff",
+                   approximate: str = "pass allow_approximate=True") -> str | None:
+    """Why forces on weighted atoms would be approximate with ``r_buff`` (Å), and what
+    to do (set ``key``, or ``approximate`` and measure), or None when they are exact."""
+    need = exact_r_buff(potential)
+    measure = "and measure the force error against an all-expensive run"
+    if need is None:
+        return (f"{potential.name} has a receptive field of {potential.receptive_field} Å "
+                f"beyond its cutoff {potential.cutoff} Å (a message-passing model on carved "
+                f"clusters): its forces on weighted atoms are approximate at any affordable "
+                f"buffer; {approximate} {measure}")
+    if r_buff < need:
+        what = "cutoff" if potential.is_local else "receptive field"
+        return (f"{key} = {r_buff} Å is below the {what} {need} Å of {potential.name}: "
+                f"forces on weighted atoms would be approximate; set {key} >= {need}, or "
+                f"{approximate} {measure}")
+    return None
 
 
 def check_finite_positions(atoms: Atoms) -> None:

@@ -1,0 +1,194 @@
+"""MacePotential with the MACE mlmix ships (Si, distilled from the quadratic SNAP).
+
+mace-torch cannot share an environment with sevenn (e3nn 0.4.4 against >= 0.5), so
+these tests run in the second environment that tests/make_mace_env.sh makes;
+tests/test_mace_env.py runs this file there. In the main environment it is skipped.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from numpy.testing import assert_allclose
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)  # e3nn's torch.load warning at import
+    pytest.importorskip("mace", reason="mace-torch is not installed here: "
+                        "tests/test_mace_env.py runs this file in .venv-mace")
+
+from mlmix import ConfigurationError, IndexSeeds, MixedCalculator, RegionSpec, RegionTracker
+from mlmix.neighbours import dilate
+from mlmix.potentials.factory import make_potential
+from mlmix.potentials.lammps import LammpsPotential
+from mlmix.potentials.mace import MacePotential, shipped_models
+
+MODEL = "Si_snap_mace"
+
+
+@pytest.fixture(scope="module")
+def mace():
+    return MacePotential(MODEL)
+
+
+def _si(repeat, seed=1, amp=0.05, vacancy=True):
+    atoms = bulk("Si", "diamond", 5.43, cubic=True) * (repeat, repeat, repeat)
+    if vacancy:
+        del atoms[0]
+    atoms.rattle(amp, seed=seed)
+    return atoms
+
+
+def test_the_model_is_shipped_and_describes_si(mace):
+    assert MODEL in shipped_models()
+    assert mace.species == {"Si"}
+    assert mace.cutoff > 0 and mace.receptive_field == mace.cutoff * mace.n_interactions
+    assert not mace.is_local
+
+
+def test_per_atom_energies_sum_to_the_total_of_maces_own_calculator(mace):
+    from mace.calculators import MACECalculator
+
+    atoms = _si(2)
+    ev = mace.evaluate(atoms)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        theirs = MACECalculator(model_paths=str(mace.path), device="cpu",
+                                default_dtype="float64")
+    ref = atoms.copy()
+    ref.calc = theirs
+    assert_allclose(ev.energies.sum(), ref.get_potential_energy(), rtol=0, atol=1e-8)
+    assert_allclose(ev.forces, ref.get_forces(), rtol=0, atol=1e-8)
+    # and against SNAP, which it was trained on: a few tens of meV/Å
+    with LammpsPotential.snap("Si_Zuo_JPCA2020.quadratic", ["Si"]) as snap:
+        err = np.abs(ev.forces - snap.evaluate(atoms).forces).max()
+    assert 1e-3 < err < 0.5
+
+
+def test_forces_are_minus_the_gradient_of_the_masked_energy_sum(mace):
+    """F_k = -d(sum_{i in M} E_i)/dx_k by central differences, for atoms of M, halo
+    atoms outside M, and an atom beyond the halo (zero)."""
+    atoms = _si(3, vacancy=False)
+    mask = np.zeros(len(atoms), bool)
+    mask[:6] = True
+    ev = mace.evaluate(atoms, mask)
+    d = atoms.get_distances(0, range(len(atoms)), mic=True)
+    halo = int(np.flatnonzero(~mask & (d < 4.0))[0])
+    h = 1e-4
+    for j in (0, 3, halo):
+        for k in range(3):
+            e = []
+            for s in (h, -h):
+                moved = atoms.copy()
+                moved.positions[j, k] += s
+                e.append(np.nansum(mace.evaluate(moved, mask).energies))
+            assert_allclose(ev.forces[j, k], -(e[0] - e[1]) / (2 * h), rtol=0, atol=2e-6)
+    assert np.abs(ev.forces[halo]).max() > 1e-3
+
+
+def test_receptive_field_is_where_a_per_atom_energy_stops_changing(mace):
+    """In the whole periodic system, E_0 changes when an atom 1.5-2.5 Å inside
+    r_max * num_interactions of atom 0 moves (two messages), and not at all when one
+    just beyond it moves."""
+    atoms = _si(5, vacancy=False, amp=0.02)
+    d = atoms.get_distances(0, range(len(atoms)), mic=True)
+    rf = mace.receptive_field
+    inside = int(np.flatnonzero((d > rf - 2.5) & (d < rf - 1.5))[0])
+    beyond = int(np.argmin(np.where(d > rf + 0.3, d, np.inf)))
+    e0 = mace.evaluate(atoms).energies[0]
+    for j, changes in ((inside, True), (beyond, False)):
+        moved = atoms.copy()
+        moved.positions[j] += [0.05, -0.03, 0.02]
+        delta = abs(mace.evaluate(moved).energies[0] - e0)
+        assert (delta > 1e-9) if changes else (delta < 1e-12), (j, d[j], delta)
+
+
+def test_masked_evaluation_equals_the_whole_system_on_the_interior(mace):
+    atoms = _si(5)
+    full = mace.evaluate(atoms)
+    seed = np.zeros(len(atoms), bool)
+    seed[7] = True
+    interior = dilate(atoms.positions, atoms.cell.array, atoms.pbc, seed, 2.5)
+    mask = dilate(atoms.positions, atoms.cell.array, atoms.pbc, interior, mace.receptive_field)
+    ev = mace.evaluate(atoms, mask)
+    assert ev.exact and mask.sum() < ev.n_evaluated < len(atoms)
+    assert mace.last_edges > 0
+    assert_allclose(ev.energies[mask], full.energies[mask], rtol=0, atol=1e-10)
+    assert_allclose(ev.forces[interior], full.forces[interior], rtol=0, atol=1e-10)
+    assert np.isnan(ev.energies[~mask]).all()
+
+
+def _mixed(mace, atoms, r_buff, **kw):
+    cheap = LammpsPotential.tersoff("Si.tersoff", ["Si"])
+    spec = RegionSpec(r_core=2.5, r_blend=0.0, r_buff=r_buff)
+    calc = MixedCalculator(mace, cheap, RegionTracker(spec, IndexSeeds([7])), **kw)
+    a = atoms.copy()
+    a.calc = calc
+    forces = a.get_forces()
+    return forces, calc.regions.p, calc.history[-1]
+
+
+def test_mixed_forces_are_exact_at_r_buff_of_one_receptive_field_and_the_error_falls_below(
+        mace):
+    atoms = _si(5)
+    full = mace.evaluate(atoms).forces
+    forces, p, report = _mixed(mace, atoms, mace.receptive_field)
+    core = p == 1
+    assert core.sum() >= 4 and report.counts["expensive"] < len(atoms)
+    assert_allclose(forces[core], full[core], rtol=0, atol=1e-8)
+    with pytest.raises(ConfigurationError, match=r"r_buff = 2.0 Å is below the receptive "
+                       r"field .* allow_approximate"):
+        _mixed(mace, atoms, 2.0)
+    errors = [np.abs(_mixed(mace, atoms, r, allow_approximate=True)[0][core]
+                     - full[core]).max() for r in (1.0, 3.0, 6.0)]
+    assert errors[0] > errors[1] > errors[2] > 1e-8, errors
+
+
+def test_from_a_toml_table_and_bad_input():
+    pot = make_potential({"backend": "mace", "model": MODEL, "dtype": "float64"})
+    assert isinstance(pot, MacePotential) and pot.device == "cpu"
+    with pytest.raises(ConfigurationError) as err:
+        make_potential({"backend": "mace", "dtype": "float16", "devise": "cpu"}, "expensive")
+    text = str(err.value)
+    assert "expensive.model" in text and "float16" in text and "devise" in text
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigurationError, match="torch sees no CUDA GPU.*device = 'cpu'"):
+            make_potential({"backend": "mace", "model": MODEL, "device": "cuda"})
+
+
+def test_not_a_mace_model_is_refused(tmp_path):
+    import torch
+
+    junk = tmp_path / "junk.model"
+    junk.write_text("not a model")
+    with pytest.raises(ConfigurationError, match="not a MACE model torch can load"):
+        MacePotential(junk)
+    with pytest.raises(ConfigurationError, match="is not a MACE model .* backend = 'ase'"):
+        MacePotential(torch.nn.Linear(2, 2))
+    with pytest.raises(ConfigurationError, match="not found"):
+        MacePotential("no_such_model")
+
+
+@pytest.mark.xfail(strict=True, reason="known open bug (session note 2026-12-03): the "
+                   "LAMMPS engine with a MACE expensive potential does not yet give the "
+                   "whole-system forces on p = 1 atoms; not investigated")
+def test_lammps_engine_with_mace_expensive_is_exact_on_weighted_atoms(mace):
+    """The LAMMPS engine hands MACE a cluster carved one receptive field (plus skin)
+    beyond the expensive set: forces on p = 1 atoms are the whole-system MACE forces."""
+    from mlmix.lammps_engine import LammpsEngine
+
+    atoms = _si(5)
+    cheap = LammpsPotential.tersoff("Si.tersoff", ["Si"])
+    spec = RegionSpec(r_core=2.5, r_blend=0.0, r_buff=mace.receptive_field)
+    frames = []
+    with LammpsEngine(atoms, mace, cheap, spec, IndexSeeds([7]), nevery=0) as engine:
+        engine.run(0, callback=lambda a, e: frames.append(a))
+        report = engine.history[-1]
+    got = frames[-1]
+    full = got.arrays["mlmix_p"] == 1
+    assert full.sum() >= 4 and report.n_cluster < len(atoms)
+    assert_allclose(got.get_forces()[full], mace.evaluate(atoms).forces[full], rtol=0, atol=1e-8)
