@@ -165,7 +165,6 @@ def scan_buffers(atoms: Atoms, expensive: Potential, spec: RegionSpec, seeds: Se
 
 def main(args) -> int:
     """``mlmix buffer CONFIG``: the scan on the config's initial structure."""
-    from .potentials.base import default_r_buff
     from .potentials.factory import make_potential
     from .run import load_run_config
     from .runconfig import build_seeds, build_spec, build_structure
@@ -178,7 +177,7 @@ def main(args) -> int:
                                  "does not overwrite a file it did not make)")
     structure = cfg.built if cfg.built is not None else build_structure(cfg.structure)
     with make_potential(cfg.expensive, "potentials.expensive") as expensive:
-        spec = build_spec(cfg, default_r_buff(expensive))
+        spec = build_spec(cfg, expensive)
         scan = scan_buffers(structure.atoms, expensive, spec, build_seeds(cfg.seeds, structure),
                             args.buffers, tolerance)
     print(f"{expensive.name} on {len(structure.atoms)} atoms of {args.config}")

@@ -100,7 +100,7 @@ class Setup:
     buffer: BufferScan | None = None  # the scan behind r_buff = "auto"
 
     def tracker(self) -> RegionTracker:
-        return build_tracker(self.cfg, self.structure, default_r_buff(self.expensive))
+        return build_tracker(self.cfg, self.structure, self.expensive)
 
     def calculator(self, energy: str = "nan", correction_every: int = 1) -> MixedCalculator:
         return MixedCalculator(self.expensive, self.cheap, self.tracker(), energy=energy,
@@ -264,9 +264,9 @@ def choose_buffer(setup: Setup) -> None:
     """``r_buff = "auto"``: measure the force error against the buffer on the initial
     structure (:func:`mlmix.buffer.scan_buffers`) and run with the smallest buffer that
     meets ``regions.force_tolerance``; ``setup.cfg`` gets that number, ``setup.buffer``
-    the scan (written to ``buffer.json`` and the summary)."""
+    the scan (recorded in ``summary.json``)."""
     cfg = setup.cfg
-    spec = build_spec(cfg, default_r_buff(setup.expensive))
+    spec = build_spec(cfg, setup.expensive)
     scan = scan_buffers(setup.structure.atoms, setup.expensive, spec,
                         build_seeds(cfg.seeds, setup.structure),
                         tolerance=cfg.regions["force_tolerance"])

@@ -41,7 +41,6 @@ from .outputs import (
     progress_bar,
     temperature_K,
 )
-from .potentials.base import default_r_buff
 from .runconfig import build_hysteresis, build_seeds, build_spec
 
 LAMMPS_THERMO_NOTE = """\
@@ -136,7 +135,7 @@ def run_md_lammps(setup) -> dict:
     is_root = comm is None or comm.rank == 0
     atoms, start, wall0 = md_start(setup)
     engine = LammpsEngine(
-        atoms, setup.expensive, setup.cheap, build_spec(cfg, default_r_buff(setup.expensive)),
+        atoms, setup.expensive, setup.cheap, build_spec(cfg, setup.expensive),
         build_seeds(cfg.seeds, setup.structure), nevery=cfg.regions["nevery"],
         hysteresis=build_hysteresis(cfg), skin=cfg.regions["skin"],
         ensemble=task["ensemble"], timestep=task["timestep_fs"],

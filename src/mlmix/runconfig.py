@@ -45,6 +45,7 @@ from .config import Problems
 from .contacts import contact_problem
 from .errors import ConfigurationError
 from .mts import schedule_problem
+from .potentials.base import Potential, default_r_buff
 from .potentials.factory import check_potential_spec
 from .potentials.files import resolve_potential_file
 from .regions import Hysteresis, RegionSpec, RegionTracker
@@ -721,14 +722,14 @@ def build_seeds(seeds: Mapping, structure: Structure):
                            nfreq=seeds["nfreq"], window=seeds["window"], initial=initial)
 
 
-def build_spec(cfg: RunConfig, default_r_buff: float) -> RegionSpec:
-    """The region radii of a checked config; ``default_r_buff`` (Å) when it gives none
-    (:func:`mlmix.potentials.base.default_r_buff` of the expensive potential) or
-    ``"auto"`` that is not chosen yet (:func:`mlmix.run.choose_buffer`)."""
+def build_spec(cfg: RunConfig, expensive: Potential) -> RegionSpec:
+    """The region radii of a checked config; r_buff defaults, as does an ``"auto"`` not
+    chosen yet (:func:`mlmix.run.choose_buffer`), to the exact buffer of the expensive
+    potential (:func:`~mlmix.potentials.base.default_r_buff`)."""
     r = cfg.regions
     r_buff = r.get("r_buff", "auto")
-    return RegionSpec(r["r_core"], r["r_blend"], default_r_buff if r_buff == "auto" else r_buff,
-                      r["blend"])
+    return RegionSpec(r["r_core"], r["r_blend"],
+                      default_r_buff(expensive) if r_buff == "auto" else r_buff, r["blend"])
 
 
 def build_hysteresis(cfg: RunConfig) -> Hysteresis | None:
@@ -739,9 +740,9 @@ def build_hysteresis(cfg: RunConfig) -> Hysteresis | None:
                       cfg.hysteresis.get("tau_out_fs", 0.0), cfg.task["timestep_fs"])
 
 
-def build_tracker(cfg: RunConfig, structure: Structure, default_r_buff: float
+def build_tracker(cfg: RunConfig, structure: Structure, expensive: Potential
                   ) -> RegionTracker:
     """The region tracker of a checked config (the ASE engine)."""
     r = cfg.regions
-    return RegionTracker(build_spec(cfg, default_r_buff), build_seeds(cfg.seeds, structure),
+    return RegionTracker(build_spec(cfg, expensive), build_seeds(cfg.seeds, structure),
                          nevery=r["nevery"], hysteresis=build_hysteresis(cfg), skin=r["skin"])

@@ -193,16 +193,17 @@ class MacePotential(Potential):
         if mask.all():
             e, f = self.node_energies_and_forces(atoms)
             return Evaluation(f, e, n_evaluated=n, exact=True)
-        x, cell, pbc = atoms.positions, atoms.cell.array, atoms.pbc
-        keep = within(x, cell, pbc, mask, self.receptive_field)
+        keep = within(atoms.positions, atoms.cell.array, atoms.pbc, mask, self.receptive_field)
         cluster, index, _ = carve_cluster(atoms, keep, self.cutoff, self.cutoff + 1.0)
         inside = mask[index]
         # Messages into an atom matter only while its features can still reach M: layer
         # l's receivers within (L - l) r_max of M. One edge set serves every layer, so
         # keep the edges into atoms within (L - 1) r_max of M; the outer halo is then
         # a sender only (about half the cluster's edges dropped for L = 2, exactly).
-        receivers = within(x, cell, pbc, mask, (self.n_interactions - 1) * self.cutoff
-                           + 1e-6)[index] if self.n_interactions > 1 else inside
+        # (searched in the cluster, which keeps every distance up to R: O(cluster), not O(N))
+        receivers = within(cluster.positions, cluster.cell.array, cluster.pbc, inside,
+                           (self.n_interactions - 1) * self.cutoff + 1e-6
+                           ) if self.n_interactions > 1 else inside
         e, f = self.node_energies_and_forces(cluster, inside.astype(float), receivers)
         forces = np.zeros((n, 3))
         forces[index] = f

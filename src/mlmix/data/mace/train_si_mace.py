@@ -80,8 +80,14 @@ from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS
 
 from mlmix.potentials.lammps import LammpsPotential
-from mlmix.structures import (add_interstitial, central_atom, cubic_supercell,
-                              interstitial_position, thermalize, vacancy_supercell)
+from mlmix.structures import (
+    add_interstitial,
+    central_atom,
+    cubic_supercell,
+    interstitial_position,
+    thermalize,
+    vacancy_supercell,
+)
 
 torch.set_num_threads(1)
 
