@@ -168,6 +168,11 @@ def test_config_mistakes_named_together(tmp_path):
         pipeline.parse_config(typo, tmp_path)
     assert "model.twojmx: unknown key" in str(info.value)
     assert "soft.timestep_fs: must be at most" in str(info.value)
+    for delta in (0.5, 0.0):
+        with pytest.raises(ConfigurationError, match="report.elastic_delta: must"):
+            pipeline.parse_config({**SI_CONFIG, "report": {"elastic_delta": delta}}, tmp_path)
+    assert pipeline.parse_config({**SI_CONFIG, "report": {"elastic_delta": 5e-3}},
+                                 tmp_path).elastic_delta == 5e-3
 
 
 def test_unreachable_alpha_leaves_no_output(tmp_path):

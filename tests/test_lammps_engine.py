@@ -132,6 +132,43 @@ def test_nve_matches_ase_engine():
     assert sum(h.rebuilt for h in history) == 21  # steps 0, 5, ..., 100
 
 
+def test_carved_cluster_expensive_matches_ase_engine():
+    """An ASE-calculator expensive potential on carved clusters with buffer 0 (its
+    halo is only the skin): the engine keeps the expensive set in one graph, so its
+    forces are the ASE engine's. Splitting by the halo alone made every atom its own
+    cluster (measured: the force on core atoms was lost)."""
+    from ase.calculators.emt import EMT
+    from conftest import EMT_CUTOFF
+
+    from mlmix.potentials.ase_cluster import AseClusterPotential
+
+    def expensive():  # a stand-in for a message-passing model: approximate below 2 x rf
+        return AseClusterPotential(EMT(), buffer=0.0, cutoff=EMT_CUTOFF,
+                                   receptive_field=2 * EMT_CUTOFF, species=["Cu"])
+
+    cheap = LammpsPotential.eam("Cu_u3.eam", ["Cu"])
+    spec = RegionSpec(r_core=3.0, r_blend=2.0, r_buff=3.0)
+    # a cell wide enough that both engines carve the same open cluster (in a small cell
+    # the ASE engine keeps it periodic: another, equally approximate, evaluation)
+    start = cu_vacancy(repeat=8)
+    ref = start.copy()
+    velocities = ref.get_velocities()
+    ref.set_masses(ref.get_masses() * LAMMPS_MVV2E / ASE_MVV2E)
+    ref.set_velocities(velocities)
+    ref.calc = MixedCalculator(expensive(), cheap, RegionTracker(spec, IndexSeeds([0, 1, 2]),
+                                                                 nevery=5),
+                               allow_approximate=True)
+    VelocityVerlet(ref, 2.0 * units.fs).run(10)
+    frames = []
+    with LammpsEngine(start, expensive(), cheap, spec, IndexSeeds([0, 1, 2]), nevery=5,
+                      timestep=2.0, allow_approximate=True) as engine:
+        engine.run(10, callback=lambda a, e: frames.append(a), every=10)
+        step = engine.history[-1]
+    assert step.n_cluster >= step.counts["expensive"] > 20
+    assert_allclose(frames[-1].get_forces(), ref.get_forces(), rtol=0, atol=1e-9)
+    assert_allclose(frames[-1].positions, ref.positions, rtol=0, atol=1e-10)
+
+
 def test_unit_constant_limits_agreement_without_mass_matching():
     """Without the mass scaling the engines differ by the unit constant only."""
     expensive, cheap = cu_pair()

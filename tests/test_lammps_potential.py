@@ -190,6 +190,29 @@ def test_lammps_frame_is_lower_triangular_and_the_same_lattice():
     assert np.allclose(m, np.round(m), atol=1e-9) and abs(abs(np.linalg.det(m)) - 1) < 1e-9
 
 
+@pytest.mark.parametrize("pbc", [(True, True, True), (True, False, True), (False, False, False)])
+def test_lammps_frame_wraps_into_the_box_and_maps_vectors_back(pbc):
+    """to_lammps = rotate, then wrap the periodic fractional coordinates into [0, 1);
+    to_ase undoes the rotation; min_image picks the shortest lattice-equivalent vector."""
+    rng = np.random.default_rng(5)
+    cell = np.eye(3) * 6 + rng.normal(0, 1.0, (3, 3))
+    x = rng.uniform(-15, 15, (200, 3))
+    fr = lammps_frame(cell, pbc, x)
+    y = fr.to_lammps(x)
+    s = (y - fr.origin) @ np.linalg.inv(fr.box)
+    p = np.array(fr.pbc)
+    assert (s[:, p] >= 0).all() and (s[:, p] < 1).all()
+    shift = (y - x @ fr.rotation) @ np.linalg.inv(fr.box)  # a lattice vector per atom
+    assert np.allclose(shift, np.round(shift), atol=1e-9)
+    assert np.allclose(shift[:, ~p], 0, atol=1e-9)
+    v = rng.normal(size=(200, 3))
+    assert np.allclose(fr.to_ase(v @ fr.rotation), v, atol=1e-12)
+    d = fr.min_image(y[1:] - y[:-1])
+    assert np.allclose(((y[1:] - y[:-1] - d) @ np.linalg.inv(fr.box))[:, ~p], 0, atol=1e-9)
+    if p.any():
+        assert (np.abs((d @ np.linalg.inv(fr.box))[:, p]) <= 0.5 + 1e-9).all()
+
+
 def test_hybrid_overlay_of_parts_equals_the_include_file():
     include = LammpsPotential.snap("W_2940_2017_2_He_JW2013.snap", species=("W", "He"))
     zbl = LammpsPotential("zbl 4 4.8", ["* * 74 74"], ["W"], name="zbl-W")

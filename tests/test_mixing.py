@@ -11,7 +11,7 @@ from conftest import EMT_CUTOFF
 from numpy.testing import assert_allclose
 
 from mlmix import ConfigurationError, PropertyNotDefinedError
-from mlmix.mixing import MixedCalculator, mix_forces
+from mlmix.mixing import MixedCalculator, changed_properties, mix_forces
 from mlmix.potentials.ace import AcePotential
 from mlmix.potentials.lammps import LammpsPotential
 from mlmix.regions import RegionSpec, RegionTracker
@@ -349,3 +349,26 @@ def test_message_passing_expensive_needs_allow_approximate():
     with pytest.raises(ConfigurationError, match="evaluated the expensive set approximately"):
         atoms.get_forces()
     cheap.close()
+
+
+def test_changed_properties_agrees_with_ase_compare_atoms():
+    """The fast exact-first state check reports what ASE's compare_atoms reports."""
+    from ase.calculators.calculator import compare_atoms
+
+    base = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(3)
+    edits = {
+        "nothing": lambda a: None,
+        "positions": lambda a: a.positions.__setitem__((0, 0), a.positions[0, 0] + 1e-9),
+        "below tol": lambda a: a.positions.__setitem__((0, 0), a.positions[0, 0] + 1e-17),
+        "numbers": lambda a: a.numbers.__setitem__(3, 29 if a.numbers[3] != 29 else 28),
+        "cell": lambda a: a.set_cell(a.cell * 1.001, scale_atoms=False),
+        "pbc": lambda a: a.set_pbc((True, False, True)),
+        "charges": lambda a: a.set_initial_charges(np.ones(len(a))),
+        "magmoms": lambda a: a.set_initial_magnetic_moments(np.ones(len(a))),
+    }
+    for name, edit in edits.items():
+        new = base.copy()
+        edit(new)
+        assert sorted(changed_properties(base, new)) == sorted(compare_atoms(base, new)), name
+    assert sorted(changed_properties(None, base)) == sorted(compare_atoms(None, base))
+    assert changed_properties(base, base.copy(), excluded={"positions"}) == []

@@ -388,6 +388,7 @@ class LammpsEngine:
         if any(problems):
             raise ConfigurationError("; ".join(filter(None, problems)))
         self.expensive, self.cheap, self.spec = expensive, cheap, spec
+        self.allow_approximate = bool(allow_approximate)
         self.nevery = int(nevery)
         self.skin = _check_positive("skin", skin, "Å", allow_zero=True)
         self.timestep = _check_positive("timestep", timestep, "fs")
@@ -878,8 +879,8 @@ class LammpsEngine:
         return index, weighted, regions.p[index][weighted]
 
     def _split(self, index: np.ndarray, mask: np.ndarray, halo: float) -> list[_Component]:
-        """Components of the cluster (expensive atoms closer than 2 x halo joined),
-        each carved out non-periodically when it fits in the cell."""
+        """Components of the cluster (expensive atoms closer than 2 x halo or one
+        receptive field joined), each carved out non-periodically when it fits."""
         ra = self._root_atoms
         cell, pbc = ra.cell.array, np.asarray(ra.pbc)
         x = ra.positions[index]
@@ -889,7 +890,10 @@ class LammpsEngine:
         from scipy.sparse.csgraph import connected_components
 
         core = np.flatnonzero(mask)
-        i, j = neighbour_pairs(x[core], cell, pbc, _COMPONENT_LINK * halo, "ij")
+        # Expensive atoms within one receptive field of each other must share a graph
+        # (a carved-cluster backend's halo, its buffer, can be far shorter).
+        link = max(_COMPONENT_LINK * halo, self.expensive.receptive_field + self.skin)
+        i, j = neighbour_pairs(x[core], cell, pbc, link, "ij")
         graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(len(core), len(core)))
         n_comp, core_label = connected_components(graph, directed=False)
         label_core = core_label
@@ -986,7 +990,7 @@ class LammpsEngine:
                 raise err
             atoms, rows, mask = job
             ev = self.expensive.evaluate(atoms, mask)
-            if not ev.exact:
+            if not ev.exact and not self.allow_approximate:
                 raise ConfigurationError(
                     f"{self.expensive.name} evaluated the expensive set approximately")
             if not self.is_root:
@@ -1022,10 +1026,10 @@ class LammpsEngine:
 
     def _evaluate_one(self, atoms: Atoms, mask: np.ndarray):
         ev = self.expensive.evaluate(atoms, mask)
-        if not ev.exact:
+        if not ev.exact and not self.allow_approximate:
             raise ConfigurationError(
                 f"{self.expensive.name} evaluated the expensive set approximately; widen "
-                "its buffer or use a masked backend")
+                "its buffer, use a masked backend, or pass allow_approximate=True")
         return ev.forces, ev.n_evaluated
 
     def _merge(self, payload):

@@ -1,0 +1,214 @@
+"""The method's headline: a modern MLIP expensive, its distilled SNAP cheap (issue 12).
+
+Cases (``--cases``):
+
+- ``si_7net``: Si vacancy, expensive = SevenNet-0 (receptive field 25 Å) on carved
+  clusters (``buffer = 0``: the cluster is the expensive set, so ``r_buff`` is the
+  cluster's buffer), cheap = the UF3 distilled from it (``examples/fit-si-sevennet-uf3``;
+  UF3 rather than the twojmax-6 SNAP of ``fit-si-sevennet``, which costs ~100 µs per
+  atom-step here, 1/100 of SevenNet-0: too close for a 100x speed-up);
+- ``whe_7net``: bcc W with one He on a tetrahedral site (the seed), expensive =
+  SevenNet-0, cheap = ``examples/fit-w-sevennet-uf3`` (W only: He stays in the core);
+- ``si_mace``: Si vacancy, expensive = the shipped MACE (exact masked evaluation by
+  autograd), cheap = ``examples/fit-si-mace-uf3``. mace-torch pins e3nn 0.4.4, so this
+  case runs in the MACE environment: ``.venv-mace/bin/python benchmarks/...``.
+
+Per case, side by side in one process, one core (torch and BLAS on one thread):
+
+1. the buffer: :func:`mlmix.buffer.scan_buffers` on the ~4k-atom cell, thermally
+   displaced (Gaussian, 0.05 Å per component): the smallest ``r_buff`` whose error
+   (max p |F - F_whole| over weighted atoms) is <= 0.05 eV/Å, with the core error;
+2. all-expensive: the whole-system evaluation, measured at ~8k atoms for MACE and at
+   ~4k for SevenNet-0 (a whole-system SevenNet-0 call on 8k Si atoms needs more than
+   the machine's 23 GiB: the kernel killed it at 23.7 GB); beyond, extrapolated
+   linearly from that per-atom cost (stated as extrapolated in the JSON);
+3. mixed MD at ~8k, ~64k and ~256k atoms on both engines (ASE velocity Verlet with
+   :class:`~mlmix.mixing.MixedCalculator`; :class:`~mlmix.lammps_engine.LammpsEngine`
+   on one rank), NVE 1 fs from 300 K, ``--steps`` steps after one warm-up step;
+4. all-cheap: the cheap potential on all atoms through mlmix (one call per size).
+
+Speed-up = all-expensive s/step / mixed s/step, in wall time (``speedup``) and in CPU
+time (``speedup_cpu``: less sensitive to a busy second core). Targets (issue 12): >= 100x over
+all-SevenNet at ~256k atoms, >= 20x at ~8k, buffer error <= 0.05 eV/Å.
+
+Run: ``python benchmarks/foundation_mixing.py --cases si_7net whe_7net`` and
+``.venv-mace/bin/python benchmarks/foundation_mixing.py --cases si_mace``; each writes
+its cases into ``benchmarks/foundation_mixing.json`` (other cases kept). About 10 min
+for a SevenNet case on one core; run the SevenNet cases one at a time (memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import numpy as np  # noqa: E402
+from centre_truncation import ase_md, engine_md  # noqa: E402
+
+from mlmix.buffer import scan_buffers  # noqa: E402
+from mlmix.potentials.lammps import LammpsPotential  # noqa: E402
+from mlmix.regions import RegionSpec  # noqa: E402
+from mlmix.seeds import IndexSeeds  # noqa: E402
+from mlmix.structures import thermalize, vacancy_supercell  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = Path(__file__).with_name("foundation_mixing.json")
+R_CORE, R_BLEND = 4.0, 2.0  # Å
+BUFFERS = (4.0, 6.0, 8.0, 10.0, 12.0)  # Å, r_buff values scanned
+TOLERANCE = 0.05  # eV/Å
+SIZES = ("8k", "64k", "256k")
+
+
+def report_a0(example: str, default: float) -> float:
+    """The expensive model's own lattice parameter (Å) from a fit report, if present."""
+    path = ROOT / "examples" / example / "report.json"
+    if not path.exists():
+        return default
+    return float(json.loads(path.read_text())["models"]["expensive"]["lattice_parameter_A"])
+
+
+def si_cell(repeat: int, a: float):
+    atoms, seeds = vacancy_supercell("Si", "diamond", a, repeat, 2.4)
+    thermalize(atoms, 300.0, seed=1)
+    return atoms, seeds
+
+
+def whe_cell(repeat: int, a: float):
+    from ase.build import bulk
+
+    atoms = bulk("W", "bcc", a=a, cubic=True).repeat(repeat)
+    atoms.append("He")
+    atoms.positions[-1] = [0.5 * a, 0.25 * a, 0.0]  # tetrahedral site
+    thermalize(atoms, 300.0, seed=1)
+    return atoms, [len(atoms) - 1]  # the He atom
+
+
+def sevennet():
+    from mlmix.potentials.ase_cluster import AseClusterPotential
+
+    return AseClusterPotential.sevennet("7net-0", buffer=0.0)
+
+
+def mace():
+    from mlmix.potentials.mace import MacePotential
+
+    return MacePotential("Si_snap_mace")
+
+
+def fitted_uf3(example: str, stem: str, species):
+    return lambda: LammpsPotential.uf3(ROOT / "examples" / example / f"{stem}.uf3", species)
+
+
+CASES = {
+    "si_7net": {"cell": si_cell, "a": lambda: report_a0("fit-si-sevennet-uf3", 5.46),
+                "repeats": {"4k": 8, "8k": 10, "64k": 20, "256k": 32},
+                "expensive": sevennet, "expensive_name": "SevenNet-0 (carved clusters)",
+                "measure_at": "4k",
+                "cheap": fitted_uf3("fit-si-sevennet-uf3", "Si_uf3_7net0", ["Si"])},
+    "whe_7net": {"cell": whe_cell, "a": lambda: report_a0("fit-w-sevennet-uf3", 3.17),
+                 "repeats": {"4k": 13, "8k": 16, "64k": 32, "256k": 50},
+                 "expensive": sevennet, "expensive_name": "SevenNet-0 (carved clusters)",
+                 "measure_at": "4k",
+                 "cheap": fitted_uf3("fit-w-sevennet-uf3", "W_uf3_7net0", ["W"])},
+    "si_mace": {"cell": si_cell, "a": lambda: report_a0("fit-si-mace-uf3", 5.468),
+                "repeats": {"4k": 8, "8k": 10, "64k": 20, "256k": 32},
+                "expensive": mace, "expensive_name": "shipped MACE Si_snap_mace (masked, exact)",
+                "measure_at": "8k",
+                "cheap": fitted_uf3("fit-si-mace-uf3", "Si_uf3_mace", ["Si"])},
+}
+
+
+def timed(fn, *args):
+    t, c = time.perf_counter(), time.process_time()
+    out = fn(*args)
+    return out, time.perf_counter() - t, time.process_time() - c
+
+
+def choose_buffer(case: dict, a: float, expensive) -> dict:
+    atoms, seeds = case["cell"](case["repeats"]["4k"], a)
+    atoms.positions += np.random.default_rng(2).normal(0.0, 0.05, atoms.positions.shape)
+    scan = scan_buffers(atoms, expensive, RegionSpec(R_CORE, R_BLEND, 0.0), IndexSeeds(seeds),
+                        buffers=BUFFERS, tolerance=TOLERANCE)
+    chosen = scan.recommended
+    return {"n_atoms": len(atoms), "all_expensive_seconds": scan.reference_seconds,
+            "scan": scan.to_dict(), "r_buff_A": chosen,
+            "error_eV_per_A": None if chosen is None else scan.error_at(chosen),
+            "core_error_eV_per_A": None if chosen is None else next(
+                p.core_error for p in scan.points if p.r_buff == chosen)}
+
+
+def run_case(name: str, steps: int, sizes) -> dict:
+    case = CASES[name]
+    a = case["a"]()
+    expensive = case["expensive"]()
+    cheap = case["cheap"]()
+    buffer = choose_buffer(case, a, expensive)
+    r_buff = buffer["r_buff_A"] if buffer["r_buff_A"] is not None else BUFFERS[-1]
+    atoms_m, _ = case["cell"](case["repeats"][case["measure_at"]], a)
+    _, wall_m, cpu_m = timed(expensive.evaluate, atoms_m)
+    per_atom = wall_m / len(atoms_m)
+    rows = []
+    for size in sizes:
+        atoms, seeds = case["cell"](case["repeats"][size], a)
+        n = len(atoms)
+        measured = size == case["measure_at"]
+        row = {"size": size, "n_atoms": n,
+               "all_expensive": {"seconds_per_step": wall_m if measured else per_atom * n,
+                                 "cpu_seconds_per_step": cpu_m / len(atoms_m) * n,
+                                 "how": "measured" if measured else
+                                 f"extrapolated linearly from {len(atoms_m)} atoms"}}
+        _, wall_c, cpu_c = timed(cheap.evaluate, atoms)
+        row["all_cheap"] = {"seconds_per_step": wall_c, "cpu_seconds_per_step": cpu_c}
+        for engine, md in (("ase", ase_md), ("lammps", engine_md)):
+            # below the exact buffer the forces are approximate: measured in step 1
+            res = md(atoms, expensive, cheap, seeds, R_BLEND, steps, r_buff=r_buff, r_core=R_CORE,
+                     allow_approximate=True)
+            res["speedup"] = row["all_expensive"]["seconds_per_step"] / res["seconds_per_step"]
+            res["speedup_cpu"] = (row["all_expensive"]["cpu_seconds_per_step"]
+                                  / res["cpu_seconds_per_step"])
+            row[engine] = res
+            print(f"{name} {size} {engine}: {res['seconds_per_step']:.3f} s/step, "
+                  f"{res['speedup']:.1f}x, counts {res['counts']}", flush=True)
+        rows.append(row)
+        cheap.close()
+    return {"expensive": case["expensive_name"], "cheap": cheap.name,
+            "lattice_parameter_A": a, "r_core_A": R_CORE, "r_blend_A": R_BLEND,
+            "buffer": buffer, "all_expensive_per_atom_ms": per_atom * 1e3,
+            "all_expensive_measured_atoms": len(atoms_m),
+            "steps": steps, "rows": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cases", nargs="+", default=["si_7net", "whe_7net"], choices=list(CASES))
+    ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--output", type=Path, default=OUT)
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    for name in args.cases:
+        start = time.perf_counter()
+        case = run_case(name, args.steps, args.sizes)
+        case["wall_seconds"] = time.perf_counter() - start
+        case["machine"] = {"processor": platform.processor() or platform.machine(),
+                           "python": platform.python_version(), "threads": 1,
+                           "date": time.strftime("%Y-%m-%d")}
+        # read just before writing: the MACE case runs in another environment's process
+        out = json.loads(args.output.read_text()) if args.output.exists() else {"cases": {}}
+        out["cases"][name] = case
+        tmp = args.output.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(out, indent=1))
+        tmp.replace(args.output)  # written after each case: a killed run keeps the others
+
+
+if __name__ == "__main__":
+    main()
