@@ -403,6 +403,17 @@ def test_species_the_cheap_potential_lacks_must_be_seeds():
         LammpsEngine(atoms, expensive, cheap, spec, LammpsClassifier("coord/atom", "3.0"))
 
 
+def test_a_cheap_uf3_that_lacks_a_species_is_refused_before_work():
+    """LAMMPS's pair uf3 cannot take NULL for a species (He in W): refused with the
+    fix named, not a LAMMPS error at set-up."""
+    atoms, expensive, _, spec = w_with_he(4)
+    uf3 = Path(__file__).resolve().parents[1] / "examples/fit-w-sevennet-uf3/W_uf3_7net0.uf3"
+    cheap = LammpsPotential.uf3(uf3, ["W"])
+    with pytest.raises(ConfigurationError, match="cannot leave a species out") as info:
+        LammpsEngine(atoms, expensive, cheap, spec, SpeciesSeeds(["He"]))
+    assert "ASE engine" in str(info.value)
+
+
 ERROR_JOBS = {
     "seed species absent": ("""
         from mlmix.lammps_engine import LammpsEngine, exit_on_error
