@@ -132,6 +132,7 @@ def test_nve_matches_ase_engine():
     assert sum(h.rebuilt for h in history) == 21  # steps 0, 5, ..., 100
 
 
+@pytest.mark.filterwarnings("ignore::mlmix.potentials.ase_cluster.ReceptiveFieldWarning")
 def test_carved_cluster_expensive_matches_ase_engine():
     """An ASE-calculator expensive potential on carved clusters with buffer 0 (its
     halo is only the skin): the engine keeps the expensive set in one graph, so its
