@@ -40,6 +40,9 @@ from .data import (
     voigt_to_tensor,
 )
 
+# Strain steps of the finite differences: below, round-off; above, anharmonicity.
+DELTA_RANGE = (1e-5, 0.02)
+
 __all__ = [
     "EV_PER_A3_IN_GPA",
     "CubicConstants",
@@ -143,6 +146,7 @@ class ElasticResult:
         return CubicConstants(*self._cubic_means())
 
 
+
 def _cubic_matrix(c11: float, c12: float, c44: float) -> np.ndarray:
     C = np.zeros((6, 6))
     C[:3, :3] = c12
@@ -193,10 +197,10 @@ def elastic_constants(
     """
     if not np.all(atoms_relaxed.pbc):
         raise ConfigurationError("elastic constants need a fully periodic cell (pbc = True)")
-    if not 1e-5 <= delta <= 0.02:
+    if not DELTA_RANGE[0] <= delta <= DELTA_RANGE[1]:
         raise ConfigurationError(
-            f"delta={delta} is outside [1e-5, 0.02]: smaller steps drown in round-off, "
-            "larger ones in anharmonicity"
+            f"delta={delta} is outside [{DELTA_RANGE[0]:g}, {DELTA_RANGE[1]:g}]: smaller "
+            "steps drown in round-off, larger ones in anharmonicity"
         )
     potential.check_atoms(atoms_relaxed)
     if relax_internal is None:

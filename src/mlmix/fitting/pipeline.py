@@ -154,9 +154,10 @@ def parse_config(cfg: Mapping, base: Path = Path("."), source: str = "fit config
 
     p.unknown_keys(rep, "report", {"vacancy", "elastic", "elastic_delta"})
     delta = p.number(rep, "report", "elastic_delta", 1e-3, minimum=0, strict=True)
-    if isinstance(delta, (int, float)) and not 1e-5 <= delta <= 0.02:
-        p.add("report.elastic_delta", f"must lie in [1e-5, 0.02] (a strain step), got {delta}; "
-              "use 5e-3 for float32 models whose energies are quantised")
+    low, high = elastic.DELTA_RANGE
+    if isinstance(delta, (int, float)) and not low <= delta <= high:
+        p.add("report.elastic_delta", f"must lie in [{low:g}, {high:g}] (a strain step), got "
+              f"{delta}; use 5e-3 for float32 models whose energies are quantised")
     p.unknown_keys(out, "output", {"directory", "stem"})
     if not isinstance(out.get("directory"), str):
         p.add("output.directory", "missing: the folder to write the potential and report to")
