@@ -10,7 +10,7 @@ every 10 steps and the rebuilds included in the averages):
 - the bound ``N t_exp / (N1 t_exp + N2 t_cheap)`` from those per-atom times
   (N1 = atoms in the expensive evaluation set, N2 = atoms in the cheap set);
 - the ASE engine (:class:`~mlmix.mixing.MixedCalculator`, ASE velocity Verlet) and the
-  LAMMPS engine (:class:`~mlmix.lammps_engine.LammpsEngine`, one rank), each with the
+  LAMMPS engine (:class:`~mlmix.engines.lammps.LammpsEngine`, one rank), each with the
   expensive LAMMPS potential on the neighbour-shell route (``truncation="off"``, the
   route before the plugin) and on the plugin's truncated centres (``"auto"``);
 - the centres the expensive potential computed per step on each route.
@@ -35,7 +35,7 @@ from pathlib import Path
 from _common import native_lammps_seconds_per_step
 from mixed_md import CASES, all_expensive_seconds_per_step, case_structure, mixed_md
 
-from mlmix.lammps_engine import LammpsEngine
+from mlmix.engines.lammps import LammpsEngine
 from mlmix.potentials.lammps import LammpsPotential
 from mlmix.potentials.lammps_plugin import plugin_status
 from mlmix.regions import RegionSpec

@@ -23,7 +23,7 @@ Per case, side by side in one process, one core (torch and BLAS on one thread):
    the machine's 23 GiB: the kernel killed it at 23.7 GB); beyond, extrapolated
    linearly from that per-atom cost (stated as extrapolated in the JSON);
 3. mixed MD at ~8k, ~64k and ~256k atoms on both engines (ASE velocity Verlet with
-   :class:`~mlmix.mixing.MixedCalculator`; :class:`~mlmix.lammps_engine.LammpsEngine`
+   :class:`~mlmix.mixing.MixedCalculator`; :class:`~mlmix.engines.lammps.LammpsEngine`
    on one rank), NVE 1 fs from 300 K, ``--steps`` steps after one warm-up step;
 4. all-cheap: the cheap potential on all atoms through mlmix (one call per size).
 

@@ -12,7 +12,7 @@ mode runs in its own ``mpirun -np P`` process (so the memory figures are its own
 
 - ``expensive``: all-expensive native LAMMPS ``run N`` (few steps at 250k atoms);
 - ``cheap``: the cheap potential alone, native ``run N`` (the memory reference);
-- ``mixed``: :class:`mlmix.lammps_engine.LammpsEngine`.
+- ``mixed``: :class:`mlmix.engines.lammps.LammpsEngine`.
 
 Recorded per run: median seconds per step over ``--repeats`` blocks of ``--steps``
 steps (after one warm-up block), max RSS per rank and summed over ranks, RSS per atom
@@ -133,7 +133,7 @@ def native(potential, atoms, steps: int, repeats: int, comm) -> list[float]:
 
 
 def mixed(expensive, cheap, atoms, steps: int, repeats: int, comm) -> tuple[list, dict]:
-    from mlmix.lammps_engine import LammpsEngine
+    from mlmix.engines.lammps import LammpsEngine
     from mlmix.regions import RegionSpec
     from mlmix.seeds import SpeciesSeeds
 
@@ -163,7 +163,7 @@ def mixed(expensive, cheap, atoms, steps: int, repeats: int, comm) -> tuple[list
 
 
 def worker(args) -> None:
-    from mlmix.lammps_engine import mpi_comm
+    from mlmix.engines.lammps import mpi_comm
 
     comm = mpi_comm()
     # Per-process costs, paid before the per-atom memory is measured: the modules the

@@ -252,7 +252,7 @@ def plot(result: dict, path: Path) -> None:
                         yerr=[r["stderr_eV_per_A"] for r in rows], fmt=fmt, color=colour,
                         capsize=3, label=label)
             # the measured mean temperature: the plugin's thermostat weights pull a
-            # large blend shell below T (see mlmix.md)
+            # large blend shell below T (see mlmix.engines.langevin)
             for r in rows:
                 ax.annotate(f"{r['mean_temperature_K']:.0f} K",
                             (r["r_core_A"] + dx, r["mean_force_eV_per_A"] - r["stderr_eV_per_A"]),

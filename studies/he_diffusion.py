@@ -31,7 +31,7 @@ from mlmix import (
     RegionTracker,
     SpeciesSeeds,
 )
-from mlmix.md import region_p
+from mlmix.engines.langevin import region_p
 from mlmix.potentials import LammpsPotential
 from mlmix.structures import (
     add_interstitial,

@@ -21,7 +21,7 @@ from numpy.testing import assert_allclose
 
 from mlmix import ConfigurationError
 from mlmix.demo import demo_cheap_potential
-from mlmix.lammps_engine import LammpsClassifier, LammpsEngine, counter_normals
+from mlmix.engines.lammps import LammpsClassifier, LammpsEngine, counter_normals
 from mlmix.mixing import MixedCalculator
 from mlmix.potentials.lammps import LammpsPotential
 from mlmix.regions import Hysteresis, RegionSpec, RegionTracker
@@ -74,7 +74,7 @@ def run_mpi(tmp_path, ranks: int, body: str, timeout: float = 300):
 
 MD_JOB = """
 import sys
-from mlmix.lammps_engine import LammpsEngine, exit_on_error
+from mlmix.engines.lammps import LammpsEngine, exit_on_error
 from mlmix.potentials.lammps import LammpsPotential
 from mlmix.regions import RegionSpec
 from mlmix.seeds import IndexSeeds
@@ -139,8 +139,8 @@ def test_carved_cluster_expensive_matches_ase_engine():
     forces are the ASE engine's. Splitting by the halo alone made every atom its own
     cluster (measured: the force on core atoms was lost)."""
     from ase.calculators.emt import EMT
-    from conftest import EMT_CUTOFF
 
+    from conftest import EMT_CUTOFF
     from mlmix.potentials.ase_cluster import AseClusterPotential
 
     def expensive():  # a stand-in for a message-passing model: approximate below 2 x rf
@@ -206,7 +206,7 @@ def test_one_and_two_ranks_agree(tmp_path):
 TRUNCATED_JOB = """
 import sys
 from mlmix.demo import demo_cheap_potential
-from mlmix.lammps_engine import LammpsEngine, exit_on_error
+from mlmix.engines.lammps import LammpsEngine, exit_on_error
 from mlmix.potentials.lammps import LammpsPotential
 from mlmix.regions import RegionSpec
 from mlmix.seeds import IndexSeeds, SpeciesSeeds
@@ -417,7 +417,7 @@ def test_a_cheap_uf3_that_lacks_a_species_is_refused_before_work():
 
 ERROR_JOBS = {
     "seed species absent": ("""
-        from mlmix.lammps_engine import LammpsEngine, exit_on_error
+        from mlmix.engines.lammps import LammpsEngine, exit_on_error
         from mlmix.potentials.lammps import LammpsPotential
         from mlmix.regions import RegionSpec
         from mlmix.seeds import SpeciesSeeds
@@ -428,7 +428,7 @@ ERROR_JOBS = {
                          SpeciesSeeds(["He"])).run(10)
         """, "no atom of the seed species ['He']"),
     "rank count": ("""
-        from mlmix.lammps_engine import LammpsEngine, exit_on_error
+        from mlmix.engines.lammps import LammpsEngine, exit_on_error
         from mlmix.potentials.lammps import LammpsPotential
         from mlmix.regions import RegionSpec
         from mlmix.seeds import IndexSeeds
@@ -439,13 +439,13 @@ ERROR_JOBS = {
                          IndexSeeds([0])).run(10)
         """, "Use at most 1 rank for this cell"),
     "missing pair style": ("""
-        from mlmix.lammps_engine import exit_on_error
+        from mlmix.engines.lammps import exit_on_error
         from mlmix.potentials.lammps import LammpsPotential
         with exit_on_error():
             LammpsPotential("pace", ["* * Cu-PBE-core-rep.ace Cu"], ["Cu"])
         """, "Unrecognized pair style 'pace'"),
     "failure on rank 0 during the run": ("""
-        from mlmix.lammps_engine import LammpsEngine, exit_on_error
+        from mlmix.engines.lammps import LammpsEngine, exit_on_error
         from mlmix.potentials.lammps import LammpsPotential
         from mlmix.regions import RegionSpec
         from mlmix.seeds import IndexSeeds

@@ -177,7 +177,7 @@ def test_lammps_engine_with_mace_expensive_is_exact_on_weighted_atoms(mace):
     """The LAMMPS engine hands MACE a cluster carved one receptive field (plus skin)
     beyond the expensive set (here, in a 27 Å cell, that is every atom): forces on
     p = 1 atoms are the whole-system MACE forces."""
-    from mlmix.lammps_engine import LammpsEngine
+    from mlmix.engines.lammps import LammpsEngine
 
     atoms = _si(5)
     cheap = LammpsPotential.tersoff("Si.tersoff", ["Si"])

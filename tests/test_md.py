@@ -17,7 +17,7 @@ from mlmix import (
     RegionSpec,
     RegionTracker,
 )
-from mlmix.md import RegionLangevin
+from mlmix.engines.langevin import RegionLangevin
 from mlmix.structures import thermalize
 
 DT = 1.0 * units.fs

@@ -13,7 +13,7 @@ from numpy.testing import assert_allclose
 from test_lammps_engine import ASE_MVV2E, LAMMPS_MVV2E, cu_pair, cu_vacancy, w_with_he
 
 from mlmix import ConfigurationError
-from mlmix.lammps_engine import LammpsEngine
+from mlmix.engines.lammps import LammpsEngine
 from mlmix.mixing import MixedCalculator
 from mlmix.mts import schedule_problem
 from mlmix.regions import RegionSpec, RegionTracker

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from ase.io import read
 
+import mlmix.engines.ase as ase_engine
 import mlmix.run as runner
 from mlmix.cli import main as cli_main
 from mlmix.config import dump_toml
@@ -141,7 +142,7 @@ def test_md_outputs_carry_regions_and_exact_core_forces(tmp_path):
 
 def _kill_at(monkeypatch, n_step: int) -> None:
     """Make the integrator die (like a killed process) during its ``n_step``-th step."""
-    original = runner._integrator
+    original = ase_engine._integrator
 
     def dying(atoms, task, rng):
         dyn = original(atoms, task, rng)
@@ -157,7 +158,7 @@ def _kill_at(monkeypatch, n_step: int) -> None:
         dyn.step = step_or_die
         return dyn
 
-    monkeypatch.setattr(runner, "_integrator", dying)
+    monkeypatch.setattr(ase_engine, "_integrator", dying)
 
 
 @pytest.mark.parametrize("seeds, k", [("defect", 1), ("classifier", 1), ("defect", 3)])

@@ -9,14 +9,14 @@ import sys
 import numpy as np
 import pytest
 from ase.io import read
-from test_lammps_engine import mpirun
-from test_run import si_config, w_screw_config, write_config
 
 import mlmix.run as runner
 from mlmix.drift import run_drift
+from mlmix.engines.lammps.run import _RootOutputs
 from mlmix.errors import CalculationError, ConfigurationError
-from mlmix.run_lammps import _RootOutputs
 from mlmix.runconfig import build_structure, parse_run_config
+from test_lammps_engine import mpirun
+from test_run import si_config, w_screw_config, write_config
 
 
 def lammps_config(**task) -> dict:

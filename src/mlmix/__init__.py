@@ -5,13 +5,14 @@ The data flow, one module each: structure -> :mod:`~mlmix.seeds` ->
 (masked evaluations) -> :mod:`~mlmix.mixing` (mixed forces, the ASE calculator).
 """
 
+from ._version import __version__
+from .engines.langevin import RegionLangevin
 from .errors import (
     CalculationError,
     ConfigurationError,
     MlmixError,
     PropertyNotDefinedError,
 )
-from .md import RegionLangevin
 from .mixing import MixedCalculator, mix_forces
 from .regions import Hysteresis, Regions, RegionSpec, RegionTracker
 from .seeds import ClassifierSeeds, IndexSeeds, SpeciesSeeds, coordination
@@ -32,5 +33,5 @@ __all__ = [
     "SpeciesSeeds",
     "coordination",
     "mix_forces",
+    "__version__",
 ]
-__version__ = "0.1.0"

@@ -171,7 +171,7 @@ class MixedCalculator(Calculator):
             calls whose step is a multiple of k return ``F^cheap + k p (F^exp -
             F^cheap)`` and the others the cheap forces alone (no expensive
             evaluation, regions unchanged, energy NaN), so ASE's velocity Verlet (or
-            :class:`~mlmix.md.RegionLangevin`) driving it integrates the mixed force
+            :class:`~mlmix.engines.langevin.RegionLangevin`) driving it integrates the mixed force
             with the correction as the slow force. Needs the cheap potential on every
             atom (no ``mask_cheap``, no species it lacks) and a rebuild period that
             is a multiple of k. Never use it with an optimiser or NEB.

@@ -696,7 +696,7 @@ def _read_structure(s: Mapping) -> Atoms:
 def build_seeds(seeds: Mapping, structure: Structure):
     """The seed source a checked ``[regions.seeds]`` table describes: a
     :class:`~mlmix.seeds.Seeds`, or for ``lammps_compute`` a
-    :class:`~mlmix.lammps_engine.LammpsClassifier` (LAMMPS engine only)."""
+    :class:`~mlmix.engines.lammps.LammpsClassifier` (LAMMPS engine only)."""
     kind = seeds["kind"]
     if kind == "defect":
         return IndexSeeds(structure.defect_seeds)
@@ -705,7 +705,7 @@ def build_seeds(seeds: Mapping, structure: Structure):
     if kind == "species":
         return SpeciesSeeds(seeds["species"])
     if kind == "lammps_compute":
-        from .lammps_engine import LammpsClassifier
+        from .engines.lammps.classifier import LammpsClassifier
 
         return LammpsClassifier(seeds["compute"], seeds["args"], seeds.get("lb", -np.inf),
                                 seeds.get("ub", np.inf), seeds["nfreq"], seeds["window"],

@@ -56,7 +56,7 @@ import numpy as np
 from ase import Atoms, units
 from ase.md.md import MolecularDynamics
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 WeightsSpec = Literal["cheap", "expensive", "all"] | None | Callable[[Atoms], np.ndarray]
 """What :class:`RegionLangevin` accepts as ``weights``."""
@@ -173,7 +173,7 @@ class RegionLangevin(MolecularDynamics):
         self.weights = weights
         self.temp = units.kB * float(temperature_K)  # eV
         self.fr = float(friction)
-        self.w = None
+        self.w: np.ndarray | None = None
         MolecularDynamics.__init__(self, atoms, timestep, **kwargs)
 
     # -- ASE's integrator interface -------------------------------------------------
@@ -244,8 +244,9 @@ class RegionLangevin(MolecularDynamics):
         natoms = len(atoms)
         if forces is None:
             forces = atoms.get_forces(md=True)
-        self.w = self.current_weights()
-        self.updatevars(self.w)
+        w = self.current_weights()
+        self.w = w
+        self.updatevars(w)
 
         self.v = atoms.get_velocities()
         xi = self.rng.standard_normal(size=(natoms, 3))

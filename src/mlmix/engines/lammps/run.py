@@ -3,12 +3,12 @@
 Start it as one process (``mlmix run CONFIG``) or on P ranks
 (``mpirun -np P mlmix run CONFIG``; needs the ``mpi`` extra). Every rank reads the
 config, builds the same structure and potentials and the same
-:class:`~mlmix.lammps_engine.LammpsEngine` (LAMMPS integrates and computes the cheap
+:class:`~mlmix.engines.lammps.LammpsEngine` (LAMMPS integrates and computes the cheap
 potential on every rank, mlmix adds the weighted expensive correction). Rank 0 alone
 writes the run directory, from the engine's callback: a failure there (a full disk)
 stops every rank at the end of that step with the same error.
 
-The outputs are those of the ASE engine (:mod:`mlmix.run`): ``config.toml``,
+The outputs are those of the ASE engine (:mod:`mlmix.engines.ase`): ``config.toml``,
 ``trajectory.extxyz``, ``thermo.log``, ``checkpoint.npz``, ``summary.json`` and the
 figures, with two differences that follow from the engine:
 
@@ -17,10 +17,10 @@ figures, with two differences that follow from the engine:
   potential;
 * ``n_cheap`` is every atom (LAMMPS evaluates the cheap pair style everywhere).
 
-NVT uses the engine's region-weighted Langevin forces (the same stochastic equation
-as :class:`mlmix.md.RegionLangevin`, a different discretisation), whose noise is a hash
-of (seed, step, atom), so a resumed run continues the uninterrupted one, on any
-number of ranks.
+NVT uses the engine's region-weighted Langevin forces (the same stochastic equation as
+:class:`mlmix.engines.langevin.RegionLangevin`, a different discretisation), whose noise
+is a hash of (seed, step, atom), so a resumed run continues the uninterrupted one, on
+any number of ranks.
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ import time
 import numpy as np
 from ase import Atoms
 
-from .checkpoint import atoms_state, save_checkpoint
-from .mts import corrected_median
-from .outputs import (
+from ...checkpoint import atoms_state, save_checkpoint
+from ...errors import CalculationError
+from ...mts import corrected_median
+from ...outputs import (
     LOG_COLUMNS,
     TableLog,
     TrajectoryWriter,
@@ -41,7 +42,19 @@ from .outputs import (
     progress_bar,
     temperature_K,
 )
-from .runconfig import build_hysteresis, build_seeds, build_spec
+from ...runconfig import build_hysteresis, build_seeds, build_spec
+from ..session import (
+    CHECKPOINT,
+    OUTPUT_FILES,
+    Setup,
+    draw_figures,
+    interrupted,
+    md_start,
+    start_outputs,
+    write_summary,
+)
+from .comm import mpi_comm
+from .engine import LammpsEngine
 
 LAMMPS_THERMO_NOTE = """\
 drift_eV_per_ps: nan, the LAMMPS engine computes no energies (mixed forces have
@@ -59,9 +72,7 @@ def _output_period(out: dict) -> int:
 class _RootOutputs:
     """The files of the run, written on rank 0 from the engine's callback."""
 
-    def __init__(self, setup, start: int, wall0: float):
-        from .run import CHECKPOINT, OUTPUT_FILES, start_outputs
-
+    def __init__(self, setup: Setup, start: int, wall0: float):
         self.setup, self.out = setup, setup.cfg.output
         self.dt_fs = setup.cfg.task["timestep_fs"]
         self.steps = setup.cfg.task["steps"]
@@ -95,8 +106,9 @@ class _RootOutputs:
         if fresh or self._due(step, "log_every"):
             report = engine.history[-1]
             self.log.record({
-                "step": step, "time_fs": step * self.dt_fs, "temperature_K": temperature_K(atoms),
-                "n_core": report.counts["core"], "n_weighted": int((atoms.arrays["mlmix_p"] > 0).sum()),
+                "step": step, "time_fs": step * self.dt_fs,
+                "temperature_K": temperature_K(atoms), "n_core": report.counts["core"],
+                "n_weighted": int((atoms.arrays["mlmix_p"] > 0).sum()),
                 "n_expensive": report.n_expensive, "n_cheap": len(atoms),
                 "seconds_per_step": seconds, "drift_eV_per_ps": float("nan")})
         if fresh or self._due(step, "checkpoint_every") or self.setup.stop.requested:
@@ -120,15 +132,12 @@ class _RootOutputs:
         self.log.close()
 
 
-def run_md_lammps(setup) -> dict:
+def run_md_lammps(setup: Setup) -> dict:
     """MD of a checked config on the LAMMPS engine (collective: every rank calls it).
 
     Returns the summary on rank 0 (also written to ``summary.json``), ``{}`` on the
     other ranks.
     """
-    from .lammps_engine import LammpsEngine, mpi_comm
-    from .run import _figures, _write_summary, interrupted, md_start
-
     cfg, task, state = setup.cfg, setup.cfg.task, setup.state
     comm = mpi_comm()
     ranks = comm.size if comm is not None else 1
@@ -165,10 +174,12 @@ def run_md_lammps(setup) -> dict:
             return {}
         out = outputs[0]
         out.close()  # flushed and closed before the figures read the log
-        final = out.atoms
-        made = _figures(setup, final, setup.run_dir / "thermo.log")
+        final, regions = out.atoms, engine.tracker.regions if engine.tracker else None
+        if final is None or regions is None:  # pragma: no cover - the first callback sets both
+            raise CalculationError("the LAMMPS engine finished without a snapshot")
+        made = draw_figures(setup, final, setup.run_dir / "thermo.log")
         history = list(engine.history)
-        return _write_summary(setup, {
+        return write_summary(setup, {
             "task": "md", "engine": "lammps", "mpi_ranks": ranks,
             "ensemble": task["ensemble"], "n_atoms": len(final), "steps": task["steps"],
             "resumed_from_step": start if state else None,
@@ -180,7 +191,7 @@ def run_md_lammps(setup) -> dict:
             "correction_every": task["correction_every"],
             "expensive_evaluated_median": corrected_median(history),
             "cheap_evaluated_median": float(len(final)),
-            "region_counts_final": engine.tracker.regions.counts(),
+            "region_counts_final": regions.counts(),
             "drift_estimate_eV_per_ps": None,
             "drift_note": ("the LAMMPS engine computes no energies: run 'mlmix drift' for "
                            "the expensive re-evaluation") if task["ensemble"] == "nve"
