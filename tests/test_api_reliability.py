@@ -13,7 +13,6 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from ase.io import Trajectory
 from ase.md.verlet import VelocityVerlet
 from numpy.testing import assert_allclose, assert_array_equal
-from test_mixing import w_he_pair, w_with_he  # noqa: F401 (a fixture)
 
 from mlmix import (
     ClassifierSeeds,
@@ -29,6 +28,7 @@ from mlmix import (
 )
 from mlmix.errors import CalculationError, ConfigurationError
 from mlmix.structures import thermalize, vacancy_supercell
+from test_mixing import w_he_pair, w_with_he  # noqa: F401 (a fixture)
 
 
 def si_structure():
@@ -376,9 +376,8 @@ def test_a_run_config_min_distance_reaches_the_calculator(tmp_path):
     """structure.min_distance lowers the threshold for the whole run, not only for the
     config's first check: a strongly compressed cell, refused by default, runs when
     allowed (the calculator's check uses the same threshold)."""
-    from test_run import si_config, write_config
-
     import mlmix.run as runner
+    from test_run import si_config, write_config
 
     cfg = si_config(steps=2)
     cfg["structure"].update(a=2.4, repeat=2)  # nearest neighbours 1.04 Å, below 1.11 Å

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
-from conftest import EMT_CUTOFF
 
+from conftest import EMT_CUTOFF
 from mlmix.carving import carve_cluster, within
 from mlmix.errors import ConfigurationError, MissingDependencyError
 from mlmix.potentials.ase_cluster import AseClusterPotential, ReceptiveFieldWarning

@@ -11,9 +11,9 @@ import copy
 from pathlib import Path
 
 import pytest
-from test_run import si_config, write_config
 
 from mlmix.cli import main as cli_main
+from test_run import si_config, write_config
 
 
 def _set(cfg: dict, dotted: str, value) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_run import si_config, write_config
 
 from mlmix import ConfigurationError, IndexSeeds, RegionSpec
 from mlmix.buffer import default_buffers, scan_buffers
@@ -14,6 +13,7 @@ from mlmix.cli import main as cli_main
 from mlmix.potentials.lammps import LammpsPotential
 from mlmix.run import run
 from mlmix.structures import vacancy_supercell
+from test_run import si_config, write_config
 
 
 @pytest.fixture(scope="module")

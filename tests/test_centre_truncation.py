@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk
-from test_lammps_potential import _rattled, _w_he
 
 from mlmix.errors import ConfigurationError
 from mlmix.neighbours import dilate
@@ -34,6 +33,7 @@ from mlmix.potentials.lammps_plugin import (
     centre_route,
     plugin_status,
 )
+from test_lammps_potential import _rattled, _w_he
 
 TOL_F = 1e-8  # eV/Å
 

@@ -8,11 +8,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from test_run import SW, TERSOFF, si_config, write_config
 
 import mlmix
 from mlmix.cli import build_parser
 from mlmix.cli import main as cli_main
+from test_run import SW, TERSOFF, si_config, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCSTRING_MARKUP = re.compile(r"``|:class:|:func:|:mod:|:meth:")

@@ -13,9 +13,9 @@ import pytest
 from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
-from conftest import EMT_CUTOFF
 
 import mlmix.testing as mt
+from conftest import EMT_CUTOFF
 from mlmix.carving import within
 from mlmix.errors import ConfigurationError
 from mlmix.neighbours import neighbour_pairs

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ase.build import bulk
-from conftest import shared_data
 
+from conftest import shared_data
 from mlmix._lammps_runtime import new_lammps
 from mlmix.errors import ConfigurationError
 from mlmix.fitting.data import apply_strain, read_frames, relax_bulk, strained_set

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ase.build import bulk
-from conftest import energies_and_forces
 
+from conftest import energies_and_forces
 from mlmix.errors import ConfigurationError
 from mlmix.fitting.ace_linear import AceLinearModel
 from mlmix.potentials.lammps import LammpsPotential

@@ -7,8 +7,8 @@ import pytest
 from ase import Atoms
 from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
-from conftest import shared_data
 
+from conftest import shared_data
 from mlmix.errors import ConfigurationError
 from mlmix.fitting.data import (
     STRAIN_TYPES,

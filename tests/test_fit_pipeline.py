@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ase.io import read
-from conftest import shared_data
 
+from conftest import shared_data
 from mlmix import (
     ConfigurationError,
     IndexSeeds,

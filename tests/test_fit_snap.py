@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk
-from conftest import energies_and_forces
 
+from conftest import energies_and_forces
 from mlmix._lammps_runtime import potentials_dir
 from mlmix.errors import ConfigurationError
 from mlmix.fitting.model import DesignMatrix, LinearModel

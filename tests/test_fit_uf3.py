@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk
-from conftest import energies_and_forces, shared_data
 from scipy.interpolate import BSpline
 
+from conftest import energies_and_forces, shared_data
 from mlmix.errors import ConfigurationError
 from mlmix.fitting.model import LinearModel
 from mlmix.fitting.uf3 import (

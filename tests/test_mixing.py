@@ -7,9 +7,9 @@ import pytest
 from ase.build import bulk
 from ase.md.verlet import VelocityVerlet
 from ase.optimize import FIRE
-from conftest import EMT_CUTOFF
 from numpy.testing import assert_allclose
 
+from conftest import EMT_CUTOFF
 from mlmix import ConfigurationError, PropertyNotDefinedError
 from mlmix.mixing import MixedCalculator, changed_properties, mix_forces
 from mlmix.potentials.ace import AcePotential

@@ -10,7 +10,6 @@ import pytest
 from ase import units
 from ase.md.verlet import VelocityVerlet
 from numpy.testing import assert_allclose
-from test_lammps_engine import ASE_MVV2E, LAMMPS_MVV2E, cu_pair, cu_vacancy, w_with_he
 
 from mlmix import ConfigurationError
 from mlmix.engines.lammps import LammpsEngine
@@ -18,6 +17,7 @@ from mlmix.mixing import MixedCalculator
 from mlmix.mts import schedule_problem
 from mlmix.regions import RegionSpec, RegionTracker
 from mlmix.seeds import IndexSeeds, SpeciesSeeds
+from test_lammps_engine import ASE_MVV2E, LAMMPS_MVV2E, cu_pair, cu_vacancy, w_with_he
 
 SEEDS = [0, 1, 2]
 

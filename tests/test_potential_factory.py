@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
-from conftest import EMT_CUTOFF
 from numpy.testing import assert_allclose
 
+from conftest import EMT_CUTOFF
 from mlmix import ConfigurationError
 from mlmix.errors import MissingDependencyError
 from mlmix.neighbours import dilate

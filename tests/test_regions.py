@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ase.build import bulk
-from conftest import brute_force_distances, random_triclinic
 from numpy.testing import assert_allclose, assert_array_equal
 
+from conftest import brute_force_distances, random_triclinic
 from mlmix import ConfigurationError
 from mlmix.regions import (
     Hysteresis,

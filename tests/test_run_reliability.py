@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase.io import read
-from test_run import _kill_at, si_config, write_config
 
 import mlmix.outputs
 import mlmix.run as runner
@@ -26,6 +25,7 @@ from mlmix.cli import main as cli_main
 from mlmix.config import dump_toml
 from mlmix.errors import ConfigurationError
 from mlmix.rundir import LOCK, MARKER
+from test_run import _kill_at, si_config, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk
-from conftest import shared_data
 
+from conftest import shared_data
 from mlmix import demo
 from mlmix.errors import ConfigurationError
 from mlmix.fitting import pipeline, uf3
