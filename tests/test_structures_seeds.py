@@ -9,7 +9,7 @@ import pytest
 from ase.build import bulk
 
 from mlmix.errors import ConfigurationError
-from mlmix.seeds import centrosymmetry, perfect_matchings
+from mlmix.seeds import centrosymmetry, min_matching
 from mlmix.structures import bcc_screw_dislocation, cubic_supercell, remove_atom
 
 A_W = 3.18  # Å
@@ -33,18 +33,17 @@ def brute_force_csp(atoms, index: int, n: int) -> float:
     return best(list(range(n)))
 
 
-@pytest.mark.parametrize("n", [2, 4, 6, 8])
-def test_perfect_matchings_are_every_pairing_once(n):
-    m = perfect_matchings(n)
-    assert m.shape == (int(np.prod(np.arange(n - 1, 0, -2))), n // 2, 2)
-    as_sets = {frozenset(frozenset(p) for p in row) for row in m.tolist()}
-    assert len(as_sets) == len(m)  # no pairing twice
-    for row in m:
-        np.testing.assert_array_equal(np.sort(row.ravel()), np.arange(n))
-    # brute force: all pairings from all permutations
-    brute = {frozenset(frozenset(perm[k:k + 2]) for k in range(0, n, 2))
-             for perm in itertools.permutations(range(n))}
-    assert as_sets == brute
+@pytest.mark.parametrize("n", [2, 4, 6, 8, 10])
+def test_min_matching_is_the_minimum_over_every_pairing(n):
+    """Against brute force over all permutations (each pairing reached), random costs."""
+    rng = np.random.default_rng(n)
+    cost = rng.uniform(0.0, 1.0, (4, n, n))
+    cost = cost + cost.transpose(0, 2, 1)
+    pairings = {tuple(sorted(tuple(sorted(perm[k:k + 2])) for k in range(0, n, 2)))
+                for perm in itertools.permutations(range(n))}
+    assert len(pairings) == int(np.prod(np.arange(n - 1, 0, -2)))
+    brute = np.array([min(sum(c[a, b] for a, b in p) for p in pairings) for c in cost])
+    np.testing.assert_allclose(min_matching(cost), brute, rtol=1e-14, atol=0)
 
 
 def test_centrosymmetry_zero_in_perfect_and_affinely_strained_crystals():
