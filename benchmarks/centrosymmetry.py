@@ -10,9 +10,10 @@ the neighbour search library) and the median of ``--repeats`` later calls, wall 
 LAMMPS's compute alone (``run 0`` with the compute, minus ``run 0`` without it); OVITO's
 ``CentroSymmetryModifier`` in its matching mode (the same definition as mlmix's) if the
 ``ovito`` module imports. Agreement: max |P_mlmix - P_brute| against a plain per-atom
-loop over every pairing (itertools) on 300 atoms, and against OVITO's matching mode on
-every atom with n neighbours within r_cut (OVITO takes the n nearest at any distance); LAMMPS sums the n/2 smallest pair terms (a different definition), so its
-difference is shown, not required to vanish.
+loop over every pairing (recursive) on 300 atoms, and against OVITO's matching mode on
+every atom with n neighbours within r_cut (OVITO takes the n nearest at any distance);
+LAMMPS sums the n/2 smallest pair terms (a different definition), so its difference is
+shown, not required to vanish.
 
 Run: ``python benchmarks/centrosymmetry.py``; writes ``benchmarks/centrosymmetry.json``.
 About a minute.
@@ -21,7 +22,6 @@ About a minute.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import platform
 import statistics
@@ -160,13 +160,13 @@ def measure(repeats: int) -> dict:
             atoms = cell(case, thermal)
             n, r_cut = case["n"], case["r_cut"]
             q = centrosymmetry(n, r_cut)
-            mine = timed(lambda: q(atoms), repeats)
+            mine = timed(lambda q=q, atoms=atoms: q(atoms), repeats)
             p = mine.pop("value")
             sample = np.random.default_rng(1).choice(len(atoms), 300, replace=False)
             brute = brute_force(atoms, n, r_cut, sample)
             lmp = LammpsCentro(atoms, n, r_cut)
-            base = timed(lambda: lmp.run0(False), repeats)
-            with_c = timed(lambda: lmp.run0(True), repeats)
+            base = timed(lambda lmp=lmp: lmp.run0(False), repeats)
+            with_c = timed(lambda lmp=lmp: lmp.run0(True), repeats)
             p_lammps = with_c.pop("value")
             lmp.close()
             row = {

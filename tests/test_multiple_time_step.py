@@ -109,8 +109,11 @@ def test_an_all_core_cell_conserves_energy_as_velocity_verlet_does():
             correction_every=k)
         energies = []
         dyn = VelocityVerlet(atoms, 2.0 * units.fs)
-        dyn.attach(lambda: energies.append(expensive.evaluate(atoms, None).energies.sum()
-                                           + atoms.get_kinetic_energy()), interval=2)
+        def record(energies=energies, atoms=atoms):
+            energies.append(expensive.evaluate(atoms, None).energies.sum()
+                            + atoms.get_kinetic_energy())
+
+        dyn.attach(record, interval=2)
         dyn.run(100)
         assert all(h.n_cheap == (len(atoms) if k > 1 else 0) for h in atoms.calc.history)
         spread[k] = np.ptp(energies)

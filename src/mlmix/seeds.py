@@ -53,10 +53,10 @@ class Seeds(abc.ABC):
         for name in self._STATE:
             setattr(self, name, state[name])
 
-    def check_schedule(self, nevery: int) -> None:
+    def check_schedule(self, nevery: int) -> None:  # noqa: B027 - an optional hook
         """Raise :class:`ConfigurationError` if the source cannot work with ``nevery``."""
 
-    def reset(self) -> None:
+    def reset(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Forget the selection history, for a new structure: the next :meth:`select`
         starts from the source's definition, as a fresh source would. Sources that
         keep history between steps override it; the others have nothing to forget."""

@@ -303,7 +303,8 @@ class _SnapEngine:
             "units metal", "atom_style atomic", "atom_modify map array sort 0 0",
             "boundary " + " ".join("p" if p else "s" for p in frame.pbc),
             # Always a triclinic box, so that change_box can set any later cell.
-            f"region mlmix_box prism {bounds} {format_number(b[1, 0])} {format_number(b[2, 0])} {format_number(b[2, 1])} units box",
+            f"region mlmix_box prism {bounds} {format_number(b[1, 0])} "
+            f"{format_number(b[2, 0])} {format_number(b[2, 1])} units box",
             f"create_box {len(m.species)} mlmix_box",
             *[f"mass {k + 1} {format_number(atomic_masses[atomic_numbers[s]])}" for k, s in enumerate(m.species)],
             f"pair_style zero {format_number(m.cutoff)}", "pair_coeff * *",
@@ -333,7 +334,8 @@ class _SnapEngine:
             b = frame.box
             self._cmd(
                 f"change_box all x final 0 {format_number(b[0, 0])} y final 0 {format_number(b[1, 1])} "
-                f"z final 0 {format_number(b[2, 2])} xy final {format_number(b[1, 0])} xz final {format_number(b[2, 0])} "
+                f"z final 0 {format_number(b[2, 2])} xy final {format_number(b[1, 0])} "
+                f"xz final {format_number(b[2, 0])} "
                 f"yz final {format_number(b[2, 1])} units box"
             )
             x = np.ascontiguousarray(x)

@@ -561,10 +561,12 @@ class Uf3Model(LinearModel):
             kij, kik, kjk = blk.knots
             full = np.where(blk.table >= 0, c[np.maximum(blk.table, 0)], 0.0)
             out += [head, f"3B {self._names(blk.triple).replace('-', ' ')} 0 {_TRIM} nk",
-                    f"{format_number(kjk[-1])} {format_number(kik[-1])} {format_number(kij[-1])} {len(kjk)} {len(kik)} {len(kij)}",
+                    f"{format_number(kjk[-1])} {format_number(kik[-1])} {format_number(kij[-1])} "
+                    f"{len(kjk)} {len(kik)} {len(kij)}",
                     " ".join(format_number(v) for v in kjk), " ".join(format_number(v) for v in kik),
                     " ".join(format_number(v) for v in kij), " ".join(str(s) for s in full.shape)]
-            out += [" ".join(format_number(v) for v in full[a, b]) for a in range(full.shape[0]) for b in range(full.shape[1])]
+            out += [" ".join(format_number(v) for v in full[a, b])
+                    for a in range(full.shape[0]) for b in range(full.shape[1])]
             out.append("#")
         return "\n".join(out) + "\n"
 
@@ -651,12 +653,15 @@ class Uf3Model(LinearModel):
         for blk in model._blocks2:
             coef = c2[blk.pair]
             if np.any(coef[blk.n_free:] != 0):
-                raise ConfigurationError(f"{path.name}: trimmed 2B coefficients of {model._names(blk.pair)} are not zero")
+                raise ConfigurationError(
+                    f"{path.name}: trimmed 2B coefficients of {model._names(blk.pair)} are not zero")
             c[blk.offset: blk.offset + blk.n_free] = coef[: blk.n_free]
         for blk in model._blocks3:
             coef = c3[blk.triple]
             if np.any(coef[blk.table < 0] != 0):
-                raise ConfigurationError(f"{path.name}: trimmed 3B coefficients of {model._names(blk.triple)} are not zero")
+                raise ConfigurationError(
+                    f"{path.name}: trimmed 3B coefficients of {model._names(blk.triple)} "
+                    "are not zero")
             a, b, cc = np.nonzero(blk.table >= 0)
             if blk.symmetric:  # LAMMPS copies the upper triangle (a < b) onto the lower
                 upper = a <= b

@@ -8,11 +8,12 @@ A backend answers a single question: given a structure and a set of atoms M (the
 on the *interior* of M: the atoms k whose every atom within the receptive field (the
 cutoff, for a local potential) is in M. For such an atom this is exactly the force of
 the whole system, which is what force mixing needs (method.md §3): with r_buff >= the
-receptive field, every atom with p > 0 is interior to the expensive set. (The guarantee is the whole-system force. Engines that
-book a many-body term in shares on several atoms, as LAMMPS does for SW and Tersoff,
-make E_i depend on atoms up to two cutoffs away; there the identity with the masked
-energy sum holds only two cutoffs inside M, while the interior force is still exact.) Off the interior a backend may return partial terms
-(LAMMPS) or NaN (ACE, which skips them to save time); callers must not read them.
+receptive field, every atom with p > 0 is interior to the expensive set. (The guarantee
+is the whole-system force. Engines that book a many-body term in shares on several
+atoms, as LAMMPS does for SW and Tersoff, make E_i depend on atoms up to two cutoffs
+away; there the identity with the masked energy sum holds only two cutoffs inside M,
+while the interior force is still exact.) Off the interior a backend may return partial
+terms (LAMMPS) or NaN (ACE, which skips them to save time); callers must not read them.
 With ``mask=None`` every atom is interior and all forces are the full forces.
 Backends that cannot restrict the per-atom energies (a generic ASE calculator) carve a
 cluster instead and say so through ``exact``.
@@ -131,7 +132,7 @@ class Potential(abc.ABC):
         """This potential on all atoms as an ASE calculator."""
         return PotentialCalculator(self)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Release engine resources (a LAMMPS instance, a model). Idempotent."""
 
     def __enter__(self):

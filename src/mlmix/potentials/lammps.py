@@ -696,7 +696,8 @@ class LammpsPotential(Potential):
                 f"region mlmix_box block 0 {spacing * nt} 0 {spacing} 0 {spacing}",
                 f"create_box {nt} mlmix_box",
             ]
-            cmds += [f"create_atoms {k + 1} single {spacing * (k + 0.5)} {spacing / 2} {spacing / 2}" for k in range(nt)]
+            cmds += [f"create_atoms {k + 1} single {spacing * (k + 0.5)} {spacing / 2} "
+                     f"{spacing / 2}" for k in range(nt)]
             cmds += self.lammps_commands()
             cmds += ["run 0 post no", f"info communication out overwrite {tmp}"]
             try:
@@ -955,7 +956,8 @@ class LammpsPotential(Potential):
         hi = o + np.diag(b)
         bounds = " ".join(f"{format_number(o[k])} {format_number(hi[k])}" for k in range(3))
         if frame.triclinic:
-            region = f"region mlmix_box prism {bounds} {format_number(b[1, 0])} {format_number(b[2, 0])} {format_number(b[2, 1])} units box"
+            region = (f"region mlmix_box prism {bounds} {format_number(b[1, 0])} "
+                      f"{format_number(b[2, 0])} {format_number(b[2, 1])} units box")
         else:
             region = f"region mlmix_box block {bounds} units box"
         n = len(types)

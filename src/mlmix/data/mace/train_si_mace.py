@@ -346,7 +346,7 @@ def train_args(work: Path, e0: float) -> list[str]:
         "--test_file", str(work / "test.xyz"),
         "--energy_key", "REF_energy", "--forces_key", "REF_forces",
         "--stress_key", "REF_stress", "--loss", "stress", "--compute_stress", "True",
-        "--E0s", "{14: %r}" % e0,
+        "--E0s", f"{{14: {e0!r}}}",
         "--model", h["model"], "--r_max", str(h["r_max"]),
         "--num_interactions", str(h["num_interactions"]),
         "--hidden_irreps", h["hidden_irreps"], "--max_ell", str(h["max_ell"]),
