@@ -55,7 +55,7 @@ def number_argument(name: str, value, unit: str = "", *, minimum: float | None =
         raise ConfigurationError(
             f"{name} must be {wanted}, got {value!r} (a {type(value).__name__}); "
             f"pass {example}")
-    number = int(value) if integer else float(value)
+    number = int(value) if integer else float(value)  # type: ignore[call-overload]  # Integral
     out_of_range = minimum is not None and (number <= minimum if strict else number < minimum)
     if math.isnan(number) or (finite and math.isinf(number)) or out_of_range:
         raise ConfigurationError(f"{name} must be {wanted}, got {value!r}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -22,10 +23,10 @@ class StopRequests:
     """Context manager that turns SIGINT/SIGTERM into a flag (main thread only;
     elsewhere it does nothing, since Python delivers signals to the main thread)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.signal: int | None = None
         self._count = 0
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}  # what signal.getsignal returned
 
     @property
     def requested(self) -> bool:

@@ -233,9 +233,9 @@ class MixedCalculator(Calculator):
             problems.append("mask_cheap=True leaves the core without a cheap force, but "
                             f"correction_every = {k} integrates the cheap force on every "
                             "atom at every step: drop mask_cheap")
-        problems = [q for q in problems if q]
-        if problems:
-            raise ConfigurationError("MixedCalculator: " + "; ".join(problems))
+        found = [q for q in problems if q is not None and q]
+        if found:
+            raise ConfigurationError("MixedCalculator: " + "; ".join(found))
         if min_distance is not None:
             min_distance = number_argument("MixedCalculator min_distance", min_distance,
                                            "Å", minimum=0, what="distance",
@@ -267,6 +267,12 @@ class MixedCalculator(Calculator):
     @property
     def regions(self) -> Regions | None:
         """The regions used for the last force call."""
+        return self.tracker.regions
+
+    def _regions(self) -> Regions:
+        """The regions of the current step (inside a force call: always built)."""
+        if self.tracker.regions is None:  # pragma: no cover - update() came first
+            raise CalculationError("the regions were not built before the mixing")
         return self.tracker.regions
 
     def get_property(self, name, atoms=None, allow_calculation=True):
@@ -373,7 +379,7 @@ class MixedCalculator(Calculator):
         self.results = {"forces": forces, "energy": np.nan}
         seconds = time.perf_counter() - t0
         self.history.append(StepReport(
-            step=self.step, rebuilt=False, counts=self.tracker.regions.counts(),
+            step=self.step, rebuilt=False, counts=self._regions().counts(),
             n_expensive=0, n_cheap=cheap.n_evaluated, corrected=False,
             seconds={"regions": 0.0, "expensive": 0.0, "cheap": seconds, "total": seconds}))
         self.step += 1

@@ -48,7 +48,7 @@ def neighbour_pairs(
     positions = np.ascontiguousarray(positions, dtype=float)
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
     if len(positions) == 0:
-        empty = {"i": np.zeros(0, np.int64), "j": np.zeros(0, np.int64),
+        empty: dict[str, np.ndarray] = {"i": np.zeros(0, np.int64), "j": np.zeros(0, np.int64),
                  "S": np.zeros((0, 3), np.int32), "d": np.zeros(0), "D": np.zeros((0, 3))}
         return [empty[q] for q in quantities]
     # vesin imports torch when torch is installed (1-2 s): import at first use.

@@ -29,6 +29,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from .errors import ConfigurationError, OutputError
 
@@ -106,7 +107,7 @@ class RunDirectory:
         self.path = Path(path)
         self.what = what
         self.lock = lock
-        self._lock_fh = None
+        self._lock_fh: IO[str] | None = None
         self._files: list[str] = []
         self._opened = False
 

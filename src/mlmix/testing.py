@@ -24,6 +24,7 @@ positions and forces ``(N, 3)``, energies and masks ``(N,)``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -75,12 +76,12 @@ def _as_mask(atoms: Atoms, mask) -> np.ndarray | None:
 
 
 def _cutoff(potential: Potential) -> float:
-    cutoff = getattr(potential, "cutoff", None)
+    value = getattr(potential, "cutoff", None)
     try:
-        cutoff = float(cutoff)
+        cutoff = float(value)  # type: ignore[arg-type]  # None and strings are refused below
     except (TypeError, ValueError):
         raise ConfigurationError(
-            f"{potential!r} has no numeric cutoff ({cutoff!r}); a backend must set "
+            f"{potential!r} has no numeric cutoff ({value!r}); a backend must set "
             "cutoff (Å)"
         ) from None
     if not (np.isfinite(cutoff) and cutoff > 0):
@@ -99,6 +100,14 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> float:
     return value
 
 
+def _required_mask(atoms: Atoms, mask: Any, message: str) -> np.ndarray:
+    """``mask`` checked by :func:`_as_mask`; None (every atom) refused with ``message``."""
+    checked = _as_mask(atoms, mask)
+    if checked is None:
+        raise ConfigurationError(message)
+    return checked
+
+
 def interior(atoms: Atoms, mask: np.ndarray, cutoff: float) -> np.ndarray:
     """The interior of ``mask``: mask atoms with no non-mask atom within ``cutoff``.
 
@@ -113,9 +122,7 @@ def interior(atoms: Atoms, mask: np.ndarray, cutoff: float) -> np.ndarray:
     Returns:
         ``(N,)`` bool; all of ``mask`` when the mask is every atom.
     """
-    mask = _as_mask(atoms, mask)
-    if mask is None:
-        raise ConfigurationError("interior() needs a mask, got None")
+    mask = _required_mask(atoms, mask, "interior() needs a mask, got None")
     cutoff = _positive("cutoff", cutoff)
     outside = ~mask
     if not outside.any():
@@ -166,7 +173,7 @@ def finite_difference_forces(
     potential: Potential,
     atoms: Atoms,
     mask: np.ndarray | None = None,
-    indices: Sequence[int] | None = None,
+    indices: Sequence[int] | np.ndarray | None = None,
     delta: float = 1e-4,
 ) -> np.ndarray:
     """Central finite differences of the masked energy sum.
@@ -254,15 +261,15 @@ def check_forces(
             f"{idx[row]}: {analytic[row].tolist()} eV/Å"
         )
     err = np.abs(analytic - numeric)
-    row, comp = np.unravel_index(int(np.nanargmax(err)), err.shape)
-    max_error = float(err[row, comp])
+    worst, comp = np.unravel_index(int(np.nanargmax(err)), err.shape)
+    max_error = float(err[worst, comp])
     if not max_error <= atol:
         raise AssertionError(
             f"check_forces: {potential!r} ({where}): forces differ from central finite "
             f"differences of the masked energy sum (delta {delta:g} Å) by up to "
-            f"{max_error:.3e} eV/Å > atol {atol:g} eV/Å, at atom {idx[row]} component "
-            f"{'xyz'[comp]}: evaluate gives {analytic[row, comp]:.9g}, finite "
-            f"differences {numeric[row, comp]:.9g} eV/Å (atoms checked: {idx.tolist()})"
+            f"{max_error:.3e} eV/Å > atol {atol:g} eV/Å, at atom {idx[worst]} component "
+            f"{'xyz'[comp]}: evaluate gives {analytic[worst, comp]:.9g}, finite "
+            f"differences {numeric[worst, comp]:.9g} eV/Å (atoms checked: {idx.tolist()})"
         )
     return {
         "indices": idx.tolist(),
@@ -321,7 +328,8 @@ class _Runner:
         result = pot.evaluate(atoms, mask)
         self.calls += 1
         changed = _changed(before, atoms)
-        if mask is not None and not np.array_equal(mask, mask_before):
+        if mask is not None and mask_before is not None \
+                and not np.array_equal(mask, mask_before):
             changed.append("mask")
         if changed:
             raise _fail("inputs_unchanged", pot, f"evaluate ({what}) modified {', '.join(changed)}")
@@ -566,9 +574,8 @@ def check_conformance(
             atoms, a mask without interior, negative tolerances).
     """
     n = len(atoms)
-    mask = _as_mask(atoms, mask)
-    if mask is None:
-        raise ConfigurationError("check_conformance needs a mask (a proper subset of the atoms)")
+    mask = _required_mask(atoms, mask,
+                          "check_conformance needs a mask (a proper subset of the atoms)")
     if not mask.any() or mask.all():
         raise ConfigurationError(
             f"the mask selects {int(mask.sum())} of {n} atoms; pass a proper, non-empty "

@@ -30,6 +30,7 @@ import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -92,7 +93,7 @@ class AceLinearModel(LinearModel):
                 f"nradmax_by_orders {list(nradmax_by_orders)} and lmax_by_orders "
                 f"{list(lmax_by_orders)} need the same length (one entry per body order)"
             )
-        config = dict(potential_config) if potential_config is not None else {
+        config: dict[str, Any] = dict(potential_config) if potential_config is not None else {
             "deltaSplineBins": 0.001,
             "elements": list(species),
             "embeddings": {"ALL": {"npot": "FinnisSinclair", "fs_parameters": [1, 1], "ndensity": 1}},

@@ -26,13 +26,13 @@ def rmse(potential: Potential, frames: Sequence[Atoms]) -> dict[str, float]:
     """
     if not frames:
         raise ConfigurationError("no frames to compute an RMSE on")
-    de, df = [], []
+    de_rows, df_rows = [], []
     for frame in frames:
         result = potential.evaluate(frame)
-        de.append((np.sum(result.energies) - frame.get_potential_energy()) / len(frame))
-        df.append((result.forces - frame.get_forces()).ravel())
-    de = np.asarray(de)
-    df = np.concatenate(df)
+        de_rows.append((np.sum(result.energies) - frame.get_potential_energy()) / len(frame))
+        df_rows.append((result.forces - frame.get_forces()).ravel())
+    de = np.asarray(de_rows)
+    df = np.concatenate(df_rows)
     return {
         "energy_rmse_meV_per_atom": float(1e3 * np.sqrt(np.mean((de - de.mean()) ** 2))),
         "energy_offset_meV_per_atom": float(1e3 * de.mean()),

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -207,7 +208,7 @@ class SnapModel(LinearModel):
                 n = len(at)
                 energy[f, desc_cols] = arr[0, : ns * k]
                 energy[f, np.arange(ns) * (k + 1)] = np.bincount(types, minlength=ns)
-                if forces:
+                if force_rows is not None:
                     # LAMMPS rows: atom-ID (= ASE) order, x y z in the LAMMPS frame;
                     # rotate each atom's 3-vector back: f_ase = f_lammps @ R.T.
                     d = arr[1 : 1 + 3 * n, : ns * k].reshape(n, 3, ns * k)
@@ -275,7 +276,7 @@ class _SnapEngine:
 
     def __init__(self, model: SnapModel) -> None:
         self.model = model
-        self.lmp = None
+        self.lmp: Any = None  # a LAMMPS instance, made on first use
         self.key: tuple | None = None
 
     def close(self) -> None:

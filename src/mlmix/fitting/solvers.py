@@ -391,7 +391,7 @@ def constrained_fit(
 
     lam_lo = None  # largest lambda known to fail
     lam = float(lambda_min)
-    best = (math.inf, None)
+    best: tuple[float, float | None] = (math.inf, None)
     while True:
         c, res = trial(lam)
         if res <= alpha:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -71,7 +72,7 @@ class _Layout:
     outside neighbours): ``positions[ghost_atoms] + ghost_offsets``.
     """
 
-    env: object
+    env: Any  # pyace's ACEAtomicEnvironment (untyped)
     real: np.ndarray
     sink: bool
     ghost_atoms: np.ndarray
@@ -129,7 +130,7 @@ class AcePotential(Potential):
         if not np.isfinite(skin) or skin < 0:
             raise ConfigurationError(f"skin must be >= 0 Å, got {skin!r}")
         self.skin = float(skin)
-        self._cache = None
+        self._cache: tuple[tuple, _Layout] | None = None
         self.n_builds = 0  # neighbour-list builds, for tests and profiling
         self.basis = ACECTildeBasisSet(str(self.path))
         self.evaluator = ACECTildeEvaluator(self.basis)

@@ -156,22 +156,15 @@ class AseClusterPotential(Potential):
         else:
             self.species = frozenset(species_list(species, "AseClusterPotential species"))
         props = getattr(calculator, "implemented_properties", ())
-        self._has_energies = "energies" in props
-        self._warned = False
-
-    @property
-    def masked_exact(self) -> bool:
+        self.has_energies = "energies" in props
         # A local calculator's cluster forces are exact on the interior; a
         # message-passing model's are not at any affordable buffer (module docstring).
-        return self.is_local
+        self.masked_exact = self.is_local
+        self._warned = False
 
     @property
     def halo(self) -> float:
         return self.buffer
-
-    @property
-    def has_energies(self) -> bool:
-        return self._has_energies
 
     def __repr__(self) -> str:
         return (f"AseClusterPotential({self.name}, buffer={self.buffer:g}, "
@@ -215,7 +208,7 @@ class AseClusterPotential(Potential):
         return cls(calculator, buffer=buffer, **kwargs)
 
     def _run(self, atoms: Atoms) -> tuple[np.ndarray, np.ndarray | None]:
-        props = ["energy", "forces"] + (["energies"] if self._has_energies else [])
+        props = ["energy", "forces"] + (["energies"] if self.has_energies else [])
         calc = self.calculator
         calc.reset()  # drop results of an earlier, different structure
         try:

@@ -344,7 +344,7 @@ def plugin_status() -> PluginStatus:
     if _disabled():
         return PluginStatus(None, "disabled by MLMIX_LAMMPS_PLUGIN=off")
     status = build_plugin()
-    if status.available and not status.built:  # found in the cache: register it
+    if status.available and not status.built and status.library is not None:  # cached
         try:
             _register(status.library)
         except CalculationError as exc:
