@@ -120,7 +120,7 @@ def strain_tensor(name: str, value: float = 1.0) -> np.ndarray:
     return float(value) * STRAIN_TYPES[key]
 
 
-def voigt_to_tensor(e: Sequence[float]) -> np.ndarray:
+def voigt_to_tensor(e: Sequence[float] | np.ndarray) -> np.ndarray:
     """Voigt strain ``(e_xx, e_yy, e_zz, gamma_yz, gamma_xz, gamma_xy)`` with
     *engineering* shears (gamma = 2 eps) -> symmetric ``(3, 3)`` tensor."""
     e = np.asarray(e, float)
@@ -540,6 +540,7 @@ MAX_STRAIN = 0.1
 MAX_TIMESTEP_FS = 10.0
 """Longest MD time step accepted, fs."""
 
+DEFAULT_STRAIN_VALUES = tuple(float(v) for v in np.linspace(-0.005, 0.005, 17))
 DEFAULT_STRAIN_TYPES = ("hydrostatic", "uniaxial_100", "uniaxial_111", "shear_xy", "shear_xz", "shear_yz")
 
 
@@ -547,7 +548,7 @@ def strained_set(
     relaxed: Atoms,
     potential: Potential,
     strain_types: Sequence[str] = DEFAULT_STRAIN_TYPES,
-    values: Sequence[float] = tuple(np.linspace(-0.005, 0.005, 17)),
+    values: Sequence[float] | np.ndarray = DEFAULT_STRAIN_VALUES,
     relax_internal: bool | None = None,
     fmax: float = 1e-5,
     cache: LabelCache | None = None,
@@ -713,6 +714,17 @@ def potential_identity(potential: Potential) -> str:
     return "\n".join(parts)
 
 
+def _read_frame(path: Path) -> Atoms:
+    """The one frame of an extended-XYZ cache file; ValueError when it holds none."""
+    import ase.io
+
+    with open(path) as fh:
+        frame = ase.io.read(fh, index=-1, format="extxyz")
+    if not isinstance(frame, Atoms):  # pragma: no cover - index=-1 reads one frame
+        raise ValueError(f"{path} holds no single frame")
+    return frame
+
+
 class LabelCache:
     """Labels (energy, forces) of frames cached on disk, one extxyz file per frame.
 
@@ -785,13 +797,11 @@ class LabelCache:
         should name the relaxation settings), so a resumed run skips the relaxation as
         well as the labelling.
         """
-        import ase.io
 
         path = self.path(atoms, potential_identity(potential) + "\nrelaxed:" + tag)
         if path.exists():
             try:
-                with open(path) as fh:
-                    stored = ase.io.read(fh, format="extxyz")
+                stored = _read_frame(path)
                 energy, forces = stored.get_potential_energy(), stored.get_forces()
             except (OSError, ValueError, KeyError, RuntimeError):
                 stored = None  # unreadable: relax again
@@ -822,13 +832,11 @@ class LabelCache:
 
     @staticmethod
     def _read(path: Path, atoms: Atoms) -> tuple[float, np.ndarray] | None:
-        import ase.io
 
         if not path.exists():
             return None
         try:
-            with open(path) as fh:
-                stored = ase.io.read(fh, format="extxyz")
+            stored = _read_frame(path)
             energy = stored.get_potential_energy()
             forces = stored.get_forces()
         except Exception:  # noqa: BLE001 - any unreadable file (e.g. written by a crashed older version): redo
@@ -878,7 +886,7 @@ def read_frames(path: str | os.PathLike, index: str = ":", *, energy_key: str | 
         energy = a.info.get(energy_key) if energy_key else res.get("energy")
         forces = a.arrays.get(forces_key) if forces_key else res.get("forces")
         missing = [n for n, v in (("energy", energy), ("forces", forces)) if v is None]
-        if missing:
+        if missing or energy is None:
             have = sorted(set(a.info) | set(res)) + sorted(set(a.arrays) - {"numbers", "positions"})
             raise ConfigurationError(
                 f"frame {k} of {path} has no {' and no '.join(missing)} (found: {have}); "

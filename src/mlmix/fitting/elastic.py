@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from ase import Atoms, units
@@ -362,7 +363,10 @@ def elastic_from_strained_set(
             f"{reference.cell.lengths().tolist()} and angles {reference.cell.angles().tolist()}"
         )
     V0 = reference.get_volume()
-    rows, k, slope, per = [], [], [], {}
+    rows: list[list[float]] = []
+    k: list[float] = []
+    slope: list[float] = []
+    per: dict[str, dict[str, Any]] = {}
     for c in curves:
         coef = _poly(c.s, c.energy, _degree(np.unique(c.s).size, degree))
         v = tensor_to_voigt(c.unit)
@@ -372,22 +376,22 @@ def elastic_from_strained_set(
         k.append(2 * coef[2] / V0 * EV_PER_A3_IN_GPA)
         slope.append(coef[1] / V0 * EV_PER_A3_IN_GPA)
         per[c.name] = {"voigt": v}
-    rows, k = np.array(rows), np.array(k)
-    if np.linalg.matrix_rank(rows, tol=1e-8) < 3:
+    design, curvature = np.array(rows), np.array(k)
+    if np.linalg.matrix_rank(design, tol=1e-8) < 3:
         raise ConfigurationError(
             f"strain types {[c.name for c in curves]} do not determine C11, C12 and C44; "
             "include a hydrostatic or uniaxial [111] strain, uniaxial [100] and a shear"
         )
-    sol, *_ = np.linalg.lstsq(rows, k, rcond=None)
-    pred = rows @ sol
-    for c, kk, pp, sl in zip(curves, k, pred, slope):
+    sol, *_ = np.linalg.lstsq(design, curvature, rcond=None)
+    pred = design @ sol
+    for c, kk, pp, sl in zip(curves, curvature, pred, slope):
         per[c.name].update(curvature=float(kk), predicted=float(pp), slope=float(sl))
-    misfit = np.abs(k - pred) / np.abs(pred)
+    misfit = np.abs(curvature - pred) / np.abs(pred)
     worst = int(np.argmax(misfit))
     if misfit[worst] > rtol:
         raise ConfigurationError(
             f"the strained set is not that of a cubic crystal: the curvature of "
-            f"{curves[worst].name!r} is {k[worst]:.4g} GPa but C11, C12, C44 fitted to "
+            f"{curves[worst].name!r} is {curvature[worst]:.4g} GPa but C11, C12, C44 fitted to "
             f"all types predict {pred[worst]:.4g} GPa ({misfit[worst]:.1%} off, rtol="
             f"{rtol:g}); check the labels or raise rtol"
         )

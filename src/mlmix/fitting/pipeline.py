@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -182,7 +183,7 @@ def parse_config(cfg: Mapping, base: Path = Path("."), source: str = "fit config
     )
 
 
-def model_class(family: str) -> type[LinearModel]:
+def model_class(family: str) -> Callable[..., LinearModel]:
     """The LinearModel class of a family name (imported on demand)."""
     if family == "snap":
         from .snap import SnapModel
@@ -223,7 +224,7 @@ def soft_rows(model: LinearModel, frames: list[Atoms], energy_weight: float,
     n = dm.n_atoms[:, None].astype(float)
     rows = [energy_weight * dm.energy / n]
     targets = [energy_weight * np.array([f.get_potential_energy() / len(f) for f in frames])]
-    if force_weight > 0:
+    if force_weight > 0 and dm.forces is not None:
         rows.append(force_weight * dm.forces)
         targets.append(force_weight * np.concatenate([f.get_forces().ravel() for f in frames]))
     return np.vstack(rows), np.concatenate(targets)
@@ -295,7 +296,7 @@ def fit_models(model: LinearModel, reference: Atoms, hard: list[Atoms], train: l
 def properties(potential: Potential, reference: Atoms, test: list[Atoms], cfg: FitConfig) -> dict:
     """Lattice parameter, elastic constants, RMSEs, vacancy energy of one potential."""
     relaxed, info = data.relax_bulk(reference, potential)
-    out = {"lattice_parameter_A": info.lattice_parameter}
+    out: dict[str, Any] = {"lattice_parameter_A": info.lattice_parameter}
     if cfg.elastic:
         # Internal relaxation to the hard set's own tolerance: the strain energies err
         # by ~fmax^2 / k (second order), and float32 models (SevenNet) cannot reach 1e-6.

@@ -139,7 +139,7 @@ def cubic_bspline_basis(knots: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, n
     return span - 3, n, d
 
 
-def _blossom(poly: Sequence[float], u: Sequence[float]) -> float:
+def _blossom(poly: Sequence[float], u: Sequence[float] | np.ndarray) -> float:
     """Polar form of the cubic ``sum_k poly[k] r^k`` at the three points ``u`` (Å).
 
     The B-spline coefficient of a basis function with knots t_j .. t_{j+4} of a spline
@@ -334,6 +334,8 @@ class Uf3Model(LinearModel):
                 raise ConfigurationError(f"two-body knots of {self._names(pair)} leave no free coefficient")
             self._blocks2.append(b)
             offset += b.n_free
+        if _knots3 is None:  # pragma: no cover - the file reader passes both
+            raise ConfigurationError("_knots2 and _knots3 go together")
         self._blocks3: list[_Block3] = []
         for i in range(ns):
             for p in itertools.combinations_with_replacement(range(ns), 2):
@@ -349,16 +351,16 @@ class Uf3Model(LinearModel):
                         f"three-body block {self._names((i, *p))} needs the same ij and ik knots"
                     )
                 table = _table3((len(kij) - 4, len(kik) - 4, len(kjk) - 4), sym, offset)
-                b = _Block3((i, *p), (kij, kik, kjk), offset, table)
-                self._blocks3.append(b)
-                offset += b.n_free
+                b3 = _Block3((i, *p), (kij, kik, kjk), offset, table)
+                self._blocks3.append(b3)
+                offset += b3.n_free
         self._n = offset
-        self.cutoff = max([b.cutoff for b in self._blocks2] + [b.cutoff for b in self._blocks3])
-        for b in self._blocks3:
-            r2_pairs = [self._block2(b.triple[0], s).cutoff for s in b.triple[1:]]
-            if b.cutoff > min(r2_pairs):
+        self.cutoff = max([b.cutoff for b in self._blocks2] + [b3.cutoff for b3 in self._blocks3])
+        for b3 in self._blocks3:
+            r2_pairs = [self._block2(b3.triple[0], s).cutoff for s in b3.triple[1:]]
+            if b3.cutoff > min(r2_pairs):
                 raise ConfigurationError(
-                    f"three-body cutoff {b.cutoff} Å of {self._names(b.triple)} exceeds a "
+                    f"three-body cutoff {b3.cutoff} Å of {self._names(b3.triple)} exceeds a "
                     f"two-body cutoff ({min(r2_pairs)} Å)"
                 )
 
@@ -368,7 +370,8 @@ class Uf3Model(LinearModel):
         return "-".join(self.species[k] for k in idx)
 
     def _block2(self, a: int, b: int) -> _Block2:
-        return self._blocks2[[blk.pair for blk in self._blocks2].index(tuple(sorted((a, b))))]
+        pair = (min(a, b), max(a, b))
+        return self._blocks2[[blk.pair for blk in self._blocks2].index(pair)]
 
     @property
     def n_coefficients(self) -> int:
@@ -420,7 +423,9 @@ class Uf3Model(LinearModel):
             e[: len(self.species)] = np.bincount(types, minlength=len(self.species))
         # Force rows are assembled per Cartesian component as sparse (atoms x terms)
         # incidence matrices times sparse (terms x columns) derivative matrices.
-        inc_rows, inc_vals, grads = [], [[], [], []], []
+        inc_rows: list = []
+        inc_vals: list[list] = [[], [], []]
+        grads: list = []
         n_terms = 0
 
         def add_term(atom_idx, unit, g):
@@ -557,10 +562,10 @@ class Uf3Model(LinearModel):
             out += [head, f"2B {self._names(blk.pair).replace('-', ' ')} 0 {_TRIM} nk",
                     f"{format_number(blk.cutoff)} {len(knots)}", " ".join(format_number(v) for v in knots),
                     str(len(coef)), " ".join(format_number(v) for v in coef), "#"]
-        for blk in self._blocks3:
-            kij, kik, kjk = blk.knots
-            full = np.where(blk.table >= 0, c[np.maximum(blk.table, 0)], 0.0)
-            out += [head, f"3B {self._names(blk.triple).replace('-', ' ')} 0 {_TRIM} nk",
+        for blk3 in self._blocks3:
+            kij, kik, kjk = blk3.knots
+            full = np.where(blk3.table >= 0, c[np.maximum(blk3.table, 0)], 0.0)
+            out += [head, f"3B {self._names(blk3.triple).replace('-', ' ')} 0 {_TRIM} nk",
                     f"{format_number(kjk[-1])} {format_number(kik[-1])} {format_number(kij[-1])} "
                     f"{len(kjk)} {len(kik)} {len(kij)}",
                     " ".join(format_number(v) for v in kjk), " ".join(format_number(v) for v in kik),
@@ -656,17 +661,17 @@ class Uf3Model(LinearModel):
                 raise ConfigurationError(
                     f"{path.name}: trimmed 2B coefficients of {model._names(blk.pair)} are not zero")
             c[blk.offset: blk.offset + blk.n_free] = coef[: blk.n_free]
-        for blk in model._blocks3:
-            coef = c3[blk.triple]
-            if np.any(coef[blk.table < 0] != 0):
+        for blk3 in model._blocks3:
+            coef = c3[blk3.triple]
+            if np.any(coef[blk3.table < 0] != 0):
                 raise ConfigurationError(
-                    f"{path.name}: trimmed 3B coefficients of {model._names(blk.triple)} "
+                    f"{path.name}: trimmed 3B coefficients of {model._names(blk3.triple)} "
                     "are not zero")
-            a, b, cc = np.nonzero(blk.table >= 0)
-            if blk.symmetric:  # LAMMPS copies the upper triangle (a < b) onto the lower
+            a, b, cc = np.nonzero(blk3.table >= 0)
+            if blk3.symmetric:  # LAMMPS copies the upper triangle (a < b) onto the lower
                 upper = a <= b
                 a, b, cc = a[upper], b[upper], cc[upper]
-            c[blk.table[a, b, cc]] = coef[a, b, cc]
+            c[blk3.table[a, b, cc]] = coef[a, b, cc]
         return model, c
 
     @staticmethod
