@@ -19,14 +19,14 @@ method.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 from ase import Atoms
 
 from .arguments import number_argument
 from .carving import candidates_near
-from .errors import ConfigurationError
+from .errors import CalculationError, ConfigurationError
 from .identity import ID_ARRAY, ensure_ids, values_by_id
 from .neighbours import pair_finder
 from .seeds import Seeds
@@ -257,6 +257,16 @@ def region_arrays(
 # --------------------------------------------------------------------------- tracker
 
 
+_T = TypeVar("_T")
+
+
+def _followed(value: _T | None) -> _T:
+    """What the tracker keeps from its last update (always there once it made one)."""
+    if value is None:  # pragma: no cover - update() sets them all before they are read
+        raise CalculationError("the region tracker has no earlier update to continue")
+    return value
+
+
 @dataclass
 class RegionTracker:
     """Regions that follow a simulation: when to rebuild, hysteresis, identity.
@@ -328,8 +338,8 @@ class RegionTracker:
                 f"or None, got {self.hysteresis!r}")
         self.skin = number_argument("RegionTracker skin", self.skin, "Å", minimum=0,
                                     what="distance")
-        self.nevery = number_argument("RegionTracker nevery", self.nevery, minimum=0,
-                                      integer=True, note="0 = build once")
+        self.nevery = int(number_argument("RegionTracker nevery", self.nevery, minimum=0,
+                                          integer=True, note="0 = build once"))
         if self.hysteresis is not None and self.nevery == 0:
             raise ConfigurationError(
                 "hysteresis needs regions that are rebuilt: set nevery > 0 or drop it"
@@ -422,8 +432,8 @@ class RegionTracker:
         known = self._known(atoms)
         if self._is_new(known):
             self.reset()
-        if known is None:
-            ids = self._ids
+        if known is None:  # the same atoms as at the last update
+            ids = _followed(self._ids)
         else:
             ids, self._next_id = ensure_ids(atoms, self._next_id)
         # Atoms without a weight (added since the last update, or all of a new
@@ -437,18 +447,19 @@ class RegionTracker:
         else:
             if known is not None:  # reordered or some atoms deleted
                 self._regions = self._carry(ids)
-                self._x_sets = values_by_id(self._ids, self._x_sets, ids, np.nan)[0]
+                self._x_sets = values_by_id(_followed(self._ids), _followed(self._x_sets), ids,
+                                            np.nan)[0]
             if self._moved_too_far(atoms.positions):
                 self._rebuild_sets(atoms)
         self._ids = ids
-        return self._regions
+        return _followed(self._regions)
 
     def _moved_too_far(self, positions: np.ndarray) -> bool:
-        d = positions - self._x_sets
+        d = positions - _followed(self._x_sets)
         return bool(np.einsum("ij,ij->i", d, d).max() >= (0.5 * self.skin) ** 2)
 
     def _rebuild_sets(self, atoms: Atoms) -> None:
-        r = self._regions
+        r = _followed(self._regions)
         expensive, cheap = evaluation_sets(atoms.positions, atoms.cell.array, atoms.pbc,
                                            r.p, self.spec.r_buff + self.skin)
         self._regions = Regions(r.p, r.seeds, r.core, expensive, cheap)
@@ -464,7 +475,7 @@ class RegionTracker:
                 min(step_time / h.tau_in, 1.0) if h.tau_in > 0 else 1.0,
                 min(step_time / h.tau_out, 1.0) if h.tau_out > 0 else 1.0,
             )
-            p_prev, known = values_by_id(self._ids, self._regions.p, ids, 0.0)
+            p_prev, known = values_by_id(_followed(self._ids), self._regions.p, ids, 0.0)
             if not known.all():
                 # Atoms new to the simulation have no history: give them their target
                 # weight at once rather than ramping from an arbitrary value.
@@ -476,10 +487,10 @@ class RegionTracker:
                              p_prev, fractions, self.skin)
 
     def _carry(self, ids: np.ndarray) -> Regions:
-        old = self._regions
+        old = _followed(self._regions)
         stacked = np.column_stack(
             [old.p, old.seeds, old.core, old.expensive, old.cheap]
         ).astype(float)
-        values, _ = values_by_id(self._ids, stacked, ids, np.nan)
+        values, _ = values_by_id(_followed(self._ids), stacked, ids, np.nan)
         p, s, c, e, ch = values.T
         return Regions(p, s > 0.5, c > 0.5, e > 0.5, ch > 0.5)

@@ -33,6 +33,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -66,7 +67,7 @@ OPTIMIZERS = {"FIRE", "BFGS", "LBFGS"}
 NEB_METHODS = {"aseneb", "improvedtangent", "eb", "spline", "string"}
 THERMOSTAT_WEIGHTS = {"cheap", "expensive", "all"}
 # classifier quantities and their parameters (with defaults; None = required)
-QUANTITIES = {"coordination": {"r_cut": None},
+QUANTITIES: dict[str, dict[str, float | None]] = {"coordination": {"r_cut": None},
               "centrosymmetry": {"r_cut": 3.6, "n_neighbours": 8}}
 MAX_TIMESTEP_FS = 10.0
 ENGINES = {"ase", "lammps"}
@@ -117,7 +118,8 @@ def _int_list(p: Problems, table: Mapping, where: str, key: str, length: int | N
     value = table.get(key)
     ok = isinstance(value, list) and all(
         isinstance(v, int) and not isinstance(v, bool) for v in value)
-    if not ok or (length is not None and len(value) != length) or (ok and not value):
+    if not isinstance(value, list) or not ok or (length is not None and len(value) != length) \
+            or not value:
         shape = f"{length} integers" if length else "a non-empty list of integers"
         p.add(f"{where}.{key}", f"must be {shape}, got {value!r}")
         return None
@@ -152,7 +154,7 @@ def _element(p: Problems, table: Mapping, where: str, key: str, required=True):
     return value
 
 
-def _absolute_files(spec: dict, base: Path, where: str, p: Problems) -> dict:
+def _absolute_files(spec: Mapping, base: Path, where: str, p: Problems) -> dict:
     """Potential file names made absolute when they are relative to the config."""
     spec = dict(spec)
     name = spec.get("file")
@@ -197,7 +199,8 @@ def _structure(p: Problems, raw: Mapping, base: Path) -> dict:
         if isinstance(repeat, int) and not isinstance(repeat, bool):
             if repeat < 1:
                 p.add("structure.repeat", f"must be >= 1, got {repeat}")
-        elif _int_list(p, s, "structure", "repeat", 3) is not None and min(repeat) < 1:
+        elif _int_list(p, s, "structure", "repeat", 3) is not None and isinstance(repeat, list) \
+                and min(repeat) < 1:
             p.add("structure.repeat", f"every entry must be >= 1, got {repeat}")
         if crystal and a:
             s.setdefault("bond", a * sum(SHELLS[crystal]) / 2)
@@ -293,7 +296,7 @@ def _seeds(p: Problems, regions: Mapping, builder: str | None) -> dict:
         _averaged_seeds(p, seeds, where, regions.get("nevery"))
     if kind == "classifier":
         quantity = p.choice(seeds, where, "quantity", set(QUANTITIES))
-        params = QUANTITIES.get(quantity, {})
+        params = QUANTITIES.get(quantity, {}) if quantity is not None else {}
         for key in ({"r_cut", "n_neighbours"} - set(params)) & set(seeds) if quantity else ():
             p.add(f"{where}.{key}", f"is not a parameter of quantity {quantity!r}")
         for key, default in params.items():
@@ -318,7 +321,8 @@ def _averaged_seeds(p: Problems, seeds: dict, where: str, nevery) -> None:
     bounds = [p.number(seeds, where, key) if key in seeds else None for key in ("lb", "ub")]
     if not ("lb" in seeds or "ub" in seeds):
         p.add(where, "a classifier needs lb and/or ub (seeds: lb <= q <= ub)")
-    if None not in bounds and bounds[0] > bounds[1]:
+    lb, ub = bounds
+    if lb is not None and ub is not None and lb > ub:
         p.add(f"{where}.lb", f"({bounds[0]}) must not exceed {where}.ub ({bounds[1]}): "
               "no atom could be a seed")
     good_nevery = isinstance(nevery, int) and not isinstance(nevery, bool) and nevery > 0
@@ -345,7 +349,7 @@ def _regions(p: Problems, raw: Mapping, task_kind: str | None) -> tuple[dict, di
         p.number(r, "regions", "force_tolerance", minimum=0, strict=True)
     r.setdefault("blend", "linear")
     p.choice(r, "regions", "blend", {"linear", "cubic"})
-    r.setdefault("nevery", DEFAULT_NEVERY.get(task_kind, 10))
+    r.setdefault("nevery", DEFAULT_NEVERY.get(task_kind, 10) if task_kind else 10)
     nevery = p.number(r, "regions", "nevery", minimum=0, integer=True)
     r.setdefault("skin", 0.5)
     p.number(r, "regions", "skin", minimum=0)
@@ -650,7 +654,7 @@ def build_structure(s: Mapping) -> Structure:
     if builder == "interstitial":
         position = s.get("position") or structures.interstitial_position(
             atoms, s["crystal"], s["a"], s["site"])
-        atoms, added = structures.add_interstitial(atoms, s["species"], position)
+        atoms, added = structures.add_interstitial(atoms, s["species"], list(position))
         return Structure(atoms, np.array([added]))
     if builder == "substitution":
         atoms[index].symbol = s["species"]
@@ -661,7 +665,7 @@ def build_structure(s: Mapping) -> Structure:
 def _read_structure(s: Mapping) -> Atoms:
     from ase.io import read
 
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     fmt = s.get("format")
     if fmt is None and s["path"].endswith((".lmpdata", ".data")):
         fmt = "lammps-data"
@@ -670,7 +674,9 @@ def _read_structure(s: Mapping) -> Atoms:
         if "species" in s:
             kwargs["Z_of_type"] = {i + 1: atomic_numbers[e] for i, e in enumerate(s["species"])}
     try:
-        atoms = read(s["path"], format=fmt, **kwargs)
+        atoms = read(s["path"], format=fmt, index=-1, **kwargs)
+        if not isinstance(atoms, Atoms):
+            raise ValueError("no structure in the file")
     except Exception as exc:  # ASE raises many kinds for unreadable files
         raise ConfigurationError(f"structure.path: cannot read {s['path']}: {exc}") from None
     if fmt == "lammps-data" and "species" not in s:
@@ -699,6 +705,8 @@ def build_seeds(seeds: Mapping, structure: Structure):
     :class:`~mlmix.engines.lammps.LammpsClassifier` (LAMMPS engine only)."""
     kind = seeds["kind"]
     if kind == "defect":
+        if structure.defect_seeds is None:  # pragma: no cover - checked with the config
+            raise ConfigurationError("regions.seeds.kind = 'defect' needs a defect builder")
         return IndexSeeds(structure.defect_seeds)
     if kind == "indices":
         return IndexSeeds(seeds["indices"])

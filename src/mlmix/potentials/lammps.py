@@ -94,6 +94,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -444,7 +445,7 @@ def lammps_frame(cell: np.ndarray, pbc: Sequence[bool], positions: np.ndarray, p
         for u in ortho:
             v = v - (v @ u) * u
         norm = np.linalg.norm(v)
-        if norm > 1e-6 * max(1.0, np.linalg.norm(cell)):
+        if norm > 1e-6 * max(1.0, float(np.linalg.norm(cell))):
             ortho.append(v / norm)
             if len(ortho) > len(per):
                 vecs.append(ortho[-1])
@@ -580,8 +581,8 @@ class LammpsPotential(Potential):
             raise ConfigurationError(f"margin must be >= 0 Å, got {margin}")
         masses = dict(masses or {})
         self.masses = tuple(float(masses.get(s, atomic_masses[atomic_numbers[s]])) for s in species)
-        self._lmp = None
-        self._key = None
+        self._lmp: Any = None  # the LAMMPS instance, made on first use
+        self._key: tuple | None = None
         self._frame: LammpsFrame | None = None
         self._mode: str | None = None  # "all" or "masked": the restrictions now set
         self._mask: np.ndarray | None = None
@@ -656,6 +657,8 @@ class LammpsPotential(Potential):
         work, over all atoms (the mask is not known here). Cost: one neighbour
         search, about 5 ms for 8,000 atoms.
         """
+        if self._uf3_knots is None:  # pragma: no cover - called for uf3 styles only
+            return
         knots, files = self._uf3_knots
         lut = np.zeros(len(chemical_symbols), dtype=np.int64)
         lut[[atomic_numbers[s] for s in self.type_species]] = np.arange(len(self.type_species))
@@ -909,7 +912,7 @@ class LammpsPotential(Potential):
         style = "hybrid/overlay " + " ".join(p.pair_style for p in parts)
         kw.setdefault("skin", parts[0].skin)
         # Rendered in the final type order already: stored verbatim.
-        coeffs = [_Coeff(tuple(ln.split()[1:3]), tuple(ln.split()[3:])) for ln in lines]
+        coeffs = [_Coeff((ln.split()[1], ln.split()[2]), tuple(ln.split()[3:])) for ln in lines]
         return cls(style, [], order, name=name or "+".join(p.name for p in parts),
                    pre_commands=pre, _coeffs=coeffs, **kw)
 
@@ -1018,9 +1021,16 @@ class LammpsPotential(Potential):
         self._mode = "all"
         self._mask = None
 
+    @property
+    def _fr(self) -> LammpsFrame:
+        """The frame of the live instance (there is one whenever this is read)."""
+        if self._frame is None:  # pragma: no cover - set with the instance
+            raise CalculationError(f"{self.name}: no LAMMPS instance yet")
+        return self._frame
+
     def _set_masked_mode(self, x: np.ndarray, mask: np.ndarray) -> None:
         """(Re)build the in/out/active groups for ``mask`` at LAMMPS positions ``x``."""
-        fr = self._frame
+        fr = self._fr
         active = within(x, fr.box, fr.pbc, mask, self.cutoff + self.margin)
         if self._mode == "masked":  # release the exclusion before redefining groups
             self._command("neigh_modify exclude none", "setting up the mask groups")
@@ -1047,10 +1057,11 @@ class LammpsPotential(Potential):
         """
         check_finite_positions(atoms)
         z = np.flatnonzero(np.bincount(atoms.numbers))  # np.unique sorts: 10x slower
-        unknown = sorted(chemical_symbols[k] for k in z if chemical_symbols[k] not in self.species)
+        described = self.species or frozenset()
+        unknown = sorted(chemical_symbols[k] for k in z if chemical_symbols[k] not in described)
         if unknown:
             raise ConfigurationError(
-                f"{self.name} describes {sorted(self.species)} but the structure "
+                f"{self.name} describes {sorted(described)} but the structure "
                 f"contains {unknown}; use a potential for these species or keep "
                 "them in the expensive core"
             )
@@ -1082,7 +1093,7 @@ class LammpsPotential(Potential):
             self._create_instance(frame, types, x)
             self._key = key
         else:
-            x = self._frame.to_lammps(atoms.positions)
+            x = self._fr.to_lammps(atoms.positions)
             self._scatter("x", x, 1, 3)
 
         if self.route == "centres":
@@ -1094,7 +1105,7 @@ class LammpsPotential(Potential):
         # one-step run without integrator re-uses the setup (neighbour lists are
         # rebuilt by the skin check), which is ~1.6x cheaper.
         self._command("run 0 post no" if setup else "run 1 pre no post no")
-        f = self._frame.to_ase(self._gather("f", 3))
+        f = self._fr.to_ase(self._gather("f", 3))
         pe = self._gather("c_mlmix_pe", 1)
         energies = np.where(mask, pe, np.nan)
         if self.route == "centres":
@@ -1123,9 +1134,11 @@ class LammpsPotential(Potential):
                 return True
             return False
         moved = 0.0
-        if self._mode == "masked" and np.array_equal(mask, self._mask):
-            moved = float(np.max(np.linalg.norm(self._frame.min_image(x - self._x_active), axis=1)))
-        if self._mode != "masked" or not np.array_equal(mask, self._mask) or moved > 0.5 * self.margin:
+        same = self._mode == "masked" and self._mask is not None \
+            and np.array_equal(mask, self._mask)
+        if same and self._x_active is not None:
+            moved = float(np.max(np.linalg.norm(self._fr.min_image(x - self._x_active), axis=1)))
+        if not same or moved > 0.5 * self.margin:
             self._set_masked_mode(x, mask)
             return True
         return False
