@@ -50,6 +50,7 @@ from .potentials.base import Potential, default_r_buff
 from .potentials.factory import check_potential_spec
 from .potentials.files import resolve_potential_file
 from .regions import Hysteresis, RegionSpec, RegionTracker
+from .schema import RUN, choices, default, known_keys
 from .seeds import (
     ClassifierSeeds,
     IndexSeeds,
@@ -59,18 +60,18 @@ from .seeds import (
     masked,
 )
 
-BUILDERS = {"bulk", "vacancy", "interstitial", "substitution", "dislocation", "file"}
+BUILDERS = choices(RUN, "structure", "builder")
 DEFECT_BUILDERS = {"vacancy", "interstitial", "substitution", "dislocation"}
-TASKS = {"md", "relax", "neb"}
-ENSEMBLES = {"nve", "nvt"}
-OPTIMIZERS = {"FIRE", "BFGS", "LBFGS"}
-NEB_METHODS = {"aseneb", "improvedtangent", "eb", "spline", "string"}
-THERMOSTAT_WEIGHTS = {"cheap", "expensive", "all"}
+TASKS = choices(RUN, "task", "kind")
+ENSEMBLES = choices(RUN, "task", "ensemble")
+OPTIMIZERS = choices(RUN, "task", "optimizer")
+NEB_METHODS = choices(RUN, "task", "method")
+THERMOSTAT_WEIGHTS = choices(RUN, "task", "thermostat_weights")
 # classifier quantities and their parameters (with defaults; None = required)
 QUANTITIES: dict[str, dict[str, float | None]] = {"coordination": {"r_cut": None},
               "centrosymmetry": {"r_cut": 3.6, "n_neighbours": 8}}
 MAX_TIMESTEP_FS = 10.0
-ENGINES = {"ase", "lammps"}
+ENGINES = choices(RUN, "engine", "kind")
 
 # Nearest and second-neighbour distances in units of the lattice parameter.
 SHELLS = {"sc": (1.0, 2**0.5), "fcc": (0.5**0.5, 1.0), "bcc": (3**0.5 / 2, 1.0),
@@ -180,17 +181,8 @@ def _structure(p: Problems, raw: Mapping, base: Path) -> dict:
     if not s:
         return s
     builder = p.choice(s, "structure", "builder", BUILDERS)
-    lattice = {"element", "crystal", "a", "repeat"}
-    known = {
-        "bulk": lattice, "vacancy": lattice | {"index", "bond"},
-        "interstitial": lattice | {"species", "site", "position"},
-        "substitution": lattice | {"species", "index"},
-        "dislocation": {"element", "a", "C11", "C12", "C44", "radius", "n_burgers",
-                        "fix_width"},
-        "file": {"path", "format", "species", "pbc"},
-    }.get(builder)
-    if known is not None:  # with an unknown builder its keys cannot be judged
-        p.unknown_keys(s, "structure", known | {"builder", "min_distance"})
+    if builder in BUILDERS:  # with an unknown builder its keys cannot be judged
+        p.unknown_keys(s, "structure", known_keys(RUN, "structure", builder))
     if builder in (BUILDERS - {"file", "dislocation"}):
         _element(p, s, "structure", "element")
         crystal = p.choice(s, "structure", "crystal", set(SHELLS))
@@ -266,15 +258,8 @@ def _seeds(p: Problems, regions: Mapping, builder: str | None) -> dict:
         seeds = {"kind": "defect"}
     if not seeds:
         return seeds
-    kind = p.choice(seeds, where, "kind", {"defect", "indices", "species", "classifier",
-                                           "lammps_compute"})
-    averaged = {"lb", "ub", "nfreq", "window", "initial"}
-    known = {"kind"} | {
-        "defect": set(), "indices": {"indices"}, "species": {"species"},
-        "classifier": averaged | {"quantity", "r_cut", "n_neighbours"},
-        "lammps_compute": averaged | {"compute", "args"},
-    }.get(kind, set())
-    p.unknown_keys(seeds, where, known)
+    kind = p.choice(seeds, where, "kind", choices(RUN, where, "kind"))
+    p.unknown_keys(seeds, where, known_keys(RUN, where, kind) if kind else {"kind"})
     if kind == "defect" and builder not in DEFECT_BUILDERS:
         p.add(f"{where}.kind", f"'defect' needs a structure builder in "
               f"{sorted(DEFECT_BUILDERS)} (it has {builder!r}); give indices, species "
@@ -336,10 +321,9 @@ def _averaged_seeds(p: Problems, seeds: dict, where: str, nevery) -> None:
 
 def _regions(p: Problems, raw: Mapping, task_kind: str | None) -> tuple[dict, dict | None]:
     r = p.section(raw, "regions")
-    p.unknown_keys(r, "regions", {"r_core", "r_blend", "r_buff", "force_tolerance", "blend",
-                                  "nevery", "skin", "seeds", "hysteresis"})
+    p.unknown_keys(r, "regions", known_keys(RUN, "regions"))
     p.number(r, "regions", "r_core", minimum=0)
-    r.setdefault("r_blend", 0.0)
+    r.setdefault("r_blend", default(RUN, "regions", "r_blend"))
     p.number(r, "regions", "r_blend", minimum=0)
     if r.get("r_buff") != "auto" and "r_buff" in r:
         p.number(r, "regions", "r_buff", minimum=0)
@@ -347,18 +331,19 @@ def _regions(p: Problems, raw: Mapping, task_kind: str | None) -> tuple[dict, di
         # eV/Å: what r_buff = "auto" (and `mlmix buffer`) accept on weighted atoms
         r.setdefault("force_tolerance", DEFAULT_TOLERANCE)
         p.number(r, "regions", "force_tolerance", minimum=0, strict=True)
-    r.setdefault("blend", "linear")
-    p.choice(r, "regions", "blend", {"linear", "cubic"})
+    r.setdefault("blend", default(RUN, "regions", "blend"))
+    p.choice(r, "regions", "blend", choices(RUN, "regions", "blend"))
     r.setdefault("nevery", DEFAULT_NEVERY.get(task_kind, 10) if task_kind else 10)
     nevery = p.number(r, "regions", "nevery", minimum=0, integer=True)
-    r.setdefault("skin", 0.5)
+    r.setdefault("skin", default(RUN, "regions", "skin"))
     p.number(r, "regions", "skin", minimum=0)
     hyst = None
     if "hysteresis" in r:
         hyst = p.section(r, "hysteresis")
-        p.unknown_keys(hyst, "regions.hysteresis", {"tau_in_fs", "tau_out_fs"})
+        p.unknown_keys(hyst, "regions.hysteresis", known_keys(RUN, "regions.hysteresis"))
         for key in ("tau_in_fs", "tau_out_fs"):  # 0 fs (the default): no delay that way
-            p.number(hyst, "regions.hysteresis", key, 0.0, minimum=0)
+            hyst.setdefault(key, default(RUN, "regions.hysteresis", key))
+            p.number(hyst, "regions.hysteresis", key, minimum=0)
         if nevery == 0:
             p.add("regions.hysteresis", "needs regions that are rebuilt: set nevery > 0")
         if task_kind != "md":
@@ -385,53 +370,49 @@ def _task(p: Problems, raw: Mapping, builder: str | None) -> dict:
     t = p.section(raw, "task")
     kind = p.choice(t, "task", "kind", TASKS)
     if kind == "md":
-        p.unknown_keys(t, "task", {"kind", "ensemble", "timestep_fs", "steps", "temperature_K",
-                                   "friction_per_fs", "thermostat_weights", "seed",
-                                   "correction_every"})
-        ensemble = p.choice(t, "task", "ensemble", ENSEMBLES, "nve")
-        t.setdefault("timestep_fs", 1.0)
+        p.unknown_keys(t, "task", known_keys(RUN, "task", kind))
+        ensemble = p.choice(t, "task", "ensemble", ENSEMBLES, default(RUN, "task", "ensemble"))
+        t.setdefault("timestep_fs", default(RUN, "task", "timestep_fs"))
         dt = p.number(t, "task", "timestep_fs", minimum=0, strict=True)
         if dt is not None and dt > MAX_TIMESTEP_FS:
             p.add("task.timestep_fs", f"{dt} fs is too long for atomistic MD "
                   f"(at most {MAX_TIMESTEP_FS} fs; 1-2 fs is usual)")
         p.number(t, "task", "steps", minimum=1, integer=True)
-        t.setdefault("temperature_K", 0.0)
+        t.setdefault("temperature_K", default(RUN, "task", "temperature_K"))
         temp = p.number(t, "task", "temperature_K", minimum=0)
         if ensemble == "nvt":
             if temp == 0:
                 p.add("task.temperature_K", "NVT needs a target temperature > 0 K")
-            t.setdefault("friction_per_fs", 0.01)
+            t.setdefault("friction_per_fs", default(RUN, "task", "friction_per_fs"))
             p.number(t, "task", "friction_per_fs", minimum=0, strict=True)
-            t.setdefault("thermostat_weights", "cheap")
+            t.setdefault("thermostat_weights", default(RUN, "task", "thermostat_weights"))
             p.choice(t, "task", "thermostat_weights", THERMOSTAT_WEIGHTS)
         else:
             for key in ("friction_per_fs", "thermostat_weights"):
                 if key in t:
                     p.add(f"task.{key}", "only for ensemble = 'nvt'")
-        t.setdefault("seed", 0)
+        t.setdefault("seed", default(RUN, "task", "seed"))
         p.number(t, "task", "seed", minimum=0, integer=True)
-        t.setdefault("correction_every", 1)
+        t.setdefault("correction_every", default(RUN, "task", "correction_every"))
         p.number(t, "task", "correction_every", minimum=1, integer=True)
     elif kind == "relax":
-        p.unknown_keys(t, "task", {"kind", "fmax", "max_steps", "optimizer",
-                                   "expensive_energy"})
-        t.setdefault("fmax", 0.01)
+        p.unknown_keys(t, "task", known_keys(RUN, "task", kind))
+        t.setdefault("fmax", default(RUN, "task", "fmax"))
         p.number(t, "task", "fmax", minimum=0, strict=True)
         t.setdefault("max_steps", 1000)
         p.number(t, "task", "max_steps", minimum=1, integer=True)
-        p.choice(t, "task", "optimizer", OPTIMIZERS, t.setdefault("optimizer", "FIRE"))
-        t["expensive_energy"] = _flag(p, t, "task", "expensive_energy", False)
+        p.choice(t, "task", "optimizer", OPTIMIZERS, t.setdefault("optimizer", default(RUN, "task", "optimizer")))
+        t["expensive_energy"] = _flag(p, t, "task", "expensive_energy", default(RUN, "task", "expensive_energy"))
     elif kind == "neb":
-        p.unknown_keys(t, "task", {"kind", "images", "fmax", "max_steps", "climb", "method",
-                                   "hop", "final"})
-        t.setdefault("images", 5)
+        p.unknown_keys(t, "task", known_keys(RUN, "task", kind))
+        t.setdefault("images", default(RUN, "task", "images"))
         p.number(t, "task", "images", minimum=1, integer=True)
-        t.setdefault("fmax", 0.01)
+        t.setdefault("fmax", default(RUN, "task", "fmax"))
         p.number(t, "task", "fmax", minimum=0, strict=True)
         t.setdefault("max_steps", 2000)
         p.number(t, "task", "max_steps", minimum=1, integer=True)
-        t["climb"] = _flag(p, t, "task", "climb", True)
-        p.choice(t, "task", "method", NEB_METHODS, t.setdefault("method", "improvedtangent"))
+        t["climb"] = _flag(p, t, "task", "climb", default(RUN, "task", "climb"))
+        p.choice(t, "task", "method", NEB_METHODS, t.setdefault("method", default(RUN, "task", "method")))
         if ("hop" in t) == ("final" in t):
             p.add("task", "an NEB needs exactly one of hop (for a vacancy: the index of the "
                   "seed neighbour that jumps, 0 = the first) or final (a structure file)")
@@ -446,27 +427,25 @@ def _task(p: Problems, raw: Mapping, builder: str | None) -> dict:
 
 def _output(p: Problems, raw: Mapping, source_stem: str) -> dict:
     o = p.section(raw, "output", required=False)
-    p.unknown_keys(o, "output", {"directory", "trajectory_every", "log_every",
-                                 "checkpoint_every", "progress", "figures"})
+    p.unknown_keys(o, "output", known_keys(RUN, "output"))
     o.setdefault("directory", f"{source_stem}-run")
     if not isinstance(o["directory"], str) or not o["directory"]:
         p.add("output.directory", f"must be a folder name, got {o['directory']!r}")
-    for key, default in (("trajectory_every", 100), ("log_every", 10),
-                         ("checkpoint_every", 1000)):
-        o.setdefault(key, default)
+    for key in ("trajectory_every", "log_every", "checkpoint_every"):
+        o.setdefault(key, default(RUN, "output", key))
         p.number(o, "output", key, minimum=0, integer=True)
-    o.setdefault("progress", "auto")
+    o.setdefault("progress", default(RUN, "output", "progress"))
     if o["progress"] not in (True, False, "auto"):
         p.add("output.progress", f"must be true, false or 'auto', got {o['progress']!r}")
-    o["figures"] = _flag(p, o, "output", "figures", True)
+    o["figures"] = _flag(p, o, "output", "figures", default(RUN, "output", "figures"))
     return o
 
 
 def _engine(p: Problems, raw: Mapping, cfg: Mapping) -> dict:
     """``[engine]``; the LAMMPS engine runs MD with a LAMMPS cheap pair style only."""
     e = p.section(raw, "engine", required=False)
-    p.unknown_keys(e, "engine", {"kind"})
-    kind = p.choice(e, "engine", "kind", ENGINES, e.setdefault("kind", "ase"))
+    p.unknown_keys(e, "engine", known_keys(RUN, "engine"))
+    kind = p.choice(e, "engine", "kind", ENGINES, e.setdefault("kind", default(RUN, "engine", "kind")))
     if kind != "lammps":
         if cfg["seeds"].get("kind") == "lammps_compute":
             p.add("regions.seeds.kind", "'lammps_compute' needs engine.kind = 'lammps'; with "
@@ -496,13 +475,12 @@ def parse_run_config(raw: Mapping, base: Path = Path("."), source: str = "run co
         source: name used in messages (the file name).
     """
     p = Problems(source)
-    p.unknown_keys(raw, "top level", {"structure", "potentials", "regions", "mixing", "task",
-                                      "output", "engine"})
+    p.unknown_keys(raw, "top level", known_keys(RUN, ""))
     structure = _structure(p, raw, base)
     structure_ok = p.count("structure") == 0
     builder = structure.get("builder")
     pots = p.section(raw, "potentials")
-    p.unknown_keys(pots, "potentials", {"expensive", "cheap"})
+    p.unknown_keys(pots, "potentials", known_keys(RUN, "potentials"))
     specs = {}
     for role in ("expensive", "cheap"):
         spec = pots.get(role)
@@ -525,9 +503,9 @@ def parse_run_config(raw: Mapping, base: Path = Path("."), source: str = "run co
         p.add("regions.nevery", f"must be 0 for {task['kind']} (regions built once: an "
               "optimiser must not chase moving regions)")
     mixing = p.section(raw, "mixing", required=False)
-    p.unknown_keys(mixing, "mixing", {"subtract_mean_force", "mask_cheap", "allow_approximate"})
-    for key in ("subtract_mean_force", "mask_cheap", "allow_approximate"):
-        mixing[key] = _flag(p, mixing, "mixing", key, False)
+    p.unknown_keys(mixing, "mixing", known_keys(RUN, "mixing"))
+    for key in sorted(known_keys(RUN, "mixing")):
+        mixing[key] = _flag(p, mixing, "mixing", key, default(RUN, "mixing", key))
     _multiple_time_step(p, task, regions, mixing)
     output = _output(p, raw, Path(source).stem)
     engine = _engine(p, raw, {"task": task, "cheap": specs.get("cheap", {}), "seeds": seeds,

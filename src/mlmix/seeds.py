@@ -422,12 +422,12 @@ def centrosymmetry(n_neighbours: int = 8, r_cut: float = 3.6) -> Quantity:
     """Per-atom centrosymmetry parameter, Å^2 (Kelchner, Plimpton, Hamilton 1998).
 
     P_i = min over pairings of the ``n_neighbours`` nearest neighbours into opposite
-    pairs (j, k) of sum |r_ij + r_ik|^2; the minimum is taken over every pairing (the
+    pairs (j, k) of sum ``|r_ij + r_ik|^2``; the minimum is taken over every pairing (the
     "matching" form, each neighbour used once), not LAMMPS's sum of the n/2 smallest
     pair terms. P is 0 for any affinely strained centrosymmetric crystal (bcc: n = 8,
-    fcc: 12) and of order |r_nn|^2 next to a vacancy or at a surface; a dislocation
+    fcc: 12) and of order ``|r_nn|^2`` next to a vacancy or at a surface; a dislocation
     core sits in between. A missing neighbour (fewer than n within ``r_cut``) is a zero
-    vector, so its would-be partner adds its own |r|^2: surfaces are not centrosymmetric.
+    vector, so its would-be partner adds its own ``|r|^2``: surfaces are not centrosymmetric.
 
     Args:
         n_neighbours: even, 2..12 (8 for bcc, 12 for fcc).

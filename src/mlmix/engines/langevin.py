@@ -122,7 +122,9 @@ class RegionLangevin(MolecularDynamics):
     To keep the centre of mass fixed, attach :class:`ase.constraints.FixCom` to the
     atoms (there is no ``fixcm`` argument; ASE deprecated it in its own Langevin).
 
-    Attributes (of the last step, as ASE's Langevin keeps them):
+    Attributes of the last step, as ASE's Langevin keeps them.
+
+    Attributes:
         w: ``(N,)`` thermostat weights.
         c1, c2, c3, c4, c5: ``(N, 1)`` coefficients of the scheme.
         rnd_pos: ``(N, 3)`` Å, random displacement r_x.

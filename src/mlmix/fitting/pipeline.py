@@ -39,6 +39,7 @@ from ..errors import CalculationError, ConfigurationError
 from ..potentials.base import Potential
 from ..potentials.factory import check_potential_spec, make_potential
 from ..rundir import RunDirectory
+from ..schema import FIT, choices, default, known_keys
 from . import data, elastic, report, solvers
 from .model import LinearModel
 
@@ -83,14 +84,19 @@ class FitConfig:
     extras: dict = field(default_factory=dict)
 
 
-MODEL_FAMILIES = {"snap", "uf3", "ace"}
+def _d(section: str, key: str) -> Any:
+    """The declared default of a fit-config key (:data:`mlmix.schema.FIT`)."""
+    return default(FIT, section, key)
+
+
+def _get(table: Mapping, section: str, key: str) -> Any:
+    return table.get(key, _d(section, key))
 
 
 def parse_config(cfg: Mapping, base: Path = Path("."), source: str = "fit config") -> FitConfig:
     """Check a fit configuration completely; all problems are raised in one message."""
     p = Problems(source)
-    p.unknown_keys(cfg, "(top level)", {"expensive", "structure", "hard", "soft", "model", "fit",
-                                        "report", "output"})
+    p.unknown_keys(cfg, "(top level)", known_keys(FIT, ""))
     check_potential_spec(cfg.get("expensive"), "expensive", p)
     s = p.section(cfg, "structure")
     hard = p.section(cfg, "hard", required=False)
@@ -100,34 +106,37 @@ def parse_config(cfg: Mapping, base: Path = Path("."), source: str = "fit config
     rep = p.section(cfg, "report", required=False)
     out = p.section(cfg, "output")
 
-    p.unknown_keys(s, "structure", {"element", "crystal", "a", "repeat"})
+    p.unknown_keys(s, "structure", known_keys(FIT, "structure"))
     if not isinstance(s.get("element"), str):
         p.add("structure.element", "missing: an element symbol such as 'Si'")
-    p.choice(s, "structure", "crystal", {"fcc", "bcc", "diamond", "sc"})
+    p.choice(s, "structure", "crystal", choices(FIT, "structure", "crystal"))
     p.number(s, "structure", "a", minimum=0, strict=True)
-    p.number(s, "structure", "repeat", 2, minimum=1, integer=True)
+    p.number(s, "structure", "repeat", default(FIT, "structure", "repeat"), minimum=1,
+             integer=True)
 
-    p.unknown_keys(hard, "hard", {"strain_types", "n_strains", "max_strain"})
+    p.unknown_keys(hard, "hard", known_keys(FIT, "hard"))
     types = tuple(hard.get("strain_types", STRAIN_TYPES))
     for t in types:
         if t not in data.STRAIN_TYPES:
             p.add("hard.strain_types",
                   f"unknown strain type {t!r} (known: {', '.join(data.STRAIN_TYPES)})")
-    p.number(hard, "hard", "n_strains", 17, minimum=3, integer=True)
-    strain = p.number(hard, "hard", "max_strain", 0.005, minimum=0, strict=True)
+    p.number(hard, "hard", "n_strains", default(FIT, "hard", "n_strains"), minimum=3,
+             integer=True)
+    strain = p.number(hard, "hard", "max_strain", default(FIT, "hard", "max_strain"), minimum=0,
+                      strict=True)
     if strain is not None and strain > data.MAX_STRAIN:
         p.add("hard.max_strain", f"must be at most {data.MAX_STRAIN} (the elastic regime), got {strain}")
 
-    p.unknown_keys(soft, "soft", {"temperature_K", "n_frames", "interval", "timestep_fs",
-                                  "driver", "extra_files", "test_fraction", "seed"})
-    p.number(soft, "soft", "temperature_K", 500.0, minimum=0, strict=True)
-    p.number(soft, "soft", "n_frames", 20, minimum=2, integer=True)
-    p.number(soft, "soft", "interval", 20, minimum=1, integer=True)
-    dt = p.number(soft, "soft", "timestep_fs", 1.0, minimum=0, strict=True)
+    p.unknown_keys(soft, "soft", known_keys(FIT, "soft"))
+    p.number(soft, "soft", "temperature_K", _d("soft", "temperature_K"), minimum=0, strict=True)
+    p.number(soft, "soft", "n_frames", _d("soft", "n_frames"), minimum=2, integer=True)
+    p.number(soft, "soft", "interval", _d("soft", "interval"), minimum=1, integer=True)
+    dt = p.number(soft, "soft", "timestep_fs", _d("soft", "timestep_fs"), minimum=0, strict=True)
     if dt is not None and dt > data.MAX_TIMESTEP_FS:
         p.add("soft.timestep_fs", f"must be at most {data.MAX_TIMESTEP_FS} fs, got {dt}")
-    p.number(soft, "soft", "seed", 0, integer=True)
-    frac = p.number(soft, "soft", "test_fraction", 0.25, minimum=0, strict=True)
+    p.number(soft, "soft", "seed", _d("soft", "seed"), integer=True)
+    frac = p.number(soft, "soft", "test_fraction", _d("soft", "test_fraction"), minimum=0,
+                    strict=True)
     if frac is not None and frac >= 1:
         p.add("soft.test_fraction", f"must be below 1, got {frac}")
     if soft.get("driver") is not None:
@@ -137,49 +146,54 @@ def parse_config(cfg: Mapping, base: Path = Path("."), source: str = "fit config
         if not f.is_file():
             p.add("soft.extra_files", f"file {str(f)!r} not found")
 
-    family = p.choice(model, "model", "family", MODEL_FAMILIES)
+    family = p.choice(model, "model", "family", choices(FIT, "model", "family"))
     if family is not None:
         if not isinstance(model.get("species", [s.get("element")]), list):
             p.add("model.species", "must be a list of element symbols")
         accepted = set(inspect.signature(model_class(family)).parameters) - {"self"}
-        p.unknown_keys(model, "model", accepted | {"family"})
+        p.unknown_keys(model, "model", accepted | known_keys(FIT, "model"))
 
-    p.unknown_keys(fit, "fit", {"alpha", "method", "energy_weight", "force_weight", "reg",
-                                "zero_columns"})
-    p.number(fit, "fit", "alpha", 1e-4, minimum=0)
-    p.choice(fit, "fit", "method", {"lambda", "exact"}, "lambda")
-    p.number(fit, "fit", "energy_weight", 1.0, minimum=0, strict=True)
-    p.number(fit, "fit", "force_weight", 0.1, minimum=0)
-    p.number(fit, "fit", "reg", 1e-8, minimum=0)
-    p.choice(fit, "fit", "zero_columns", {"error", "zero"}, "error")
+    p.unknown_keys(fit, "fit", known_keys(FIT, "fit"))
+    p.number(fit, "fit", "alpha", _d("fit", "alpha"), minimum=0)
+    p.choice(fit, "fit", "method", choices(FIT, "fit", "method"), _d("fit", "method"))
+    p.number(fit, "fit", "energy_weight", _d("fit", "energy_weight"), minimum=0, strict=True)
+    p.number(fit, "fit", "force_weight", _d("fit", "force_weight"), minimum=0)
+    p.number(fit, "fit", "reg", _d("fit", "reg"), minimum=0)
+    p.choice(fit, "fit", "zero_columns", choices(FIT, "fit", "zero_columns"),
+             _d("fit", "zero_columns"))
 
-    p.unknown_keys(rep, "report", {"vacancy", "elastic", "elastic_delta"})
-    delta = p.number(rep, "report", "elastic_delta", 1e-3, minimum=0, strict=True)
+    p.unknown_keys(rep, "report", known_keys(FIT, "report"))
+    delta = p.number(rep, "report", "elastic_delta", _d("report", "elastic_delta"), minimum=0,
+                     strict=True)
     low, high = elastic.DELTA_RANGE
     if isinstance(delta, (int, float)) and not low <= delta <= high:
         p.add("report.elastic_delta", f"must lie in [{low:g}, {high:g}] (a strain step), got "
               f"{delta}; use 5e-3 for float32 models whose energies are quantised")
-    p.unknown_keys(out, "output", {"directory", "stem"})
+    p.unknown_keys(out, "output", known_keys(FIT, "output"))
     if not isinstance(out.get("directory"), str):
         p.add("output.directory", "missing: the folder to write the potential and report to")
     p.raise_if_any()
 
     return FitConfig(
         expensive=dict(cfg["expensive"]), element=s["element"], crystal=s["crystal"],
-        a=float(s["a"]), repeat=int(s.get("repeat", 2)), model=dict(model),
+        a=float(s["a"]), repeat=int(s.get("repeat", _d("structure", "repeat"))), model=dict(model),
         output=base / out["directory"], strain_types=types,
-        n_strains=int(hard.get("n_strains", 17)), max_strain=float(hard.get("max_strain", 0.005)),
-        temperature_K=float(soft.get("temperature_K", 500.0)),
-        n_frames=int(soft.get("n_frames", 20)), interval=int(soft.get("interval", 20)),
-        timestep_fs=float(soft.get("timestep_fs", 1.0)), driver=soft.get("driver"),
-        extra_files=extra, test_fraction=float(soft.get("test_fraction", 0.25)),
-        seed=int(soft.get("seed", 0)), alpha=float(fit.get("alpha", 1e-4)),
-        method=fit.get("method", "lambda"), energy_weight=float(fit.get("energy_weight", 1.0)),
-        force_weight=float(fit.get("force_weight", 0.1)), reg=float(fit.get("reg", 1e-8)),
-        zero_columns=fit.get("zero_columns", "error"),
-        vacancy=bool(rep.get("vacancy", False)), elastic=bool(rep.get("elastic", True)),
-        elastic_delta=float(rep.get("elastic_delta", 1e-3)),
-        stem=out.get("stem", "cheap"),
+        n_strains=int(_get(hard, "hard", "n_strains")),
+        max_strain=float(_get(hard, "hard", "max_strain")),
+        temperature_K=float(_get(soft, "soft", "temperature_K")),
+        n_frames=int(_get(soft, "soft", "n_frames")),
+        interval=int(_get(soft, "soft", "interval")),
+        timestep_fs=float(_get(soft, "soft", "timestep_fs")), driver=soft.get("driver"),
+        extra_files=extra, test_fraction=float(_get(soft, "soft", "test_fraction")),
+        seed=int(_get(soft, "soft", "seed")), alpha=float(_get(fit, "fit", "alpha")),
+        method=_get(fit, "fit", "method"),
+        energy_weight=float(_get(fit, "fit", "energy_weight")),
+        force_weight=float(_get(fit, "fit", "force_weight")),
+        reg=float(_get(fit, "fit", "reg")), zero_columns=_get(fit, "fit", "zero_columns"),
+        vacancy=bool(_get(rep, "report", "vacancy")),
+        elastic=bool(_get(rep, "report", "elastic")),
+        elastic_delta=float(_get(rep, "report", "elastic_delta")),
+        stem=_get(out, "output", "stem"),
     )
 
 

@@ -5,9 +5,9 @@ pyace's C++ calculator computes the energy of every *real* atom of an
 (ghost forces summed onto their ``origins``). An atom with an empty neighbour list
 contributes nothing. So handing neighbour lists only to the mask atoms gives exactly
 the masked evaluation of :mod:`.base`: energies E_i for i in M and forces
-``-d(sum_{i in M} E_i)/dx_j``, at a C++ cost proportional to |M|.
+``-d(sum_{i in M} E_i)/dx_j``, at a C++ cost proportional to ``|M|``.
 
-The Python side is kept O(|M|) apart from one O(N) numpy pass: the bin filter
+The Python side is kept ``O(|M|)`` apart from one O(N) numpy pass: the bin filter
 :func:`mlmix.carving.candidates_near` picks the atoms that can be within the cutoff of
 M, vesin finds the pairs among those only, and the environment is built from them
 with array operations. Units: Å, eV, eV/Å.

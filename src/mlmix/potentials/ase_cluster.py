@@ -16,6 +16,7 @@ buffer is unaffordable; the error of a smaller one must be measured.
 
 What is returned for a proper subset M (``exact`` is True when
 ``buffer >= 2 * receptive_field``, else False):
+
 - forces on atoms of M from the cluster; forces on all other atoms are ZERO. The
   interface promises ``-d(sum_{i in M} E_i)/dx_j``; a cluster gives
   ``-d(E_cluster)/dx_j`` instead, which for j outside M is not that quantity, so
@@ -23,6 +24,7 @@ What is returned for a proper subset M (``exact`` is True when
   which are inside M.
 - per-atom energies of M if the calculator offers ``energies``, NaN otherwise.
 - ``n_evaluated`` = number of atoms in the cluster (the cost).
+
 When M is every atom, the calculator runs on the whole periodic system and the result
 is exact.
 
@@ -109,8 +111,8 @@ class AseClusterPotential(Potential):
         name: label used in messages.
 
     Warns:
-        ReceptiveFieldWarning: at the first carved cluster when ``buffer <
-        receptive_field`` (whole-system evaluations are exact at any buffer).
+        ReceptiveFieldWarning: at the first carved cluster when
+        ``buffer < receptive_field`` (whole-system evaluations are exact at any buffer).
     """
 
     def __init__(

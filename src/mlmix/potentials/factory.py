@@ -32,6 +32,7 @@ from ase.data import atomic_numbers
 
 from ..config import Problems
 from ..errors import ConfigurationError
+from ..schema import POTENTIAL, choices, known_keys
 from .base import Potential
 from .devices import is_device_name
 
@@ -39,9 +40,14 @@ LAMMPS_STYLES = {
     "snap": "snap", "uf3": "uf3", "eam": "eam", "eam_alloy": "eam_alloy",
     "eam_fs": "eam_fs", "sw": "sw", "tersoff": "tersoff", "include": "from_include",
 }
-BACKENDS = {"lammps", "ace", "mace", "ase", "sevennet", "chgnet"}
+BACKENDS = choices(POTENTIAL, "potential", "backend")
 DEVICE_BACKENDS = {"mace", "sevennet", "chgnet"}
 TRUNCATION = ("auto", "require", "off")
+
+
+def _keys(backend: str) -> set[str]:
+    """The keys of a ``backend`` table (:data:`mlmix.schema.POTENTIAL`)."""
+    return known_keys(POTENTIAL, "potential", backend)
 
 
 def check_potential_spec(spec, where: str, problems: Problems) -> None:
@@ -54,21 +60,20 @@ def check_potential_spec(spec, where: str, problems: Problems) -> None:
         problems.choice(spec, where, "style", set(LAMMPS_STYLES))
         if "truncation" in spec:
             problems.choice(spec, where, "truncation", set(TRUNCATION))
-        problems.unknown_keys(spec, where, {"backend", "style", "file", "species", "name",
-                                            "truncation"})
+        problems.unknown_keys(spec, where, _keys("lammps"))
     elif backend == "ace":
-        problems.unknown_keys(spec, where, {"backend", "file", "name"})
+        problems.unknown_keys(spec, where, _keys("ace"))
     elif backend == "mace":
         if "dtype" in spec:
             problems.choice(spec, where, "dtype", {"float64", "float32"})
-        problems.unknown_keys(spec, where, {"backend", "model", "device", "dtype", "name"})
+        problems.unknown_keys(spec, where, _keys("mace"))
         if not isinstance(spec.get("model"), str):
             problems.add(f"{where}.model", "missing: a MACE model file or the name of one "
                          "mlmix ships, such as 'Si_snap_mace'")
     elif backend in ("sevennet", "chgnet"):
         if "buffer" in spec:  # default: one receptive field
             problems.number(spec, where, "buffer", minimum=0)
-        problems.unknown_keys(spec, where, {"backend", "model", "buffer", "device", "name"})
+        problems.unknown_keys(spec, where, _keys(backend))
     elif backend == "ase":
         check_ase_spec(spec, where, problems)
     if backend in DEVICE_BACKENDS and "device" in spec and not is_device_name(spec["device"]):
@@ -85,8 +90,7 @@ def check_potential_spec(spec, where: str, problems: Problems) -> None:
 
 def check_ase_spec(spec: Mapping, where: str, problems: Problems) -> None:
     """Problems of an ``ase`` backend table that can be seen without importing it."""
-    problems.unknown_keys(spec, where, {"backend", "calculator", "kwargs", "buffer", "cutoff",
-                                        "receptive_field", "species", "name"})
+    problems.unknown_keys(spec, where, _keys("ase"))
     target = spec.get("calculator")
     if not isinstance(target, str) or target.count(":") != 1 or not all(target.split(":")):
         problems.add(f"{where}.calculator", f"must name a factory as 'package.module:function' "

@@ -12,7 +12,7 @@ Two routes to a masked evaluation (mask M, cutoff r_c)
 * **centres** (the default where it applies): mlmix's LAMMPS plugin
   (:mod:`mlmix.potentials.lammps_plugin`, ``fix mlmix/centres``) cuts the centre loop
   of the style's neighbour lists to M and leaves every neighbour list complete. LAMMPS
-  computes exactly |M| centres; changing M costs two ``group`` commands, no setup. It
+  computes exactly ``|M|`` centres; changing M costs two ``group`` commands, no setup. It
   applies to the styles in :data:`~mlmix.potentials.lammps_plugin.TRUNCATABLE` (SNAP,
   ML-IAP, SW, Tersoff, UF3, pair tables, ZBL, LJ, Morse, and hybrid/overlay
   combinations of them), where the plugin could be built. Forces on the interior of M
@@ -66,7 +66,7 @@ thirds), so E_i of a mask atom also depends on the lists of its neighbours: it i
 exact on the interior of the mask and approximate on its edge.
 
 ``n_evaluated`` is, on the centres route, the number of centres LAMMPS computed (as
-the plugin counted them: |M|); on the shell route the number of atoms with a non-zero
+the plugin counted them: ``|M|``); on the shell route the number of atoms with a non-zero
 ``compute pe/atom`` entry after the step: atoms that LAMMPS really computed an energy
 (or a share of one) for (``last_centres`` has the list centres of either route). It
 includes the out atoms with partial environments, and for SNAP the active atoms with
