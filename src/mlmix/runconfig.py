@@ -1,5 +1,8 @@
 """The `mlmix run` configuration: one TOML file, checked whole before anything runs.
 
+(Over the house limit of ~500 lines: one checker per section, then the builders of the
+checked config; the keys themselves are declared in :mod:`mlmix.schema`.)
+
 Sections (lengths Å, times fs, temperatures K, forces eV/Å)::
 
     [structure]            builder = "bulk" | "vacancy" | "interstitial" |

@@ -1,5 +1,8 @@
 """Checks that any potential backend can be put through: a test helper for users and us.
 
+(Over the house limit of ~500 lines: the checks share their argument handling and
+messages, and users import them from one place, as torch-sim's conformance checker.)
+
 Every backend implements :meth:`mlmix.potentials.Potential.evaluate`, whose contract
 (see :mod:`mlmix.potentials.base`) is easy to state and easy to get subtly wrong:
 per-atom energies on the mask, NaN elsewhere; forces ``-d(sum_{i in M} E_i)/dx_k``

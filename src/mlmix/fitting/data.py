@@ -1,5 +1,8 @@
 """Training data for the constrained distillation (method.md §5), from any mlmix Potential.
 
+(Over the house limit of ~500 lines: the five steps below share the strain conventions
+and the cache; a split would scatter one pipeline stage over several modules.)
+
 * :func:`relax_bulk`: lattice and internal relaxation from energies and forces only
   (the :class:`~mlmix.potentials.base.Potential` interface has no stress).
 * :func:`strained_set`: the hard set, small homogeneous strains of the relaxed cell.

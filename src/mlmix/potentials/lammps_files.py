@@ -1,0 +1,218 @@
+"""LAMMPS potential files and ``pair_coeff`` lines: which elements a file describes,
+UF3 knots, and coefficient lines that can be re-rendered for another type order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ase.data import chemical_symbols
+
+from ..arguments import species_list
+from ..errors import ConfigurationError
+
+_NULL = "NULL"
+
+
+# ----------------------------------------------------------------------------------
+# potential files
+# ----------------------------------------------------------------------------------
+
+
+def _data_lines(path: Path) -> list[str]:
+    """Lines of a potential file without comments and blank lines, with LAMMPS
+    continuation lines (a trailing ``&``) joined."""
+    out = []
+    pending = ""
+    for line in path.read_text(errors="replace").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.endswith("&"):
+            pending += line[:-1] + " "
+            continue
+        line = (pending + line).strip()
+        pending = ""
+        if line:
+            out.append(line)
+    if pending.strip():
+        out.append(pending.strip())
+    return out
+
+
+def _is_number(tok: str) -> bool:
+    try:
+        float(tok)
+    except ValueError:
+        return False
+    return True
+
+
+def snapcoeff_elements(path: Path) -> list[str]:
+    """Element names of a ``.snapcoeff`` file, in file order."""
+    lines = _data_lines(path)
+    nelem, ncoeff = (int(t) for t in lines[0].split()[:2])
+    return [lines[1 + k * (ncoeff + 1)].split()[0] for k in range(nelem)]
+
+
+def setfl_elements(path: Path) -> list[str]:
+    """Element names of an ``eam/alloy`` or ``eam/fs`` (setfl) file: line 4."""
+    lines = path.read_text(errors="replace").splitlines()
+    return lines[3].split()[1:]
+
+
+def funcfl_element(path: Path) -> str:
+    """Element of an ``eam`` funcfl file, from the atomic number on line 2."""
+    lines = path.read_text(errors="replace").splitlines()
+    return chemical_symbols[int(float(lines[1].split()[0]))]
+
+
+def manybody_file_elements(path: Path) -> list[str]:
+    """Elements named in an SW / Tersoff style file (every non-numeric token)."""
+    seen: dict[str, None] = {}
+    for line in _data_lines(path):
+        for tok in line.split():
+            if not _is_number(tok):
+                seen.setdefault(tok, None)
+    return list(seen)
+
+
+def uf3_elements(path: Path) -> list[str]:
+    """Elements of a LAMMPS ``.uf3`` file (from its ``2B``/``3B`` block headers)."""
+    seen: dict[str, None] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        tok = line.split()
+        if tok and tok[0] in ("2B", "3B"):
+            for t in tok[1 : 3 if tok[0] == "2B" else 4]:
+                seen.setdefault(t, None)
+    return list(seen)
+
+
+def uf3_first_knots(path: Path) -> dict[tuple[str, str], float]:
+    """First knot (Å) of every ``2B`` block of a LAMMPS ``.uf3`` file, under both
+    element orders. Block layout: header, ``cutoff n_knots``, the knots."""
+    lines = path.read_text(errors="replace").splitlines()
+    out: dict[tuple[str, str], float] = {}
+    for n, line in enumerate(lines):
+        tok = line.split()
+        if len(tok) >= 3 and tok[0] == "2B" and n + 2 < len(lines) and lines[n + 2].split():
+            knot = float(lines[n + 2].split()[0])
+            out[(tok[1], tok[2])] = out[(tok[2], tok[1])] = knot
+    return out
+
+
+def _is_uf3_file(token: str) -> bool:
+    path = Path(token)
+    if not path.is_file():
+        return False
+    with open(path, errors="replace") as fh:
+        return fh.readline().startswith("#UF3 POT")
+
+
+def _check_species(requested: Sequence[str] | None, described: Sequence[str], file: Path) -> tuple[str, ...]:
+    """Default to the file's elements; reject species the file does not describe."""
+    if requested is None:
+        return tuple(described)
+    requested = tuple(species_list(requested, "species"))
+    bad = [s for s in requested if s not in described]
+    if bad:
+        raise ConfigurationError(
+            f"{file.name} describes {list(described)}, not {bad}; pass species that "
+            "the file contains (in LAMMPS type order)"
+        )
+    return requested
+
+
+# ----------------------------------------------------------------------------------
+# pair_coeff lines and their re-mapping to another type order
+# ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Coeff:
+    """One ``pair_coeff`` line, stored so it can be re-rendered for new type orders.
+
+    ``types`` are the two LAMMPS type fields (``"*"`` or 1-based numbers in the order
+    of the owning potential's species). When ``element_map`` is True, the line ends
+    with one element name (or NULL) per type, which is regenerated on rendering.
+    """
+
+    types: tuple[str, str]
+    args: tuple[str, ...]
+    element_map: bool = False
+
+    def render(self, own: Sequence[str], order: Sequence[str], substyle: str | None = None) -> list[str]:
+        """The line(s) for the type order ``order`` (a superset of ``own``).
+
+        A ``* *`` line without element map covers every type pair of ``own``; in a
+        larger type order it is expanded into explicit pairs, so it does not leak onto
+        species it never described.
+        """
+        head_sub = [substyle] if substyle else []
+        if "*" in self.types and not self.element_map and tuple(own) != tuple(order):
+            if self.types != ("*", "*"):
+                raise ConfigurationError(
+                    f"pair_coeff types {self.types} cannot be re-mapped to a new type order"
+                )
+            idx = sorted(order.index(s) + 1 for s in own)
+            return [" ".join(["pair_coeff", str(i), str(j), *head_sub, *self.args])
+                    for n, i in enumerate(idx) for j in idx[n:]]
+        types = []
+        for t in self.types:
+            if t == "*":
+                types.append("*")
+            elif t.isdigit():
+                types.append(str(order.index(own[int(t) - 1]) + 1))
+            else:
+                raise ConfigurationError(
+                    f"pair_coeff type field {t!r} (a range) cannot be re-mapped to a new "
+                    "type order; write one line per type pair"
+                )
+        if types[0] != "*" and types[1] != "*" and int(types[0]) > int(types[1]):
+            types.reverse()  # LAMMPS wants I <= J
+        args = list(self.args)
+        if self.element_map:
+            emap = dict(zip(own, self.args[len(self.args) - len(own):]))
+            args = args[: len(args) - len(own)] + [emap.get(s, _NULL) for s in order]
+        return [" ".join(["pair_coeff", *types, *head_sub, *args])]
+
+
+def _parse_coeff(line: str, species: Sequence[str]) -> _Coeff:
+    tok = line.split()
+    if tok and tok[0] == "pair_coeff":
+        tok = tok[1:]
+    if len(tok) < 2:
+        raise ConfigurationError(f"pair_coeff line {line!r} has no type fields")
+    tail = tok[2:][-len(species):] if species else []
+    emap = (
+        tok[0] == "*" and tok[1] == "*" and len(tok) - 2 > len(species)
+        and all(t in species or t == _NULL for t in tail)
+    )
+    return _Coeff((tok[0], tok[1]), tuple(tok[2:]), emap)
+
+
+def _substyles(pair_style: str, coeffs: Sequence[_Coeff]) -> tuple[str, ...]:
+    """The styles a pair style is made of: itself, or for ``hybrid``/``hybrid/overlay``
+    the sub-style each ``pair_coeff`` line names (its first argument)."""
+    words = pair_style.split()
+    if not words[0].startswith("hybrid"):
+        return (words[0],)
+    named = [c.args[0] for c in coeffs if c.args and c.args[0] in words[1:]]
+    return tuple(dict.fromkeys(named)) or tuple(words[1:2])
+
+
+def _resolve_args(args: Sequence[str], dirs: Sequence[Path]) -> tuple[str, ...]:
+    """Replace tokens that name an existing file (bare or relative) by absolute paths."""
+    out = []
+    for a in args:
+        if "$" not in a and not _is_number(a) and a != _NULL:
+            for d in (Path.cwd(), *dirs):
+                if (d / a).is_file():
+                    a = str((d / a).resolve())
+                    break
+        out.append(a)
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------------
+# geometry: ASE cell -> LAMMPS lower-triangular box
+# ----------------------------------------------------------------------------------
