@@ -135,3 +135,17 @@ def test_reference_lists_every_section_with_types_and_defaults():
             assert f"### `[{sec.name}]`" in text
     assert "| `mask_cheap` | bool | false |" in text
     assert "| `timestep_fs` | md | float | 1 | fs |" in text
+
+
+def test_fit_checker_refuses_private_model_arguments_and_bad_report_flags_at_once():
+    cfg = {"expensive": {"backend": "lammps", "style": "sw", "file": "Si.sw",
+                         "species": ["Si"]},
+           "structure": {"element": "Si", "crystal": "diamond", "a": 5.43},
+           "model": {"family": "uf3", "_knots2": {}},
+           "report": {"vacancy": "yes"}, "output": {"directory": "out", "stem": ""}}
+    with pytest.raises(ConfigurationError) as caught:
+        parse_config(cfg)
+    message = str(caught.value)
+    assert "model._knots2: unknown key" in message
+    assert "report.vacancy: must be true or false, got 'yes'" in message
+    assert "output.stem: must be a file name stem" in message

@@ -87,6 +87,14 @@ class Problems:
             return None
         return value
 
+    def flag(self, table: Mapping, where: str, key: str, default: bool) -> bool:
+        """``table[key]`` (or ``default``) if it is a bool; else a problem, and ``default``."""
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            self.add(f"{where}.{key}", f"must be true or false, got {value!r}")
+            return default
+        return value
+
     def unknown_keys(self, table: Mapping, where: str, known) -> None:
         for key in table:
             if key not in known:

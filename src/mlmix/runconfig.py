@@ -109,14 +109,6 @@ class RunConfig:
 # --------------------------------------------------------------------------- checks
 
 
-def _flag(p: Problems, table: Mapping, where: str, key: str, default: bool) -> bool:
-    value = table.get(key, default)
-    if not isinstance(value, bool):
-        p.add(f"{where}.{key}", f"must be true or false, got {value!r}")
-        return default
-    return value
-
-
 def _int_list(p: Problems, table: Mapping, where: str, key: str, length: int | None = None,
               minimum: int | None = None):
     value = table.get(key)
@@ -405,7 +397,7 @@ def _task(p: Problems, raw: Mapping, builder: str | None) -> dict:
         t.setdefault("max_steps", 1000)
         p.number(t, "task", "max_steps", minimum=1, integer=True)
         p.choice(t, "task", "optimizer", OPTIMIZERS, t.setdefault("optimizer", default(RUN, "task", "optimizer")))
-        t["expensive_energy"] = _flag(p, t, "task", "expensive_energy", default(RUN, "task", "expensive_energy"))
+        t["expensive_energy"] = p.flag(t, "task", "expensive_energy", default(RUN, "task", "expensive_energy"))
     elif kind == "neb":
         p.unknown_keys(t, "task", known_keys(RUN, "task", kind))
         t.setdefault("images", default(RUN, "task", "images"))
@@ -414,7 +406,7 @@ def _task(p: Problems, raw: Mapping, builder: str | None) -> dict:
         p.number(t, "task", "fmax", minimum=0, strict=True)
         t.setdefault("max_steps", 2000)
         p.number(t, "task", "max_steps", minimum=1, integer=True)
-        t["climb"] = _flag(p, t, "task", "climb", default(RUN, "task", "climb"))
+        t["climb"] = p.flag(t, "task", "climb", default(RUN, "task", "climb"))
         p.choice(t, "task", "method", NEB_METHODS, t.setdefault("method", default(RUN, "task", "method")))
         if ("hop" in t) == ("final" in t):
             p.add("task", "an NEB needs exactly one of hop (for a vacancy: the index of the "
@@ -440,7 +432,7 @@ def _output(p: Problems, raw: Mapping, source_stem: str) -> dict:
     o.setdefault("progress", default(RUN, "output", "progress"))
     if o["progress"] not in (True, False, "auto"):
         p.add("output.progress", f"must be true, false or 'auto', got {o['progress']!r}")
-    o["figures"] = _flag(p, o, "output", "figures", default(RUN, "output", "figures"))
+    o["figures"] = p.flag(o, "output", "figures", default(RUN, "output", "figures"))
     return o
 
 
@@ -508,7 +500,7 @@ def parse_run_config(raw: Mapping, base: Path = Path("."), source: str = "run co
     mixing = p.section(raw, "mixing", required=False)
     p.unknown_keys(mixing, "mixing", known_keys(RUN, "mixing"))
     for key in sorted(known_keys(RUN, "mixing")):
-        mixing[key] = _flag(p, mixing, "mixing", key, default(RUN, "mixing", key))
+        mixing[key] = p.flag(mixing, "mixing", key, default(RUN, "mixing", key))
     _multiple_time_step(p, task, regions, mixing)
     output = _output(p, raw, Path(source).stem)
     engine = _engine(p, raw, {"task": task, "cheap": specs.get("cheap", {}), "seeds": seeds,

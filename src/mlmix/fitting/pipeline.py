@@ -150,7 +150,9 @@ def parse_config(cfg: Mapping, base: Path = Path("."), source: str = "fit config
     if family is not None:
         if not isinstance(model.get("species", [s.get("element")]), list):
             p.add("model.species", "must be a list of element symbols")
-        accepted = set(inspect.signature(model_class(family)).parameters) - {"self"}
+        # the model class's public arguments (its _private ones are for its file reader)
+        accepted = {name for name in inspect.signature(model_class(family)).parameters
+                    if not name.startswith("_")}
         p.unknown_keys(model, "model", accepted | known_keys(FIT, "model"))
 
     p.unknown_keys(fit, "fit", known_keys(FIT, "fit"))
@@ -163,6 +165,8 @@ def parse_config(cfg: Mapping, base: Path = Path("."), source: str = "fit config
              _d("fit", "zero_columns"))
 
     p.unknown_keys(rep, "report", known_keys(FIT, "report"))
+    for key in ("vacancy", "elastic"):
+        p.flag(rep, "report", key, _d("report", key))
     delta = p.number(rep, "report", "elastic_delta", _d("report", "elastic_delta"), minimum=0,
                      strict=True)
     low, high = elastic.DELTA_RANGE
@@ -170,6 +174,9 @@ def parse_config(cfg: Mapping, base: Path = Path("."), source: str = "fit config
         p.add("report.elastic_delta", f"must lie in [{low:g}, {high:g}] (a strain step), got "
               f"{delta}; use 5e-3 for float32 models whose energies are quantised")
     p.unknown_keys(out, "output", known_keys(FIT, "output"))
+    stem = out.get("stem", _d("output", "stem"))
+    if not (isinstance(stem, str) and stem and "/" not in stem):
+        p.add("output.stem", f"must be a file name stem such as 'cheap', got {stem!r}")
     if not isinstance(out.get("directory"), str):
         p.add("output.directory", "missing: the folder to write the potential and report to")
     p.raise_if_any()

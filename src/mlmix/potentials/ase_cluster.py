@@ -44,6 +44,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import all_changes
 from ase.data import chemical_symbols
+from ase.stress import full_3x3_to_voigt_6_stress
 
 from ..arguments import species_list
 from ..carving import carve_cluster, within
@@ -159,6 +160,7 @@ class AseClusterPotential(Potential):
             self.species = frozenset(species_list(species, "AseClusterPotential species"))
         props = getattr(calculator, "implemented_properties", ())
         self.has_energies = "energies" in props
+        self.has_stress = "stress" in props
         # A local calculator's cluster forces are exact on the interior; a
         # message-passing model's are not at any affordable buffer (module docstring).
         self.masked_exact = self.is_local
@@ -220,6 +222,20 @@ class AseClusterPotential(Potential):
         forces = np.asarray(calc.results["forces"], dtype=float)
         energies = calc.results.get("energies")
         return forces, None if energies is None else np.asarray(energies, dtype=float)
+
+    def _stress(self, atoms: Atoms) -> np.ndarray:
+        """The calculator's stress of the whole periodic system."""
+        calc = self.calculator
+        calc.reset()
+        whole = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell,
+                      pbc=atoms.pbc)
+        try:
+            calc.calculate(whole, ["stress"], all_changes)
+        except Exception as exc:
+            raise CalculationError(f"{self.name} failed on the stress of {len(atoms)} atoms: "
+                                   f"{exc}") from exc
+        stress = np.asarray(calc.results["stress"], dtype=float)
+        return full_3x3_to_voigt_6_stress(stress) if stress.shape == (3, 3) else stress
 
     def carve(self, atoms: Atoms, mask: np.ndarray):
         """The cluster for ``mask``: ``(cluster Atoms, (n_c,) indices into atoms, periodic)``."""

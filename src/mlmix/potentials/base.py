@@ -30,7 +30,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
-from ..errors import ConfigurationError
+from ..errors import CalculationError, ConfigurationError
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,8 @@ class Potential(abc.ABC):
     masked_exact: bool = True
     #: False when the backend cannot give per-atom energies (Evaluation.energies NaN).
     has_energies: bool = True
+    #: True when :meth:`stress` gives the stress of a periodic cell.
+    has_stress: bool = False
 
     @property
     def is_local(self) -> bool:
@@ -127,6 +129,38 @@ class Potential(abc.ABC):
     @abc.abstractmethod
     def _evaluate(self, atoms: Atoms, mask: np.ndarray) -> Evaluation:
         """Backend-specific masked evaluation; inputs checked, mask not empty."""
+
+    def stress(self, atoms: Atoms) -> np.ndarray:
+        """Stress of the whole periodic cell, ASE's convention: ``(1/V) dE/d(eps)``.
+
+        Args:
+            atoms: a fully periodic structure; not modified.
+
+        Returns:
+            ``(6,)`` eV/Å^3, Voigt order (xx, yy, zz, yz, xz, xy).
+
+        Raises:
+            ConfigurationError: the backend has no stress (``has_stress`` is False), or
+                the cell is not periodic in all three directions.
+        """
+        if not self.has_stress:
+            raise ConfigurationError(
+                f"{self.name} gives no stress ({type(self).__name__} has none); quantities "
+                "that need it (elastic constants) come from energies instead")
+        if not np.all(atoms.pbc):
+            raise ConfigurationError(
+                f"stress needs a cell periodic in all three directions, got pbc = "
+                f"{atoms.pbc.tolist()}")
+        self.check_atoms(atoms)
+        value = np.asarray(self._stress(atoms), dtype=float)
+        if value.shape != (6,) or not np.isfinite(value).all():
+            raise CalculationError(f"{self.name} returned a stress of shape {value.shape} "
+                                   f"with values {value.tolist()}")
+        return value
+
+    def _stress(self, atoms: Atoms) -> np.ndarray:
+        """Backend hook of :meth:`stress` (inputs checked); only if ``has_stress``."""
+        raise NotImplementedError
 
     def as_calculator(self) -> PotentialCalculator:
         """This potential on all atoms as an ASE calculator."""

@@ -100,7 +100,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ase import Atoms
+from ase import Atoms, units
 from ase.data import atomic_masses, atomic_numbers, chemical_symbols
 
 from .._lammps_runtime import new_lammps, potentials_dir, serial_comm
@@ -184,6 +184,8 @@ class LammpsPotential(Potential):
             the instance's ranks): the mask size on the centres route, the mask plus
             its neighbour shell on the shell route.
     """
+
+    has_stress = True  # the virial of every pair style, through LAMMPS's pressure
 
     def __init__(
         self,
@@ -714,6 +716,24 @@ class LammpsPotential(Potential):
             )
         if self._uf3_knots is not None:
             self._check_uf3_pairs(atoms)
+
+    def _stress(self, atoms: Atoms) -> np.ndarray:
+        """The virial stress of the whole cell, from LAMMPS's pressure (no kinetic part:
+        the instance's atoms are at rest), in the structure's frame."""
+        self.evaluate(atoms)  # the instance holds these positions, every atom a centre
+        keys = ("pxx", "pyy", "pzz", "pyz", "pxz", "pxy")
+        self._command(f"thermo_style custom step {' '.join(keys)}", "computing the stress")
+        try:
+            self._command("run 0 post no", "computing the stress")
+            p = np.array([float(self._lmp.get_thermo(k)) for k in keys])  # bar
+        finally:
+            self._command("thermo_style custom step c_mlmix_sum", "computing the stress")
+        tensor = np.array([[p[0], p[5], p[4]], [p[5], p[1], p[3]], [p[4], p[3], p[2]]])
+        rot = self._fr.rotation  # x_structure = R x_lammps
+        tensor = rot @ tensor @ rot.T
+        # ASE's stress is the negative pressure tensor (tension positive).
+        return -units.bar * np.array([tensor[0, 0], tensor[1, 1], tensor[2, 2],
+                                      tensor[1, 2], tensor[0, 2], tensor[0, 1]])
 
     def _evaluate(self, atoms: Atoms, mask: np.ndarray) -> Evaluation:
         if self.partial:

@@ -1,0 +1,107 @@
+"""Stress in the potential interface, and elastic constants from 12 stresses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from conftest import EMT_CUTOFF
+from mlmix.errors import ConfigurationError
+from mlmix.fitting.data import apply_strain, relax_bulk, total_energy, voigt_to_tensor
+from mlmix.fitting.elastic import (
+    elastic_constants,
+    elastic_constants_from_energy,
+    elastic_constants_from_stress,
+)
+from mlmix.potentials.ace import AcePotential
+from mlmix.potentials.ase_cluster import AseClusterPotential
+from mlmix.potentials.lammps import LammpsPotential
+
+# A general (triclinic) strain, so that the LAMMPS frame's rotation is exercised.
+STRAIN = voigt_to_tensor([0.01, -0.005, 0.003, 0.004, -0.002, 0.006])
+
+
+def _strained(atoms):
+    atoms = atoms.repeat(2)
+    atoms.rattle(0.05, seed=1)
+    return apply_strain(atoms, STRAIN)
+
+
+def finite_difference_stress(potential, atoms, h: float = 1e-5) -> np.ndarray:
+    """(1/V) dE/de_k by central differences in the six Voigt strains (engineering shear)."""
+    out = np.zeros(6)
+    for k in range(6):
+        e = np.zeros(6)
+        e[k] = h
+        up = total_energy(potential, apply_strain(atoms, voigt_to_tensor(e)))
+        down = total_energy(potential, apply_strain(atoms, voigt_to_tensor(-e)))
+        out[k] = (up - down) / (2 * h) / atoms.get_volume()
+    return out
+
+
+@pytest.mark.parametrize("make, structure", [
+    (lambda: LammpsPotential.sw("Si.sw", ["Si"]), bulk("Si", "diamond", a=5.43, cubic=True)),
+    (lambda: LammpsPotential.tersoff("Si.tersoff", ["Si"]),
+     bulk("Si", "diamond", a=5.43, cubic=True)),
+    (lambda: LammpsPotential.snap("Si_Zuo_JPCA2020.quadratic", ["Si"]),
+     bulk("Si", "diamond", a=5.45, cubic=True)),
+    (lambda: LammpsPotential.eam("Cu_u3.eam"), bulk("Cu", "fcc", a=3.61, cubic=True)),
+    (lambda: AseClusterPotential(EMT(), cutoff=EMT_CUTOFF, buffer=2 * EMT_CUTOFF),
+     bulk("Cu", "fcc", a=3.61, cubic=True)),
+])
+def test_stress_is_the_strain_derivative_of_the_energy(make, structure):
+    potential = make()
+    atoms = _strained(structure)
+    before = atoms.positions.copy()
+    stress = potential.stress(atoms)
+    np.testing.assert_array_equal(atoms.positions, before)
+    fd = finite_difference_stress(potential, atoms)
+    assert np.abs(stress).max() > 1e-3  # a strained cell: not a trivially zero stress
+    np.testing.assert_allclose(stress, fd, rtol=0, atol=1e-6)
+    getattr(potential, "close", lambda: None)()
+
+
+@pytest.mark.parametrize("make, structure, a", [
+    (lambda: LammpsPotential.sw("Si.sw", ["Si"]), "diamond", 5.43),  # internal relaxation
+    (lambda: LammpsPotential.eam("Cu_u3.eam"), "fcc", 3.61),
+])
+def test_stress_route_matches_the_energy_route(make, structure, a):
+    potential = make()
+    element = "Si" if structure == "diamond" else "Cu"
+    atoms, _ = relax_bulk(bulk(element, structure, a=a, cubic=True).repeat(2), potential)
+    by_stress = elastic_constants_from_stress(atoms, potential)
+    by_energy = elastic_constants_from_energy(atoms, potential)
+    assert by_stress.n_evaluations == 12 and by_energy.n_evaluations == 145
+    np.testing.assert_allclose(by_stress.C, by_energy.C, rtol=0,
+                               atol=2e-3 * np.abs(by_energy.C).max())
+    s, e = by_stress.cubic(rtol=1e-3), by_energy.cubic(rtol=1e-4)
+    assert (s.C11, s.C12, s.C44) == pytest.approx((e.C11, e.C12, e.C44), rel=2e-3)
+    assert by_stress.details["max_asymmetry_GPa"] < 0.05
+    # "auto" takes the stress route for a potential with stress
+    assert elastic_constants(atoms, potential).method.startswith("stress")
+    potential.close()
+
+
+def test_a_potential_without_stress_says_so_and_elastic_constants_use_energies():
+    ace = AcePotential("Cu-PBE-core-rep.ace")
+    atoms = bulk("Cu", "fcc", a=3.62, cubic=True)
+    assert not ace.has_stress
+    with pytest.raises(ConfigurationError, match=r"gives no stress .*come from energies"):
+        ace.stress(atoms)
+    with pytest.raises(ConfigurationError, match="gives no stress"):
+        elastic_constants_from_stress(atoms, ace)
+    assert elastic_constants(atoms, ace, relax_internal=False).method.startswith("energy")
+
+
+def test_stress_of_a_non_periodic_cell_and_a_bad_method_are_refused():
+    sw = LammpsPotential.sw("Si.sw", ["Si"])
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    atoms.pbc = [True, True, False]
+    with pytest.raises(ConfigurationError, match=r"periodic in all three directions"):
+        sw.stress(atoms)
+    atoms.pbc = True
+    with pytest.raises(ConfigurationError, match="method must be 'auto', 'stress' or 'energy'"):
+        elastic_constants(atoms, sw, method="virial")
+    sw.close()
