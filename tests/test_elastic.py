@@ -14,7 +14,6 @@ from mlmix.fitting.elastic import (
     ElasticResult,
     elastic_constants,
     elastic_constants_from_energy,
-    elastic_constants_from_stress,
     elastic_from_strained_set,
     lattice_parameter_from_strained_set,
 )

@@ -190,3 +190,20 @@ def test_lammps_engine_with_mace_expensive_is_exact_on_weighted_atoms(mace):
     full = got.arrays["mlmix_p"] == 1
     assert full.sum() >= 4 and report.counts["expensive"] < report.n_cluster <= len(atoms)
     assert_allclose(got.get_forces()[full], mace.evaluate(atoms).forces[full], rtol=0, atol=1e-8)
+
+
+def test_stress_is_the_strain_derivative_of_the_energy(mace):
+    from mlmix.fitting.data import apply_strain, total_energy, voigt_to_tensor
+
+    atoms = apply_strain(_si(1, vacancy=False),
+                         voigt_to_tensor([0.01, -0.005, 0.003, 0.004, -0.002, 0.006]))
+    stress = mace.stress(atoms)
+    fd = np.zeros(6)
+    for k in range(6):
+        e = np.zeros(6)
+        e[k] = 1e-5
+        up = total_energy(mace, apply_strain(atoms, voigt_to_tensor(e)))
+        down = total_energy(mace, apply_strain(atoms, voigt_to_tensor(-e)))
+        fd[k] = (up - down) / 2e-5 / atoms.get_volume()
+    assert np.abs(stress).max() > 1e-3
+    assert_allclose(stress, fd, rtol=0, atol=1e-6)

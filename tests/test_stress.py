@@ -50,6 +50,7 @@ def finite_difference_stress(potential, atoms, h: float = 1e-5) -> np.ndarray:
     (lambda: LammpsPotential.eam("Cu_u3.eam"), bulk("Cu", "fcc", a=3.61, cubic=True)),
     (lambda: AseClusterPotential(EMT(), cutoff=EMT_CUTOFF, buffer=2 * EMT_CUTOFF),
      bulk("Cu", "fcc", a=3.61, cubic=True)),
+    (lambda: AcePotential("Cu-PBE-core-rep.ace"), bulk("Cu", "fcc", a=3.62, cubic=True)),
 ])
 def test_stress_is_the_strain_derivative_of_the_energy(make, structure):
     potential = make()
@@ -85,14 +86,21 @@ def test_stress_route_matches_the_energy_route(make, structure, a):
 
 
 def test_a_potential_without_stress_says_so_and_elastic_constants_use_energies():
-    ace = AcePotential("Cu-PBE-core-rep.ace")
+    # ASE's Lennard-Jones computes a stress; a calculator that does not is refused
+    from ase.calculators.lj import LennardJones
+
+    class NoStress(LennardJones):
+        implemented_properties = ["energy", "forces"]
+
+    lj = AseClusterPotential(NoStress(sigma=2.3, epsilon=0.4, rc=5.0), cutoff=5.0,
+                             buffer=10.0)
     atoms = bulk("Cu", "fcc", a=3.62, cubic=True)
-    assert not ace.has_stress
+    assert not lj.has_stress
     with pytest.raises(ConfigurationError, match=r"gives no stress .*come from energies"):
-        ace.stress(atoms)
+        lj.stress(atoms)
     with pytest.raises(ConfigurationError, match="gives no stress"):
-        elastic_constants_from_stress(atoms, ace)
-    assert elastic_constants(atoms, ace, relax_internal=False).method.startswith("energy")
+        elastic_constants_from_stress(atoms, lj)
+    assert elastic_constants(atoms, lj, relax_internal=False).method.startswith("energy")
 
 
 def test_stress_of_a_non_periodic_cell_and_a_bad_method_are_refused():

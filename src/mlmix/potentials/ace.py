@@ -25,7 +25,7 @@ from ase import Atoms
 from ase.data import atomic_numbers
 
 from ..carving import candidates_near
-from ..errors import ConfigurationError
+from ..errors import CalculationError, ConfigurationError
 from .base import Evaluation, Potential
 from .files import resolve_potential_file
 
@@ -131,6 +131,7 @@ class AcePotential(Potential):
             raise ConfigurationError(f"skin must be >= 0 Å, got {skin!r}")
         self.skin = float(skin)
         self._cache: tuple[tuple, _Layout] | None = None
+        self._stress_calculator: Any = None
         self.n_builds = 0  # neighbour-list builds, for tests and profiling
         self.basis = ACECTildeBasisSet(str(self.path))
         self.evaluator = ACECTildeEvaluator(self.basis)
@@ -239,6 +240,23 @@ class AcePotential(Potential):
         env.origins = np.concatenate([np.arange(n_lists), ghost_origin]).tolist()
         env.neighbour_list = _split_lists(li[order], lj[order], n_lists)
         return layout
+
+    has_stress = True  # through python-ace's own calculator on the whole cell
+
+    def _stress(self, atoms: Atoms) -> np.ndarray:
+        """python-ace's stress (``PyACECalculator``, the same basis) of the whole cell."""
+        if self._stress_calculator is None:
+            from pyace import PyACECalculator
+
+            self._stress_calculator = PyACECalculator(str(self.path))
+        whole = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell,
+                      pbc=atoms.pbc)
+        whole.calc = self._stress_calculator
+        try:
+            return np.asarray(whole.get_stress(), dtype=float)
+        except Exception as exc:  # python-ace raises RuntimeError and others
+            raise CalculationError(f"{self.name} failed on the stress of {len(atoms)} atoms: "
+                                   f"{exc}") from exc
 
     def _layout_for(self, atoms: Atoms, mask: np.ndarray) -> _Layout:
         """The cached environment with atoms moved, or a new one when the mask, the

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
+from ase.stress import full_3x3_to_voigt_6_stress
 
 from ..carving import carve_cluster, within
 from ..errors import CalculationError, ConfigurationError, missing_dependency
@@ -187,6 +188,18 @@ class MacePotential(Potential):
             raise CalculationError(f"{self.name} failed on {len(atoms)} atoms: {exc}") from exc
         return (node.detach().cpu().double().numpy(),
                 -grad.detach().cpu().double().numpy())
+
+    has_stress = True  # MACE differentiates the energy with respect to the cell
+
+    def _stress(self, atoms: Atoms) -> np.ndarray:
+        """MACE's own stress of the whole periodic cell (its sign is ASE's)."""
+        data = self._graph(atoms)
+        try:
+            out = self.model(data, compute_force=False, compute_stress=True, training=False)
+        except RuntimeError as exc:
+            raise CalculationError(f"{self.name} failed on the stress of {len(atoms)} atoms: "
+                                   f"{exc}") from exc
+        return full_3x3_to_voigt_6_stress(out["stress"].detach().cpu().double().numpy()[0])
 
     def _evaluate(self, atoms: Atoms, mask: np.ndarray) -> Evaluation:
         n = len(atoms)
