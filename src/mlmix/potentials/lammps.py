@@ -126,7 +126,7 @@ from .lammps_files import (
     uf3_elements,
     uf3_first_knots,
 )
-from .lammps_frame import LammpsFrame, format_number, lammps_frame
+from .lammps_frame import LammpsFrame, format_number, lammps_frame, region_command
 from .lammps_plugin import FIX_STYLE, Route, centre_route, load_into, plugin_status
 
 __all__ = ["LammpsFrame", "LammpsPotential", "format_number", "lammps_frame",
@@ -604,14 +604,7 @@ class LammpsPotential(Potential):
         library = plugin_status().library if route == "centres" else None
         self._lmp = new_lammps()
         self.n_instances += 1
-        b, o = frame.box, frame.origin
-        hi = o + np.diag(b)
-        bounds = " ".join(f"{format_number(o[k])} {format_number(hi[k])}" for k in range(3))
-        if frame.triclinic:
-            region = (f"region mlmix_box prism {bounds} {format_number(b[1, 0])} "
-                      f"{format_number(b[2, 0])} {format_number(b[2, 1])} units box")
-        else:
-            region = f"region mlmix_box block {bounds} units box"
+        region = region_command(frame)
         n = len(types)
         cmds = [
             "units metal", "atom_style atomic", "atom_modify map array sort 0 0",

@@ -180,3 +180,15 @@ def format_number(x: float) -> str:
 # ----------------------------------------------------------------------------------
 # the potential
 # ----------------------------------------------------------------------------------
+
+
+def region_command(frame: LammpsFrame) -> str:
+    """The ``region mlmix_box`` command of the frame's box (a prism when triclinic)."""
+    b, o = frame.box, frame.origin
+    hi = o + np.diag(b)
+    bounds = " ".join(f"{format_number(o[k])} {format_number(hi[k])}" for k in range(3))
+    if frame.triclinic:
+        return (f"region mlmix_box prism {bounds} {format_number(b[1, 0])} "
+                f"{format_number(b[2, 0])} {format_number(b[2, 1])} units box")
+    return f"region mlmix_box block {bounds} units box"
+

@@ -20,6 +20,7 @@ from ..._lammps_runtime import new_lammps
 from ...errors import CalculationError, ConfigurationError
 from ...neighbours import perpendicular_widths
 from ...potentials.lammps import LammpsPotential, format_number
+from ...potentials.lammps_frame import region_command
 
 FIX_EXT = "mlmix_ext"
 REF = "d2_mlmix_xref"
@@ -87,14 +88,7 @@ def pair_commands(cheap: LammpsPotential, type_species: tuple[str, ...]) -> list
 
 def box_commands(frame: Any, n_types: int) -> list[str]:
     """Units, boundary, region and ``create_box`` for the engine's frame."""
-    b, o = frame.box, frame.origin
-    hi = o + np.diag(b)
-    bounds = " ".join(f"{format_number(o[k])} {format_number(hi[k])}" for k in range(3))
-    if frame.triclinic:
-        region = (f"region mlmix_box prism {bounds} {format_number(b[1, 0])} "
-                  f"{format_number(b[2, 0])} {format_number(b[2, 1])} units box")
-    else:
-        region = f"region mlmix_box block {bounds} units box"
+    region = region_command(frame)
     return ["units metal", "atom_style atomic", "atom_modify map yes",
             "boundary " + " ".join("p" if p else "s" for p in frame.pbc), region,
             f"create_box {n_types} mlmix_box"]
