@@ -73,7 +73,8 @@ class Seeds(abc.ABC):
         """
 
 
-def _check_indices(indices: np.ndarray, n: int, what: str) -> None:
+def _check_indices(indices: Sequence[int] | np.ndarray, n: int, what: str) -> None:
+    indices = np.asarray(indices)
     bad = indices[indices >= n]
     if bad.size:
         raise ConfigurationError(

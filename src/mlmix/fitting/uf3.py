@@ -483,7 +483,7 @@ class Uf3Model(LinearModel):
         """Energy columns and derivative terms of the three-body blocks."""
         nc = self._n
         e = np.zeros(nc)
-        terms = []
+        terms: list = []
         short = d < max(b.cutoff for b in self._blocks3)
         pi = np.flatnonzero(short)
         if pi.size < 2:

@@ -239,6 +239,8 @@ class PotentialCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
+        if self.atoms is None:  # pragma: no cover - ASE sets it from atoms above
+            raise ConfigurationError("PotentialCalculator.calculate needs atoms")
         result = self.potential.evaluate(self.atoms)
         energy = float(result.energies.sum())
         self.results = {
