@@ -50,7 +50,8 @@ STRAIN_TYPES = data.DEFAULT_STRAIN_TYPES
 class FitConfig:
     """A checked fit configuration (see ``examples/fit-si.toml`` for the file form).
 
-    Lengths Å, energies eV, temperatures K, times fs.
+    Lengths Å, energies eV, temperatures K, times fs. Defaults are those the file's
+    schema declares (:data:`mlmix.schema.FIT`).
     """
 
     expensive: dict
@@ -61,26 +62,26 @@ class FitConfig:
     model: dict
     output: Path
     strain_types: tuple[str, ...] = STRAIN_TYPES
-    n_strains: int = 17
-    max_strain: float = 0.005
-    temperature_K: float = 500.0
-    n_frames: int = 20
-    interval: int = 20
-    timestep_fs: float = 1.0
+    n_strains: int = default(FIT, "hard", "n_strains")
+    max_strain: float = default(FIT, "hard", "max_strain")
+    temperature_K: float = default(FIT, "soft", "temperature_K")
+    n_frames: int = default(FIT, "soft", "n_frames")
+    interval: int = default(FIT, "soft", "interval")
+    timestep_fs: float = default(FIT, "soft", "timestep_fs")
     driver: dict | None = None
     extra_files: tuple[Path, ...] = ()
-    test_fraction: float = 0.25
-    seed: int = 0
-    alpha: float = 1e-4
-    method: str = "lambda"
-    energy_weight: float = 1.0
-    force_weight: float = 0.1
-    reg: float = 1e-8
-    zero_columns: str = "error"
-    vacancy: bool = False
-    elastic: bool = True
-    elastic_delta: float = 1e-3
-    stem: str = "cheap"
+    test_fraction: float = default(FIT, "soft", "test_fraction")
+    seed: int = default(FIT, "soft", "seed")
+    alpha: float = default(FIT, "fit", "alpha")
+    method: str = default(FIT, "fit", "method")
+    energy_weight: float = default(FIT, "fit", "energy_weight")
+    force_weight: float = default(FIT, "fit", "force_weight")
+    reg: float = default(FIT, "fit", "reg")
+    zero_columns: str = default(FIT, "fit", "zero_columns")
+    vacancy: bool = default(FIT, "report", "vacancy")
+    elastic: bool = default(FIT, "report", "elastic")
+    elastic_delta: float = default(FIT, "report", "elastic_delta")
+    stem: str = default(FIT, "output", "stem")
     extras: dict = field(default_factory=dict)
 
 
