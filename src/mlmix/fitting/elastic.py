@@ -1,6 +1,10 @@
-"""Elastic constants and lattice parameters from energies only (no stress needed).
+"""Elastic constants and lattice parameters, from stresses or from energies.
 
-The potential interface gives energies and forces, so elastic constants come from
+(Slightly over the house limit of ~500 lines: the stress route, the energy route and
+the strained-set fits share the strain convention, the result types and the input
+checks defined here; splitting them would scatter one definition of C over modules.)
+
+Every potential gives energies, so elastic constants can always come from
 energy curvatures. For a cell relaxed to zero stress, with Voigt strain e (engineering
 shears, see :func:`mlmix.fitting.data.voigt_to_tensor`) applied as
 ``cell @ (I + eps)``,
