@@ -55,7 +55,12 @@ def number_argument(name: str, value, unit: str = "", *, minimum: float | None =
         raise ConfigurationError(
             f"{name} must be {wanted}, got {value!r} (a {type(value).__name__}); "
             f"pass {example}")
-    number = int(value) if integer else float(value)  # type: ignore[call-overload]  # Integral
+    # With integer=True the check above has already refused anything but an Integral.
+    number: float | int
+    if integer and isinstance(value, numbers.Integral):
+        number = int(value)
+    else:
+        number = float(value)
     out_of_range = minimum is not None and (number <= minimum if strict else number < minimum)
     if math.isnan(number) or (finite and math.isinf(number)) or out_of_range:
         raise ConfigurationError(f"{name} must be {wanted}, got {value!r}")

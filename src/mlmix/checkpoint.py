@@ -77,7 +77,8 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         try:
             give_default_mode(fd)
             with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, tree=np.array(text), **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
+                # numpy's stub types savez's **kwds as its allow_pickle flag, not arrays.
+                np.savez(fh, tree=np.array(text), **arrays)  # type: ignore[arg-type]
                 fh.flush()
                 os.fsync(fh.fileno())
             if path.is_file():

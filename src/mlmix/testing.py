@@ -79,9 +79,10 @@ def _as_mask(atoms: Atoms, mask) -> np.ndarray | None:
 
 
 def _cutoff(potential: Potential) -> float:
-    value = getattr(potential, "cutoff", None)
+    # Any: a user's backend may set cutoff to anything; None and strings are refused below.
+    value: Any = getattr(potential, "cutoff", None)
     try:
-        cutoff = float(value)  # type: ignore[arg-type]  # None and strings are refused below
+        cutoff = float(value)
     except (TypeError, ValueError):
         raise ConfigurationError(
             f"{potential!r} has no numeric cutoff ({value!r}); a backend must set "
