@@ -372,3 +372,17 @@ def test_changed_properties_agrees_with_ase_compare_atoms():
         assert sorted(changed_properties(base, new)) == sorted(compare_atoms(base, new)), name
     assert sorted(changed_properties(None, base)) == sorted(compare_atoms(None, base))
     assert changed_properties(base, base.copy(), excluded={"positions"}) == []
+
+
+def test_current_regions_exist_only_after_a_force_call(sw_tersoff_pair):
+    from mlmix import CalculationError, IndexSeeds, RegionSpec, RegionTracker
+
+    expensive, cheap = sw_tersoff_pair
+    atoms = bulk("Si", "diamond", a=5.431, cubic=True).repeat(2)
+    calc = MixedCalculator(expensive, cheap, RegionTracker(
+        RegionSpec(r_core=2.5, r_buff=expensive.cutoff), IndexSeeds([0]), nevery=0))
+    with pytest.raises(CalculationError, match="has not evaluated forces yet"):
+        calc.current_regions()
+    atoms.calc = calc
+    atoms.get_forces()
+    assert calc.current_regions() is calc.regions and calc.regions.p[0] == 1.0

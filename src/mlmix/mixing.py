@@ -269,10 +269,11 @@ class MixedCalculator(Calculator):
         """The regions used for the last force call."""
         return self.tracker.regions
 
-    def _regions(self) -> Regions:
-        """The regions of the current step (inside a force call: always built)."""
-        if self.tracker.regions is None:  # pragma: no cover - update() came first
-            raise CalculationError("the regions were not built before the mixing")
+    def current_regions(self) -> Regions:
+        """:attr:`regions`, which exist once forces were computed (CalculationError
+        before the first force call)."""
+        if self.tracker.regions is None:
+            raise CalculationError("the mixed calculator has not evaluated forces yet")
         return self.tracker.regions
 
     def get_property(self, name, atoms=None, allow_calculation=True):
@@ -379,7 +380,7 @@ class MixedCalculator(Calculator):
         self.results = {"forces": forces, "energy": np.nan}
         seconds = time.perf_counter() - t0
         self.history.append(StepReport(
-            step=self.step, rebuilt=False, counts=self._regions().counts(),
+            step=self.step, rebuilt=False, counts=self.current_regions().counts(),
             n_expensive=0, n_cheap=cheap.n_evaluated, corrected=False,
             seconds={"regions": 0.0, "expensive": 0.0, "cheap": seconds, "total": seconds}))
         self.step += 1

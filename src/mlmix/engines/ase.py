@@ -34,7 +34,6 @@ from ..outputs import (
     progress_bar,
     temperature_K,
 )
-from ..regions import Regions
 from ..rundir import output_errors
 from .session import (
     CHECKPOINT,
@@ -52,16 +51,9 @@ RELAX_COLUMNS = ("iteration", "fmax_eV_per_A", "n_core", "n_weighted", "n_expens
                  "n_cheap", "seconds_per_iteration")
 
 
-def _regions(calc: MixedCalculator) -> Regions:
-    """The regions of the calculator's last force call (there always was one here)."""
-    if calc.regions is None:  # pragma: no cover - every task evaluates forces first
-        raise CalculationError("the mixed calculator has not evaluated forces yet")
-    return calc.regions
-
-
 def _counts(calc: MixedCalculator) -> dict:
     report = calc.history[-1]
-    return {"n_core": report.counts["core"], "n_weighted": int((_regions(calc).p > 0).sum()),
+    return {"n_core": report.counts["core"], "n_weighted": int((calc.current_regions().p > 0).sum()),
             "n_expensive": int(report.n_expensive), "n_cheap": int(report.n_cheap)}
 
 
@@ -175,7 +167,7 @@ def run_md(setup: Setup) -> dict:
         "correction_every": task["correction_every"],
         "expensive_evaluated_median": corrected_median(reports),
         "cheap_evaluated_median": float(np.median([r.n_cheap for r in reports])),
-        "region_counts_final": _regions(calc).counts(),
+        "region_counts_final": calc.current_regions().counts(),
         "drift_estimate_eV_per_ps": drift.slope_eV_per_ps() if nve else None,
         "drift_note": ("estimate from the weighted energy; run 'mlmix drift' for the "
                        "expensive re-evaluation") if nve else
@@ -258,7 +250,7 @@ def run_relax(setup: Setup) -> dict:
                        "potential on the whole relaxed structure" if energy is not None else
                        "the mixed forces have no energy (set task.expensive_energy = true for "
                        "the expensive potential's energy of the relaxed structure)",
-        "region_counts": _regions(calc).counts(), "figures": made,
+        "region_counts": calc.current_regions().counts(), "figures": made,
     })
     if not converged:
         raise CalculationError(

@@ -26,7 +26,7 @@ from ase.data import atomic_numbers
 
 from ..carving import candidates_near
 from ..errors import CalculationError, ConfigurationError
-from .base import Evaluation, Potential
+from .base import Evaluation, Potential, bare_copy
 from .files import resolve_potential_file
 
 _SUFFIXES = (".ace", ".yace")
@@ -249,8 +249,7 @@ class AcePotential(Potential):
             from pyace import PyACECalculator
 
             self._stress_calculator = PyACECalculator(str(self.path))
-        whole = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell,
-                      pbc=atoms.pbc)
+        whole = bare_copy(atoms)
         whole.calc = self._stress_calculator
         try:
             return np.asarray(whole.get_stress(), dtype=float)

@@ -53,7 +53,7 @@ from ..errors import (
     ConfigurationError,
     missing_dependency,
 )
-from .base import Evaluation, Potential
+from .base import Evaluation, Potential, bare_copy
 from .devices import check_device
 
 
@@ -227,10 +227,8 @@ class AseClusterPotential(Potential):
         """The calculator's stress of the whole periodic system."""
         calc = self.calculator
         calc.reset()
-        whole = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell,
-                      pbc=atoms.pbc)
         try:
-            calc.calculate(whole, ["stress"], all_changes)
+            calc.calculate(bare_copy(atoms), ["stress"], all_changes)
         except Exception as exc:
             raise CalculationError(f"{self.name} failed on the stress of {len(atoms)} atoms: "
                                    f"{exc}") from exc
@@ -247,9 +245,7 @@ class AseClusterPotential(Potential):
         forces = np.zeros((n, 3))
         energies = np.full(n, np.nan)
         if mask.all():
-            whole = Atoms(numbers=atoms.numbers, positions=atoms.positions,
-                          cell=atoms.cell, pbc=atoms.pbc)
-            f, e = self._run(whole)
+            f, e = self._run(bare_copy(atoms))
             if e is not None:
                 energies[:] = e
             return Evaluation(f, energies, n_evaluated=n, exact=True)

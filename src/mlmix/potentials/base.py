@@ -33,6 +33,13 @@ from ase.calculators.calculator import Calculator, all_changes
 from ..errors import CalculationError, ConfigurationError
 
 
+def bare_copy(atoms: Atoms) -> Atoms:
+    """The structure alone (numbers, positions, cell, pbc): no calculator, constraints
+    or per-atom arrays, for handing to a backend's own code."""
+    return Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell,
+                 pbc=atoms.pbc)
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """Result of one masked evaluation.

@@ -32,7 +32,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from ..carving import carve_cluster, within
 from ..errors import CalculationError, ConfigurationError, missing_dependency
-from .base import Evaluation, Potential
+from .base import Evaluation, Potential, bare_copy
 from .devices import check_device
 from .files import resolve_potential_file
 
@@ -146,9 +146,7 @@ class MacePotential(Potential):
         from mace.tools import torch_tools
 
         with torch_tools.default_dtype(self.dtype):
-            config = self._data.config_from_atoms(
-                Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell,
-                      pbc=atoms.pbc))
+            config = self._data.config_from_atoms(bare_copy(atoms))
             graph = self._data.AtomicData.from_config(
                 config, z_table=self._z_table, cutoff=self.cutoff, heads=self._heads)
         data = self._geometric.Batch.from_data_list([graph]).to_dict()
