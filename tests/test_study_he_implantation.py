@@ -1,0 +1,162 @@
+"""The He-implantation case study (``studies/he_implantation.py``): its counting,
+statistics, integrator and resumable record, then the ``--quick`` run end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import units
+from ase.data import atomic_masses, atomic_numbers
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+sys.path.insert(0, str(STUDIES))
+import he_implantation as study  # noqa: E402
+
+M_HE = atomic_masses[atomic_numbers["He"]]
+A_W = 3.18046  # Å
+
+
+def test_reflection_is_counted_once_the_he_leaves_moving_away():
+    """A hand-made trajectory: in, bounce at the surface, out. Only the last state
+    (above the release height, moving up) counts as reflected; a He that is high but
+    still coming in, or moving up below the release height, does not."""
+    z_top = 10.0
+    release = study.RELEASE
+    zs = [z_top + 5.0, z_top + 2.0, z_top + 0.5, z_top + 2.0, z_top + release + 0.1]
+    vz = [-1.0, -1.0, +0.5, +0.5, +0.5]
+    flags = [study.reflected(z, v, z_top) for z, v in zip(zs, vz, strict=True)]
+    assert flags == [False, False, False, False, True]
+    assert not study.reflected(z_top + release + 3.0, -0.1, z_top)
+
+
+def test_reflection_coefficient_binomial_and_wilson():
+    r = study.reflection_coefficient(30, 120)
+    assert r["R"] == pytest.approx(0.25)
+    assert r["stderr"] == pytest.approx(math.sqrt(0.25 * 0.75 / 120))
+    lo, hi = r["wilson_68"]
+    assert lo < 0.25 < hi
+    # brute force: the Wilson interval is where |p - R| = z sqrt(p(1-p)/n), z = 1
+    grid = np.linspace(0, 1, 200001)
+    inside = grid[np.abs(grid - 0.25) <= np.sqrt(grid * (1 - grid) / 120)]
+    assert lo == pytest.approx(inside.min(), abs=1e-4)
+    assert hi == pytest.approx(inside.max(), abs=1e-4)
+    # no zero-width interval at R = 0 or 1
+    zero = study.reflection_coefficient(0, 10)
+    assert zero["R"] == 0 and zero["wilson_68"][0] == pytest.approx(0) and zero["wilson_68"][1] > 0.05
+    with pytest.raises(ValueError, match="n > 0"):
+        study.reflection_coefficient(0, 0)
+
+
+def test_adaptive_dt_follows_the_displacement_and_energy_rules():
+    v = np.zeros((3, 3))
+    f = np.zeros((3, 3))
+    assert study.adaptive_dt(v, f) == pytest.approx(study.DT_MAX_FS * units.fs)
+    v[1, 2] = 0.5 / units.fs  # 0.5 Å/fs: 0.05 Å in 0.1 fs
+    assert study.adaptive_dt(v, f, dx_max=0.05) == pytest.approx(0.1 * units.fs)
+    f[1, 2] = -20.0  # eV/Å against the motion: 10 eV/fs of work
+    assert study.adaptive_dt(v, f, dx_max=0.05, de_max=0.5) == pytest.approx(0.05 * units.fs)
+
+
+def test_launch_places_one_he_at_the_energy_above_a_thermal_slab():
+    slab = study.w110_slab(A_W, 4, 3, 2)
+    assert len(slab) == 4 * 4 * 3 * 2
+    assert slab.positions[:, 2].min() == pytest.approx(0.0)
+    layers = np.unique(slab.positions[:, 2].round(6))
+    assert np.allclose(np.diff(layers), A_W / math.sqrt(2))  # (110) interplanar spacing
+    rng = np.random.default_rng(0)
+    atoms = study.launch(slab, 60.0, rng)
+    assert atoms.get_chemical_symbols()[-1] == "He" and len(atoms) == len(slab) + 1
+    he = atoms.positions[-1]
+    assert he[2] == pytest.approx(study.top_layer(slab) + study.START_HEIGHT)
+    frac = np.linalg.solve(atoms.cell.array.T, he)
+    assert 0 <= frac[0] < 1 and 0 <= frac[1] < 1
+    v = atoms.get_velocities()
+    assert 0.5 * M_HE * np.sum(v[-1] ** 2) == pytest.approx(60.0)
+    assert v[-1, 2] < 0 and v[-1, 0] == v[-1, 1] == 0
+    m = atoms.get_masses()[:-1]
+    assert np.allclose(m @ v[:-1], 0.0, atol=1e-12)  # the slab does not drift
+    # the same seed gives the same impact (mixed and all-expensive runs are paired)
+    again = study.launch(slab, 60.0, np.random.default_rng(0))
+    assert np.array_equal(again.positions, atoms.positions)
+    assert np.array_equal(again.get_velocities(), v)
+
+
+def test_bath_is_the_bottom_layers_only():
+    slab = study.w110_slab(A_W, 4, 3, 3)
+    bath = study.bath_mask(slab, depth=2.5)
+    z = slab.positions[:, 2]
+    assert bath.sum() == 2 * 4 * 3 * 2  # two (110) layers of 2 x 4 x 3 atoms
+    assert z[bath].max() < 2.5 <= z[~bath].min()
+
+
+def test_torn_last_line_is_dropped_and_a_torn_middle_line_refused(tmp_path):
+    log = tmp_path / "impacts.jsonl"
+    study.append_impact(log, {"model": "mixed", "index": 0})
+    study.append_impact(log, {"model": "mixed", "index": 1})
+    with log.open("a") as fh:
+        fh.write('{"model": "mixed", "ind')  # killed mid-write
+    assert [d["index"] for d in study.read_impacts(log)] == [0, 1]
+    assert log.read_text().count("\n") == 2 and log.read_text().endswith("}\n")
+    log.write_text('{"a": 1}\n{"b": \n{"c": 3}\n')
+    with pytest.raises(json.JSONDecodeError):
+        study.read_impacts(log)
+
+
+def test_head_on_collision_backscatters_with_the_binary_collision_energy():
+    """100 eV He straight down onto a surface atom of a 0 K W(110) slab, all-expensive,
+    no bath: it comes back up (reflected) with energy between the free head-on binary
+    collision value ((M - m)/(M + m))^2 E and E (the struck atom is bound, so it takes
+    less than a free one would), and the adaptive step conserves the total energy."""
+    from mlmix.potentials import LammpsPotential
+
+    expensive = LammpsPotential.from_include(study.EXPENSIVE_FILE, ["W", "He"])
+    slab = study.w110_slab(A_W, 4, 3, 2)
+    atoms = study.launch(slab, 100.0, np.random.default_rng(1), temperature_K=0.0)
+    top = np.argmax(slab.positions[:, 2])
+    atoms.positions[-1, :2] = slab.positions[top, :2]
+    calc = expensive.as_calculator()
+    atoms.calc = calc
+    e0 = atoms.get_potential_energy() + atoms.get_kinetic_energy()
+    out = study.run_impact(atoms, calc, 60.0, np.random.default_rng(2),
+                           np.zeros(len(atoms), bool))
+    e1 = atoms.get_potential_energy() + atoms.get_kinetic_energy()
+    assert out["outcome"] == "reflected"
+    w = atomic_masses[atomic_numbers["W"]]
+    k_free = ((w - M_HE) / (w + M_HE)) ** 2
+    assert k_free * 100.0 < out["final_he_energy_eV"] < 100.0
+    assert abs(e1 - e0) < 0.5  # eV, of 100 eV brought in
+
+
+@pytest.mark.slow
+def test_he_implantation_quick_runs_and_resumes(tmp_path):
+    cmd = [sys.executable, str(STUDIES / "he_implantation.py"), "--quick", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((tmp_path / "he_implantation_quick.json").read_text())
+    assert (tmp_path / "he_implantation_quick.png").stat().st_size > 10_000
+    setup = r["setup"]
+    assert r["quick"] and r["complete"]
+    assert setup["r_core"] > study.HE_W_CUTOFF and setup["r_buff_A"] >= setup["expensive_cutoff_A"]
+    mixed = r["summary"]["reflection"]["mixed"]
+    assert sorted(float(e) for e in mixed) == sorted(setup["energies_eV"])
+    for row in mixed.values():
+        assert row["n"] == setup["impacts"] and 0 <= row["R"] <= 1
+    # the He follows the core: exact forces on it and its core at contact
+    fc = r["force_check_at_contact"]
+    assert fc["he_height_A"] < 1.0 and fc["n_core"] >= 2
+    assert fc["max_error_core_eV_per_A"] < 1e-8 < fc["max_force_on_he_eV_per_A"]
+    paired = r["summary"]["paired"]
+    assert paired["n"] == len(setup["paired_energies_eV"]) * setup["paired_impacts"]
+    cost = r["summary"]["cost"]
+    assert cost["mixed"]["mean_weighted_atoms"] >= 1 and cost["speedup_per_step"] > 0
+    # a second run finds every impact done and adds none
+    lines = {p.name: p.read_text() for p in tmp_path.glob("*.jsonl")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {p.name: p.read_text() for p in tmp_path.glob("*.jsonl")} == lines
