@@ -12,13 +12,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "studies" / "results"
 
 
-def parse_args(doc: str, argv=None, seed: bool = True) -> argparse.Namespace:
-    """``--quick`` (smoke-sized, < 40 s), ``--out DIR`` and, if ``seed``, ``--seed N``."""
+def parse_args(doc: str, argv=None, seed: bool = True, extra=None) -> argparse.Namespace:
+    """``--quick`` (smoke-sized, < 40 s), ``--out DIR``, if ``seed``, ``--seed N``, and what
+    ``extra(parser)`` adds."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke-sized run (< 40 s)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     if seed:
         parser.add_argument("--seed", type=int, default=1)
+    if extra is not None:
+        extra(parser)
     return parser.parse_args(argv)
 
 

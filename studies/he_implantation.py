@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import ROOT, header, save, save_figure
+from _common import ROOT, header, parse_args, save, save_figure
 from ase import Atoms, units
 from ase.data import atomic_masses, atomic_numbers
 from ase.optimize import FIRE
@@ -110,6 +110,32 @@ def speed(energy_eV: float, mass_amu: float) -> float:
     return float(np.sqrt(2.0 * energy_eV / mass_amu))
 
 
+def thermal_velocities(masses: np.ndarray, temperature_K: float,
+                       rng: np.random.Generator) -> np.ndarray:
+    """``(N, 3)`` Maxwell-Boltzmann velocities (ASE units) at ``temperature_K`` for
+    ``masses`` (N,) amu, with zero total momentum."""
+    v = rng.normal(size=(len(masses), 3)) * np.sqrt(units.kB * temperature_K / masses)[:, None]
+    return v - np.average(v, axis=0, weights=masses)
+
+
+def verlet_langevin_step(atoms: Atoms, forces: np.ndarray, dt: float, bath: np.ndarray,
+                         gamma: float, temperature_K: float,
+                         rng: np.random.Generator) -> np.ndarray:
+    """One velocity-Verlet step of ``dt`` (ASE units) from ``forces`` (N, 3) eV/Å, then an
+    exact Ornstein-Uhlenbeck update (friction ``gamma``, 1/ASE time) of the ``bath``
+    atoms' velocities; returns the new forces."""
+    m = atoms.get_masses()[:, None]
+    v = atoms.get_velocities() + 0.5 * dt * forces / m
+    atoms.positions = atoms.positions + dt * v
+    forces = atoms.get_forces()
+    v = v + 0.5 * dt * forces / m
+    c = np.exp(-gamma * dt)
+    v[bath] = c * v[bath] + np.sqrt((1 - c * c) * units.kB * temperature_K / m[bath]) * rng.normal(
+        size=(int(bath.sum()), 3))
+    atoms.set_velocities(v)
+    return forces
+
+
 def launch(slab: Atoms, energy_eV: float, rng: np.random.Generator,
            temperature_K: float = TEMPERATURE_K) -> Atoms:
     """The slab with new thermal velocities and one He above it at a random lateral
@@ -120,10 +146,7 @@ def launch(slab: Atoms, energy_eV: float, rng: np.random.Generator,
     """
     atoms = slab.copy()
     atoms.arrays.pop("mlmix_id", None)  # a new structure for the region tracker
-    m = atoms.get_masses()
-    v = rng.normal(size=(len(atoms), 3)) * np.sqrt(units.kB * temperature_K / m)[:, None]
-    v -= np.average(v, axis=0, weights=m)
-    atoms.set_velocities(v)
+    atoms.set_velocities(thermal_velocities(atoms.get_masses(), temperature_K, rng))
     frac = rng.random(2)
     xy = frac @ atoms.cell.array[:2, :2]
     he = Atoms("He", positions=[[xy[0], xy[1], top_layer(atoms) + START_HEIGHT]])
@@ -182,9 +205,7 @@ def run_impact(atoms: Atoms, calc, t_max_fs: float, rng: np.random.Generator,
     ``FRICTION_PER_FS``, ``TEMPERATURE_K``). The He is the last atom.
     """
     atoms.calc = calc
-    m = atoms.get_masses()[:, None]
     gamma = FRICTION_PER_FS / units.fs
-    kt = units.kB * TEMPERATURE_K
     z_top = top_layer(atoms)
     z_bottom = float(atoms.positions[atoms.numbers == atomic_numbers["W"], 2].min())
     t, steps, deepest = 0.0, 0, np.inf
@@ -194,16 +215,9 @@ def run_impact(atoms: Atoms, calc, t_max_fs: float, rng: np.random.Generator,
     f = atoms.get_forces()
     outcome = "retained"
     while t < t_max_fs * units.fs:
+        dt = adaptive_dt(atoms.get_velocities(), f, dx_max, de_max)
+        f = verlet_langevin_step(atoms, f, dt, bath, gamma, TEMPERATURE_K, rng)
         v = atoms.get_velocities()
-        dt = adaptive_dt(v, f, dx_max, de_max)
-        v = v + 0.5 * dt * f / m
-        atoms.positions = atoms.positions + dt * v
-        f = atoms.get_forces()
-        v = v + 0.5 * dt * f / m
-        c = np.exp(-gamma * dt)
-        v[bath] = c * v[bath] + np.sqrt((1 - c * c) * kt / m[bath]) * rng.normal(
-            size=(int(bath.sum()), 3))
-        atoms.set_velocities(v)
         t += dt
         steps += 1
         z_he = atoms.positions[-1, 2]
@@ -218,7 +232,7 @@ def run_impact(atoms: Atoms, calc, t_max_fs: float, rng: np.random.Generator,
         if z_he < z_bottom - RELEASE:  # channelled through the slab: not reflected
             outcome = "transmitted"
             break
-    m_he = float(m[-1, 0])
+    m_he = float(atoms.get_masses()[-1])
     return {"outcome": outcome, "t_end_fs": t / units.fs, "steps": steps,
             "deepest_A": float(deepest), "final_depth_A": float(atoms.positions[-1, 2] - z_top),
             "final_he_energy_eV": float(0.5 * m_he * np.sum(atoms.get_velocities()[-1] ** 2)),
@@ -274,19 +288,12 @@ def prepare_slab(setup: dict, a: float, cheap, out: Path, tag: str) -> Atoms:
     slab.calc = cheap.as_calculator()
     FIRE(slab, logfile=None).run(fmax=0.01, steps=500)
     rng = np.random.default_rng(12345)
-    m = slab.get_masses()[:, None]
-    v = rng.normal(size=(len(slab), 3)) * np.sqrt(units.kB * TEMPERATURE_K / m)
-    slab.set_velocities(v - np.average(v, axis=0, weights=m[:, 0]))
-    dt = 1.0 * units.fs
-    c = np.exp(-0.01 * dt / units.fs)  # 100 fs relaxation time everywhere
+    slab.set_velocities(thermal_velocities(slab.get_masses(), TEMPERATURE_K, rng))
+    everywhere = np.ones(len(slab), dtype=bool)
     f = slab.get_forces()
-    for _ in range(int(THERMALIZE_FS)):
-        v = slab.get_velocities() + 0.5 * dt * f / m
-        slab.positions = slab.positions + dt * v
-        f = slab.get_forces()
-        v = v + 0.5 * dt * f / m
-        v = c * v + np.sqrt((1 - c * c) * units.kB * TEMPERATURE_K / m) * rng.normal(size=v.shape)
-        slab.set_velocities(v)
+    for _ in range(int(THERMALIZE_FS)):  # 1 fs steps, 100 fs relaxation time everywhere
+        f = verlet_langevin_step(slab, f, 1.0 * units.fs, everywhere, 0.01 / units.fs,
+                                 TEMPERATURE_K, rng)
     slab.calc = None
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".he_implantation_slab_{tag}.tmp.extxyz.gz"
@@ -424,23 +431,20 @@ def figure(result: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def parse(argv=None):
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke-sized run (< 60 s)")
-    parser.add_argument("--out", type=Path, default=ROOT / "studies" / "results")
-    parser.add_argument("--seed", type=int, default=1)
+def more_arguments(parser) -> None:
+    """This study's options beyond ``_common.parse_args``'s ``--quick``, ``--out``, ``--seed``."""
     parser.add_argument("--budget-hours", type=float, default=None,
                         help="start no new impact after this many hours (rerun to continue)")
     parser.add_argument("--only", choices=("mixed", "expensive"), default=None,
                         help="run only the mixed or only the paired all-expensive impacts "
                              "(two processes can share the work)")
-    return parser.parse_args(argv)
 
 
 def main(argv=None) -> dict:
-    args = parse(argv)
+    args = parse_args(__doc__, argv, extra=more_arguments)
+    if args.budget_hours is not None and args.budget_hours < 0:
+        raise SystemExit(f"--budget-hours must be >= 0 (0: only rebuild the summary), got "
+                         f"{args.budget_hours}")
     setup = dict(QUICK if args.quick else FULL)
     t_start = time.perf_counter()
     report = json.loads((CHEAP_DIR / "report.json").read_text())["models"]

@@ -160,3 +160,9 @@ def test_he_implantation_quick_runs_and_resumes(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {p.name: p.read_text() for p in tmp_path.glob("*.jsonl")} == lines
+
+
+def test_negative_budget_refused_before_any_work(tmp_path):
+    with pytest.raises(SystemExit, match="--budget-hours must be >= 0"):
+        study.main(["--budget-hours", "-1", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
