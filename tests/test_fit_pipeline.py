@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ase.build import bulk
 from ase.io import read
 
 from conftest import shared_data
@@ -184,3 +185,24 @@ def test_unreachable_alpha_leaves_no_output(tmp_path):
         pipeline.run(cfg, progress=None)
     leftovers = sorted(p.name for p in cfg.output.iterdir() if p.name not in (MARKER, LOCK))
     assert leftovers == ["cache"]  # labels are kept for a retry; nothing half-written
+
+
+def test_the_fit_writes_the_uncertainty_of_its_potential(si_fit):
+    """mlmix fit stores the active sets beside the potential: the training crystal is
+    interpolation, a vacancy's neighbours are not, and the file names its potential."""
+    from mlmix.fitting.uncertainty import TOLERANCE, Uncertainty
+
+    cfg, result = si_fit
+    unc = Uncertainty.load(cfg.output / f"{cfg.stem}.uncertainty.npz")
+    assert result["uncertainty"]["threshold"] == unc.threshold >= TOLERANCE
+    assert unc.heldout["n_atoms"] == 64 * result["fit"]["n_test_frames"]
+    unc.check_potential(cfg.output / f"{cfg.stem}.snapcoeff", "test")
+    with pytest.raises(ConfigurationError, match="different or edited"):
+        unc.check_potential(cfg.output / f"{cfg.stem}_unconstrained.snapcoeff", "test")
+    atoms, neighbours = vacancy_supercell("Si", "diamond", 5.46, 2, 2.8)
+    grades = unc.grade(atoms)
+    assert grades[neighbours].min() > unc.threshold
+    a = result["models"]["expensive"]["lattice_parameter_A"]  # the relaxed training cell
+    perfect = bulk("Si", "diamond", a=a, cubic=True).repeat(2)
+    assert unc.grade(perfect).max() <= TOLERANCE * (1 + 1e-6)
+    unc.close()

@@ -57,10 +57,12 @@ from .schema import RUN, choices, default, known_keys
 from .seeds import (
     ClassifierSeeds,
     IndexSeeds,
+    Quantity,
     SpeciesSeeds,
     centrosymmetry,
     coordination,
     masked,
+    uncertainty,
 )
 
 BUILDERS = choices(RUN, "structure", "builder")
@@ -72,7 +74,11 @@ NEB_METHODS = choices(RUN, "task", "method")
 THERMOSTAT_WEIGHTS = choices(RUN, "task", "thermostat_weights")
 # classifier quantities and their parameters (with defaults; None = required)
 QUANTITIES: dict[str, dict[str, float | None]] = {"coordination": {"r_cut": None},
-              "centrosymmetry": {"r_cut": 3.6, "n_neighbours": 8}}
+              "centrosymmetry": {"r_cut": 3.6, "n_neighbours": 8},
+              "uncertainty": {"file": None, "threshold": None}}
+QUANTITY_KEYS = {key for params in QUANTITIES.values() for key in params}
+# cheap potentials mlmix fit writes (an uncertainty file beside them)
+FITTED = {("lammps", "snap"), ("lammps", "uf3"), ("ace", None)}
 MAX_TIMESTEP_FS = 10.0
 ENGINES = choices(RUN, "engine", "kind")
 
@@ -272,12 +278,14 @@ def _seeds(p: Problems, regions: Mapping, builder: str | None) -> dict:
         if not isinstance(seeds["args"], str):
             p.add(f"{where}.args", f"must be the compute's arguments as one string, e.g. "
                   f"'cutoff 2.9' or 'bcc', got {seeds['args']!r}")
+    quantity = p.choice(seeds, where, "quantity", set(QUANTITIES)) if kind == "classifier" \
+        else None
     if kind in ("classifier", "lammps_compute"):
-        _averaged_seeds(p, seeds, where, regions.get("nevery"))
+        _averaged_seeds(p, seeds, where, regions.get("nevery"),
+                        bounds=quantity != "uncertainty")
     if kind == "classifier":
-        quantity = p.choice(seeds, where, "quantity", set(QUANTITIES))
         params = QUANTITIES.get(quantity, {}) if quantity is not None else {}
-        for key in ({"r_cut", "n_neighbours"} - set(params)) & set(seeds) if quantity else ():
+        for key in sorted((QUANTITY_KEYS - set(params)) & set(seeds)) if quantity else ():
             p.add(f"{where}.{key}", f"is not a parameter of quantity {quantity!r}")
         for key, default in params.items():
             if default is not None:
@@ -292,19 +300,26 @@ def _seeds(p: Problems, regions: Mapping, builder: str | None) -> dict:
     return seeds
 
 
-def _averaged_seeds(p: Problems, seeds: dict, where: str, nevery) -> None:
+def _averaged_seeds(p: Problems, seeds: dict, where: str, nevery, bounds: bool = True) -> None:
     """Bounds and schedule of a time-averaged classifier (mlmix.seeds.ClassifierSeeds).
 
     ``nfreq`` defaults to the rebuild period ``regions.nevery`` (a query at every
-    rebuild), so a minimal classifier table fits any schedule.
+    rebuild), so a minimal classifier table fits any schedule. Without ``bounds`` (the
+    uncertainty classifier, whose bound is its threshold) lb and ub are refused.
     """
-    bounds = [p.number(seeds, where, key) if key in seeds else None for key in ("lb", "ub")]
-    if not ("lb" in seeds or "ub" in seeds):
-        p.add(where, "a classifier needs lb and/or ub (seeds: lb <= q <= ub)")
-    lb, ub = bounds
-    if lb is not None and ub is not None and lb > ub:
-        p.add(f"{where}.lb", f"({bounds[0]}) must not exceed {where}.ub ({bounds[1]}): "
-              "no atom could be a seed")
+    if not bounds:
+        for key in ("lb", "ub"):
+            if key in seeds:
+                p.add(f"{where}.{key}", "the uncertainty classifier takes a threshold "
+                      "(seeds: grade >= threshold), not lb/ub; write threshold = ...")
+    else:
+        values = [p.number(seeds, where, key) if key in seeds else None for key in ("lb", "ub")]
+        if not ("lb" in seeds or "ub" in seeds):
+            p.add(where, "a classifier needs lb and/or ub (seeds: lb <= q <= ub)")
+        lb, ub = values
+        if lb is not None and ub is not None and lb > ub:
+            p.add(f"{where}.lb", f"({lb}) must not exceed {where}.ub ({ub}): "
+                  "no atom could be a seed")
     good_nevery = isinstance(nevery, int) and not isinstance(nevery, bool) and nevery > 0
     seeds.setdefault("nfreq", nevery if good_nevery else 1)
     seeds.setdefault("window", 1)
@@ -312,6 +327,51 @@ def _averaged_seeds(p: Problems, seeds: dict, where: str, nevery) -> None:
         p.number(seeds, where, key, minimum=1, integer=True)
     if "initial" in seeds:
         _int_list(p, seeds, where, "initial", minimum=0)
+
+
+def cheap_model_file(spec: Mapping) -> Path | None:
+    """The potential file of a cheap potential ``mlmix fit`` can have written (the
+    ``.snapcoeff`` of a SNAP, the ``.uf3``, the ``.yace``), or None for other kinds."""
+    kind = (spec.get("backend"), spec.get("style") if spec.get("backend") == "lammps" else None)
+    name = spec.get("file")
+    if kind not in FITTED or not isinstance(name, str):
+        return None
+    if kind == ("lammps", "snap") and not name.endswith((".snap", ".snapcoeff")):
+        name += ".snapcoeff"
+    return Path(name)
+
+
+def _uncertainty_seeds(p: Problems, seeds: dict, cheap: Mapping | None, base: Path) -> None:
+    """The uncertainty classifier's file (loaded, matched to the cheap potential) and
+    threshold: checked here, before any work."""
+    from .fitting.uncertainty import Uncertainty, file_beside
+
+    where = "regions.seeds"
+    if "threshold" in seeds:
+        p.number(seeds, where, "threshold", minimum=0, strict=True)
+    if not cheap:
+        return
+    potential = cheap_model_file(cheap)
+    if potential is None:
+        what = cheap.get("style") or cheap.get("backend")
+        p.add(f"{where}.quantity", f"'uncertainty' grades a cheap potential fitted by "
+              f"`mlmix fit` (a SNAP, UF3 or linear ACE with the uncertainty file it writes), "
+              f"but potentials.cheap is {what!r}; fit a cheap model with `mlmix fit`, or "
+              "use quantity = 'coordination' or 'centrosymmetry'")
+        return
+    if "file" in seeds and not isinstance(seeds["file"], str):
+        p.add(f"{where}.file", f"must be a path, got {seeds['file']!r}")
+        return
+    path = base / seeds["file"] if "file" in seeds else file_beside(potential)
+    try:
+        unc = Uncertainty.load(path)
+        if potential.is_file():
+            unc.check_potential(potential, f"{where}.file")
+    except ConfigurationError as exc:
+        p.add(f"{where}.file", str(exc))
+        return
+    seeds["file"] = str(path.resolve())
+    seeds.setdefault("threshold", unc.threshold)
 
 
 def _regions(p: Problems, raw: Mapping, task_kind: str | None) -> tuple[dict, dict | None]:
@@ -490,6 +550,8 @@ def parse_run_config(raw: Mapping, base: Path = Path("."), source: str = "run co
     task = _task(p, raw, builder)
     regions, hyst = _regions(p, raw, task.get("kind"))
     seeds = _seeds(p, regions, builder)
+    if seeds.get("quantity") == "uncertainty":
+        _uncertainty_seeds(p, seeds, specs.get("cheap"), base)
     if (seeds.get("kind") in ("classifier", "lammps_compute") and regions.get("nevery")
             and isinstance(seeds.get("nfreq"), int) and seeds["nfreq"] % regions["nevery"]):
         p.add("regions.seeds.nfreq", f"({seeds['nfreq']}) must be a multiple of "
@@ -691,15 +753,19 @@ def build_seeds(seeds: Mapping, structure: Structure):
         return LammpsClassifier(seeds["compute"], seeds["args"], seeds.get("lb", -np.inf),
                                 seeds.get("ub", np.inf), seeds["nfreq"], seeds["window"],
                                 seeds.get("initial", structure.defect_seeds))
+    quantity: Quantity
     if seeds["quantity"] == "coordination":
         quantity = coordination(seeds["r_cut"])
-    else:
+    elif seeds["quantity"] == "centrosymmetry":
         quantity = centrosymmetry(seeds["n_neighbours"], seeds["r_cut"])
+    else:
+        quantity = uncertainty(seeds["file"])
     fixed = structures.fixed_mask(structure.atoms)
     if fixed.any():  # a fixed shell's free surface is not a defect
         quantity = masked(quantity, fixed)
     initial = seeds.get("initial", structure.defect_seeds)
-    return ClassifierSeeds(quantity, seeds.get("lb", -np.inf), seeds.get("ub", np.inf),
+    lb = seeds["threshold"] if seeds["quantity"] == "uncertainty" else seeds.get("lb", -np.inf)
+    return ClassifierSeeds(quantity, lb, seeds.get("ub", np.inf),
                            nfreq=seeds["nfreq"], window=seeds["window"], initial=initial)
 
 

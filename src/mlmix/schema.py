@@ -193,8 +193,14 @@ RUN = Schema("mlmix run", (
         _k("indices", "list of int", REQUIRED, "0-based atom indices", only=("indices",)),
         _k("species", "list of string", REQUIRED, "every atom of these elements",
            only=("species",)),
-        _k("quantity", "string", REQUIRED, "per-atom classifier",
-           choices_=("coordination", "centrosymmetry"), only=("classifier",)),
+        _k("quantity", "string", REQUIRED, "per-atom classifier (uncertainty: the cheap "
+           "model's extrapolation grade, for a cheap potential fitted by mlmix fit)",
+           choices_=("coordination", "centrosymmetry", "uncertainty"), only=("classifier",)),
+        _k("file", "string", DERIVED, "uncertainty: the <stem>.uncertainty.npz of the cheap "
+           "potential (default: the one mlmix fit wrote beside its file)", only=("classifier",)),
+        _k("threshold", "float", DERIVED, "uncertainty: seeds have a time-averaged grade >= "
+           "threshold (> 0; default: the file's, the 99.9th percentile of the fit's "
+           "held-out environments, at least 1.01)", only=("classifier",)),
         _k("r_cut", "float", DERIVED, "classifier radius (coordination: required; "
            "centrosymmetry: 3.6)", "Å", only=("classifier",)),
         _k("n_neighbours", "int", 8, "centrosymmetry neighbours (even, <= 12; 8 bcc, 12 fcc)",
@@ -202,7 +208,8 @@ RUN = Schema("mlmix run", (
         _k("compute", "string", REQUIRED, "a LAMMPS per-atom compute style, e.g. "
            "'centro/atom' (LAMMPS engine)", only=("lammps_compute",)),
         _k("args", "string", "", "the compute's arguments", only=("lammps_compute",)),
-        _k("lb", "float", None, "seeds: lb <= time-averaged quantity (lb and/or ub)",
+        _k("lb", "float", None, "seeds: lb <= time-averaged quantity (lb and/or ub; not "
+           "for uncertainty, which takes threshold)",
            only=AVERAGED),
         _k("ub", "float", None, "seeds: time-averaged quantity <= ub", only=AVERAGED),
         _k("nfreq", "int", DERIVED, "steps between seed choices (default: regions.nevery; "

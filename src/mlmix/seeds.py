@@ -6,8 +6,9 @@ A seed source answers, at each step, which atoms are seeds. Three kinds:
   followed by identity;
 - :class:`SpeciesSeeds`: every atom of some species (He in W);
 - :class:`ClassifierSeeds`: atoms whose per-atom quantity (coordination, CNA,
-  centrosymmetry, ...), averaged over a window of samples, lies in ``[lb, ub]``;
-  re-queried every ``nfreq`` steps, the chosen atoms followed in between.
+  centrosymmetry, the cheap model's own :func:`uncertainty`, ...), averaged over a
+  window of samples, lies in ``[lb, ub]``; re-queried every ``nfreq`` steps, the
+  chosen atoms followed in between (:func:`uncertainty_seeds` builds the last one).
 
 Seed sources see atom identities (``ids``, see :mod:`mlmix.regions`) so that they can
 follow atoms through reordering, insertion and deletion.
@@ -461,3 +462,46 @@ def centrosymmetry(n_neighbours: int = 8, r_cut: float = 3.6) -> Quantity:
         return out
 
     return q
+
+
+def uncertainty(source):
+    """Per-atom extrapolation grade (dimensionless) of a cheap linear model fitted by
+    ``mlmix fit``, against its training environments
+    (:mod:`mlmix.fitting.uncertainty`): at most 1.01 for an environment like a training
+    one, large where the cheap model extrapolates (a vacancy's neighbours, a surface, a
+    species it never saw).
+
+    Args:
+        source: the ``<stem>.uncertainty.npz`` that ``mlmix fit`` wrote beside the
+            potential, or an :class:`~mlmix.fitting.uncertainty.Uncertainty`.
+
+    Returns:
+        The :class:`~mlmix.fitting.uncertainty.Uncertainty`, a quantity
+        ``q(atoms) -> (N,)``; ``q.threshold`` is the file's default threshold.
+    """
+    from .fitting.uncertainty import Uncertainty
+
+    return source if isinstance(source, Uncertainty) else Uncertainty.load(source)
+
+
+def uncertainty_seeds(source, threshold: float | None = None, *, nfreq: int = 1,
+                      window: int = 1, initial: Sequence[int] | np.ndarray | None = None,
+                      ) -> ClassifierSeeds:
+    """Seeds where the cheap model is not trustworthy: atoms whose time-averaged
+    :func:`uncertainty` grade is at least ``threshold``.
+
+    Args:
+        source: as for :func:`uncertainty`.
+        threshold: on the grade, > 0 (default: the file's, the 99.9th percentile of
+            the fit's held-out environments, at least 1.01).
+        nfreq, window, initial: as for :class:`ClassifierSeeds`.
+
+    Raises:
+        ConfigurationError: for a missing or foreign file, or a threshold <= 0.
+    """
+    q = uncertainty(source)
+    threshold = number_argument("uncertainty threshold",
+                                q.threshold if threshold is None else threshold,
+                                minimum=0, strict=True,
+                                note="(a grade; training environments are at most 1.01)")
+    return ClassifierSeeds(q, lb=threshold, nfreq=nfreq, window=window, initial=initial)

@@ -165,6 +165,26 @@ class AceLinearModel(LinearModel):
         return DesignMatrix(energy=energy, forces=np.vstack(f_rows) if forces else None,
                             n_atoms=np.array([len(a) for a in frames]))
 
+    def per_atom_rows(self, atoms: Atoms) -> np.ndarray:
+        """``(N, n_coefficients)`` per-atom energy rows: each atom's basis-function
+        values (python-ace projections) in its species' columns, and 1 in its one-body
+        column."""
+        from pyace.atomicenvironment import aseatoms_to_atomicenvironment
+
+        (atoms,) = check_frames([atoms], self.species, "AceLinearModel")
+        n0 = len(self.species) if self.one_body else 0
+        ae = aseatoms_to_atomicenvironment(atoms, cutoff=self.cutoff,
+                                           elements_mapper_dict=self._basis.elements_to_index_map)
+        self._calculator.compute(ae, compute_projections=True, compute_b_grad=False)
+        types = np.asarray(ae.species_type)[: len(atoms)]
+        rows = np.zeros((len(atoms), self.n_coefficients))
+        for a, (s, proj) in enumerate(zip(types, self._calculator.projections)):
+            start = n0 + self._shifts[s]
+            rows[a, start : start + len(proj)] = proj
+            if self.one_body:
+                rows[a, s] = 1.0
+        return rows
+
     def write(self, coefficients: np.ndarray, directory: Path, stem: str) -> list[Path]:
         """Write ``<stem>.yace`` (C-tilde basis, readable by AcePotential); returns ``[path]``."""
         pyace = _pyace()

@@ -76,6 +76,13 @@ class LinearModel(abc.ABC):
         """Rows for ``frames`` (positions, cell, species are read; labels ignored)."""
 
     @abc.abstractmethod
+    def per_atom_rows(self, atoms: Atoms) -> np.ndarray:
+        """``(N, n_coefficients)`` per-atom energy rows of one structure: row i @ c is
+        the energy of atom i (eV), and the rows sum to its design-matrix energy row.
+        These are the atoms' descriptors, which :mod:`mlmix.fitting.uncertainty`
+        grades against the training environments."""
+
+    @abc.abstractmethod
     def write(self, coefficients: np.ndarray, directory: Path, stem: str) -> list[Path]:
         """Write the potential in the format LAMMPS reads; return the files written.
 

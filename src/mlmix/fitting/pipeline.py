@@ -9,8 +9,10 @@
    a fraction is held out for the report.
 4. Fit the cheap linear model twice on the same soft data: unconstrained (ridge) and
    with the hard constraint ``||A_H c - y_H|| <= alpha`` (or exactly, ``alpha = 0``).
-5. Write both potentials (LAMMPS files) and a report (JSON and PNG) comparing the
-   expensive potential with both fits.
+5. Write both potentials (LAMMPS files), the constrained model's uncertainty file
+   (``<stem>.uncertainty.npz``: its training environments' active sets, for the
+   ``uncertainty`` seed classifier, :mod:`mlmix.fitting.uncertainty`) and a report
+   (JSON and PNG) comparing the expensive potential with both fits.
 
 Labels are cached on disk (``<output>/cache``), so an interrupted run resumes where it
 stopped. Everything else is written to a temporary folder that replaces the output
@@ -42,6 +44,8 @@ from ..rundir import RunDirectory
 from ..schema import FIT, choices, default, known_keys
 from . import data, elastic, report, solvers
 from .model import LinearModel
+from .uncertainty import SUFFIX as UNCERTAINTY_SUFFIX
+from .uncertainty import build_uncertainty, uncertainty_summary
 
 STRAIN_TYPES = data.DEFAULT_STRAIN_TYPES
 
@@ -387,6 +391,11 @@ def _run(cfg: FitConfig, expensive: Potential, model: LinearModel, progress, t0:
     pots: dict[str, Potential] = {}
     try:
         pots["constrained"] = model.potential(constrained.coefficients, staging, cfg.stem)
+        _log(progress, "grading the training environments (uncertainty file)")
+        unc = build_uncertainty(model, [reference, *hard, *train], test, model_spec=cfg.model,
+                                potential_files=sorted(staging.iterdir()))
+        unc.save(staging / f"{cfg.stem}{UNCERTAINTY_SUFFIX}")
+        _log(progress, uncertainty_summary(unc))
         _log(progress, "computing properties for the report")
         models = {"expensive": properties(expensive, reference, test, cfg)}
         # The unconstrained fit is only a comparison: when it misbehaves (say, no
@@ -415,6 +424,8 @@ def _run(cfg: FitConfig, expensive: Potential, model: LinearModel, progress, t0:
                 "n_hard": len(hard), "n_train_frames": len(train), "n_test_frames": len(test),
             },
             "models": models,
+            "uncertainty": {"file": f"{cfg.stem}{UNCERTAINTY_SUFFIX}", "threshold": unc.threshold,
+                            "heldout": unc.heldout},
             "files": sorted(p.name for p in staging.iterdir()),
             "seconds": time.perf_counter() - t0,
         }

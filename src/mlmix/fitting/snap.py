@@ -33,7 +33,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import atomic_masses, atomic_numbers
 
-from .._lammps_runtime import new_lammps
+from .._lammps_runtime import new_lammps, serial_comm
 from ..errors import CalculationError, ConfigurationError
 from ..potentials.lammps import (
     LammpsFrame,
@@ -167,14 +167,20 @@ class SnapModel(LinearModel):
     # -- LAMMPS commands ---------------------------------------------------------------
 
     def compute_args(self) -> str:
-        """Arguments of ``compute ID all snap ...`` for this model."""
+        """Arguments of ``compute ID all snap ...`` and ``sna/atom`` for this model."""
         rad = " ".join(format_number(r) for r in self.radelem)
         w = " ".join(format_number(v) for v in self.wj)
         return (f"{format_number(self.rcutfac)} {format_number(self.rfac0)} {self.twojmax} {rad} {w} "
                 f"rmin0 {format_number(self.rmin0)} bzeroflag {self.bzeroflag} "
-                f"switchflag {self.switchflag} quadraticflag 0 bikflag 0")
+                f"switchflag {self.switchflag} quadraticflag 0")
 
     # -- design matrix ------------------------------------------------------------------
+
+    def _types(self, atoms: Atoms) -> np.ndarray:
+        """``(N,)`` 0-based species index of every atom (LAMMPS type - 1)."""
+        lut = np.zeros(max(atomic_numbers.values()) + 1, dtype=np.int64)
+        lut[[atomic_numbers[s] for s in self.species]] = np.arange(len(self.species))
+        return lut[atoms.numbers]
 
     def design_matrix(self, frames: Sequence[Atoms], forces: bool = True) -> DesignMatrix:
         """Rows for ``frames`` (see the module docstring for the layout).
@@ -194,8 +200,6 @@ class SnapModel(LinearModel):
         n_atoms = np.array([len(a) for a in frames])
         energy = np.zeros((len(frames), nc))
         force_rows = np.zeros((3 * int(n_atoms.sum()), nc)) if forces else None
-        lut = np.zeros(max(atomic_numbers.values()) + 1, dtype=np.int64)
-        lut[[atomic_numbers[s] for s in self.species]] = np.arange(ns)
         # Columns of species s: s*(K+1) is the constant, the next K the descriptors.
         desc_cols = np.concatenate([s * (k + 1) + 1 + np.arange(k) for s in range(ns)])
         engine = self._engine or _SnapEngine(self)
@@ -203,7 +207,7 @@ class SnapModel(LinearModel):
         row = 0
         try:
             for f, at in enumerate(frames):
-                types = lut[at.numbers]
+                types = self._types(at)
                 arr, frame = engine.compute(at, types)
                 n = len(at)
                 energy[f, desc_cols] = arr[0, : ns * k]
@@ -220,6 +224,25 @@ class SnapModel(LinearModel):
             self._engine = None
             raise
         return DesignMatrix(energy=energy, forces=force_rows, n_atoms=n_atoms)
+
+    def per_atom_rows(self, atoms: Atoms) -> np.ndarray:
+        """``(N, n_coefficients)``: row i @ c is the energy of atom i, eV (its species'
+        constant column 1, its bispectrum in its species' block, zeros elsewhere)."""
+        (atoms,) = check_frames([atoms], self.species, "SnapModel")
+        k = self.n_descriptors
+        types = self._types(atoms)
+        self._engine = self._engine or _SnapEngine(self)
+        try:
+            b = self._engine.per_atom(atoms, types)
+        except Exception:
+            self.close()
+            raise
+        rows = np.zeros((len(atoms), self.n_coefficients))
+        n = np.arange(len(atoms))
+        rows[n, types * (k + 1)] = 1.0
+        cols = types[:, None] * (k + 1) + 1 + np.arange(k)
+        rows[n[:, None], cols] = b
+        return rows
 
     def close(self) -> None:
         """Close the LAMMPS instance kept between calls (idempotent)."""
@@ -295,7 +318,7 @@ class _SnapEngine:
 
     def _create(self, at: Atoms, types: np.ndarray, frame: LammpsFrame, x: np.ndarray) -> None:
         self.close()
-        self.lmp = new_lammps()
+        self.lmp = new_lammps(comm=serial_comm())  # rank 0 alone may featurise
         m = self.model
         b, o = frame.box, frame.origin
         hi = o + np.diag(b)
@@ -319,10 +342,8 @@ class _SnapEngine:
         if self.lmp.get_natoms() != n:
             raise CalculationError(f"LAMMPS kept {self.lmp.get_natoms()} of {n} atoms")
 
-    def compute(self, at: Atoms, types: np.ndarray) -> tuple[np.ndarray, LammpsFrame]:
-        """The ``compute snap`` array of one frame and the frame's LAMMPS box."""
-        import lammps
-
+    def _load(self, at: Atoms, types: np.ndarray) -> LammpsFrame:
+        """Put the frame into the LAMMPS instance; returns its LAMMPS box."""
         pbc = tuple(bool(p) for p in at.pbc)
         frame = lammps_frame(at.cell.array, pbc, at.positions)
         x = frame.to_lammps(at.positions)
@@ -341,7 +362,14 @@ class _SnapEngine:
             )
             x = np.ascontiguousarray(x)
             self.lmp.scatter("x", 1, 3, np.ctypeslib.as_ctypes(x.ravel()))
-        self._cmd(f"compute {self._ID} all snap {self.model.compute_args()}")
+        return frame
+
+    def compute(self, at: Atoms, types: np.ndarray) -> tuple[np.ndarray, LammpsFrame]:
+        """The ``compute snap`` array of one frame and the frame's LAMMPS box."""
+        import lammps
+
+        frame = self._load(at, types)
+        self._cmd(f"compute {self._ID} all snap {self.model.compute_args()} bikflag 0")
         self._cmd("run 0 post no")
         arr = self.lmp.numpy.extract_compute(self._ID, lammps.LMP_STYLE_GLOBAL, lammps.LMP_TYPE_ARRAY)
         if arr is None:
@@ -351,3 +379,21 @@ class _SnapEngine:
         self._cmd(f"uncompute {self._ID}")
         self._cmd(f"uncompute {self._ID}_press")
         return arr, frame
+
+    def per_atom(self, at: Atoms, types: np.ndarray) -> np.ndarray:
+        """``(N, K)`` bispectrum components of every atom (``compute sna/atom``), in
+        ASE order."""
+        import lammps
+
+        self._load(at, types)
+        self._cmd(f"compute {self._ID}_atom all sna/atom {self.model.compute_args()}")
+        self._cmd("run 0 post no")
+        arr = self.lmp.numpy.extract_compute(f"{self._ID}_atom", lammps.LMP_STYLE_ATOM,
+                                             lammps.LMP_TYPE_ARRAY)
+        if arr is None:
+            raise CalculationError("LAMMPS returned no compute sna/atom array")
+        ids = np.asarray(self.lmp.numpy.extract_atom("id")[: len(at)], dtype=np.int64)
+        out = np.empty((len(at), self.model.n_descriptors))
+        out[ids - 1] = np.asarray(arr)[: len(at)].reshape(len(at), -1)
+        self._cmd(f"uncompute {self._ID}_atom")
+        return out

@@ -406,24 +406,37 @@ class Uf3Model(LinearModel):
             coefficient).
         """
         frames = check_frames(frames, self.species, "Uf3Model")
-        lut = np.full(max(atomic_numbers.values()) + 1, -1, dtype=np.int64)
-        lut[[atomic_numbers[s] for s in self.species]] = np.arange(len(self.species))
         energy = np.zeros((len(frames), self._n))
         f_rows = []
         for f, at in enumerate(frames):
-            e, fr = self._frame_rows(at, lut[at.numbers], forces)
-            energy[f] = e
+            e, fr = self._frame_rows(at, self._types(at), forces)
+            energy[f] = e.sum(axis=0)
             if forces:
                 f_rows.append(fr)
         n_atoms = np.array([len(a) for a in frames])
         return DesignMatrix(energy=energy, forces=np.vstack(f_rows) if forces else None, n_atoms=n_atoms)
 
+    def _types(self, atoms: Atoms) -> np.ndarray:
+        """``(N,)`` 0-based species index of every atom."""
+        lut = np.full(max(atomic_numbers.values()) + 1, -1, dtype=np.int64)
+        lut[[atomic_numbers[s] for s in self.species]] = np.arange(len(self.species))
+        return lut[atoms.numbers]
+
+    def per_atom_rows(self, atoms: Atoms) -> np.ndarray:
+        """``(N, n_coefficients)`` per-atom energy rows, split as LAMMPS tallies
+        per-atom energies: a two-body term of an ordered pair to its centre (half to
+        each atom of the pair, from both orders), a three-body term a third to each of
+        its atoms, the one-body column to the atom itself."""
+        (atoms,) = check_frames([atoms], self.species, "Uf3Model")
+        return self._frame_rows(atoms, self._types(atoms), False)[0]
+
     def _frame_rows(self, at: Atoms, types: np.ndarray, forces: bool):
+        """``(N, nc)`` per-atom energy rows and ``(3N, nc)`` force rows (or None)."""
         n, nc = len(at), self._n
         i, j, d, vec = neighbour_pairs(at.positions, at.cell.array, at.pbc, self.cutoff, "ijdD")
-        e = np.zeros(nc)
+        e = np.zeros(n * nc)  # flat (atom, column)
         if self.one_body:
-            e[: len(self.species)] = np.bincount(types, minlength=len(self.species))
+            e[np.arange(n) * nc + types] = 1.0
         # Force rows are assembled per Cartesian component as sparse (atoms x terms)
         # incidence matrices times sparse (terms x columns) derivative matrices.
         inc_rows: list = []
@@ -453,7 +466,8 @@ class Uf3Model(LinearModel):
             first, val, der = cubic_bspline_basis(blk.knots, r)
             cols = first[:, None] + np.arange(4)
             keep = cols < blk.n_free  # trimmed coefficients are zero
-            e += np.bincount((blk.offset + cols)[keep], weights=val[keep], minlength=nc)
+            owner = np.broadcast_to(i[sel][:, None] * nc, cols.shape)[keep]
+            e += np.bincount(owner + (blk.offset + cols)[keep], weights=val[keep], minlength=n * nc)
             if forces:
                 rows = np.repeat(np.arange(len(r)), 4).reshape(-1, 4)
                 g = sp.csr_matrix((der[keep], (rows[keep], (blk.offset + cols)[keep])), shape=(len(r), nc))
@@ -462,12 +476,13 @@ class Uf3Model(LinearModel):
         # ---- three-body: ordered pairs of neighbours (p, q) of the same centre
         if self._blocks3:
             e3, terms = self._three_body(i, j, d, vec, types, forces)
-            e += e3
+            e += e3.ravel()
             for atoms_, unit, g in terms:
                 add_term(atoms_, unit, g)
 
+        per_atom = e.reshape(n, nc)
         if not forces:
-            return e, None
+            return per_atom, None
         frows = np.zeros((n, 3, nc))
         if n_terms:
             r_idx = np.concatenate([r for r, _ in inc_rows])
@@ -477,17 +492,18 @@ class Uf3Model(LinearModel):
                 inc = sp.csr_matrix((np.concatenate(inc_vals[k]), (r_idx, c_idx)), shape=(n, n_terms))
                 # F = -dE/dx
                 frows[:, k, :] = -(inc @ g_all).toarray()
-        return e, frows.reshape(3 * n, nc)
+        return per_atom, frows.reshape(3 * n, nc)
 
     def _three_body(self, i, j, d, vec, types, forces):
-        """Energy columns and derivative terms of the three-body blocks."""
-        nc = self._n
-        e = np.zeros(nc)
+        """``(N, nc)`` per-atom energy rows and derivative terms of the three-body
+        blocks."""
+        nc, n = self._n, len(types)
+        e = np.zeros(n * nc)
         terms: list = []
         short = d < max(b.cutoff for b in self._blocks3)
         pi = np.flatnonzero(short)
         if pi.size < 2:
-            return e, terms
+            return e.reshape(n, nc), terms
         ci = i[pi]
         order = np.argsort(ci, kind="stable")
         pi, ci = pi[order], ci[order]
@@ -528,7 +544,10 @@ class Uf3Model(LinearModel):
             cols = blk.table[a, b, c]  # (m, 4, 4, 4); -1 where trimmed
             ok = cols >= 0
             prod = w * va[:, :, None, None] * vb[:, None, :, None] * vc[:, None, None, :]
-            e += np.bincount(cols[ok], weights=prod[ok], minlength=nc)
+            # LAMMPS (ev_tally3) gives a third of a triplet's energy to each of its atoms
+            for atom in (centre[sel], j[p[sel]], j[q[sel]]):
+                owner = np.broadcast_to(atom[:, None, None, None] * nc, cols.shape)[ok]
+                e += np.bincount(owner + cols[ok], weights=prod[ok] / 3.0, minlength=n * nc)
             if not forces:
                 continue
             m = len(rij)
@@ -544,7 +563,7 @@ class Uf3Model(LinearModel):
             terms.append(((cs, j[ps]), vec[ps] / rij[:, None], g_ij))
             terms.append(((cs, j[qs]), vec[qs] / rik[:, None], g_ik))
             terms.append(((j[ps], j[qs]), djk_vec[sel] / rj[:, None], g_jk))
-        return e, terms
+        return e.reshape(n, nc), terms
 
     # -- coefficients <-> file --------------------------------------------------------
 
