@@ -21,13 +21,16 @@ from mlmix.config import load_toml
 from mlmix.errors import ConfigurationError
 from mlmix.fitting import elastic, pipeline
 from mlmix.fitting.data import relax_bulk
+from mlmix.fitting.uncertainty import SUFFIX as UNCERTAINTY
+from mlmix.fitting.uncertainty import Uncertainty
 from mlmix.potentials.lammps import LammpsPotential
 
 
 def _shipped_potential_files() -> list[Path]:
     cfg = demo.demo_config()
     stem = cfg["output"]["stem"]
-    return sorted(p for p in demo.demo_potential_dir().iterdir() if p.name.startswith(stem + "."))
+    return sorted(p for p in demo.demo_potential_dir().iterdir()
+                  if p.name.startswith(stem + ".") and not p.name.endswith(UNCERTAINTY))
 
 
 # ------------------------------------------------------------------ shipped files
@@ -166,3 +169,9 @@ def test_committed_config_reproduces_shipped_potential(tmp_path):
         np.testing.assert_allclose(numbers_new, numbers, rtol=1e-6,
                                    atol=1e-7 * np.abs(numbers).max())
     assert seconds < 600  # a re-run is cheap (about a minute on 2 quiet cores)
+    # and so does the uncertainty file shipped beside it (same active sets)
+    stem = cfg.stem + UNCERTAINTY
+    shipped, again = (Uncertainty.load(d / stem) for d in (folder, cfg.output))
+    assert again.threshold == pytest.approx(shipped.threshold, rel=1e-6)
+    np.testing.assert_allclose(again.species["Si"].inverse, shipped.species["Si"].inverse,
+                               rtol=1e-6, atol=1e-9 * np.abs(shipped.species["Si"].inverse).max())

@@ -4,12 +4,14 @@ file ``mlmix fit`` writes, and the ``uncertainty`` seed classifier (Python and T
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk
 from ase.geometry import get_distances
+from ase.io import read
 
 from mlmix.errors import ConfigurationError
 from mlmix.fitting.ace_linear import AceLinearModel
@@ -312,3 +314,28 @@ def test_the_lammps_engine_follows_the_same_uncertainty_seeds(w_uf3):
     np.testing.assert_allclose(frames[-1].positions, ref.positions, rtol=0, atol=1e-10)
     expensive.close()
     cheap.close()
+
+
+def test_mlmix_run_relaxes_a_vacancy_with_uncertainty_seeds(tmp_path):
+    """`mlmix run` (ASE engine, relaxation) with the shipped W UF3 of the studies and its
+    uncertainty file: the grade alone finds the vacancy, and the relaxation converges."""
+    import mlmix.run as runner
+    from mlmix.config import dump_toml
+
+    root = Path(__file__).resolve().parents[1]
+    cheap = {"backend": "lammps", "style": "uf3", "species": ["W"],
+             "file": str(root / "studies" / "potentials" / "W_uf3" / "W_uf3.uf3")}
+    cfg = w_vacancy_config(cheap)
+    cfg["task"]["max_steps"] = 200
+    cfg["output"] = {"figures": False, "progress": False}
+    path = tmp_path / "run.toml"
+    path.write_text(dump_toml(cfg))
+    summary = runner.run(path)
+    assert summary["converged"] and summary["fmax_eV_per_A"] <= 0.05
+    relaxed = read(tmp_path / "run-run" / "relaxed.extxyz")
+    perfect = bulk("W", "bcc", a=A_W, cubic=True).repeat(4)
+    site = perfect.positions[central_atom(perfect)]
+    d = get_distances(relaxed.positions, site, cell=relaxed.cell, pbc=True)[1][:, 0]
+    weighted = relaxed.arrays["mlmix_p"] > 0
+    assert set(np.flatnonzero(d < 3.3)) <= set(np.flatnonzero(weighted))
+    assert d[weighted].max() < 3.3 + 2.0 + 0.5  # seeds, their r_core and the relaxation
