@@ -110,3 +110,48 @@ def test_a_check_between_rebuilds_is_refused(si_pair):
     seeds = ForceCheckSeeds(IndexSeeds([0]), sw, tersoff, tolerance=0.1, nfreq=7)
     with pytest.raises(ConfigurationError, match="multiple of the rebuild period"):
         RegionTracker(RegionSpec(2.0, 0.0, sw.cutoff), seeds, nevery=5)
+
+
+def test_mlmix_run_logs_the_checks_and_refuses_bad_settings(tmp_path):
+    """`[regions.force_check]` in `mlmix run`: the thermo log carries the running
+    estimate, the summary every check; mistakes come in one message."""
+    import mlmix.run as runner
+    from test_run import si_config, write_config
+
+    cfg = si_config(steps=20)
+    cfg["regions"]["force_check"] = {"tolerance": 0.3, "fraction": 0.1, "nfreq": 10}
+    summary = runner.run(write_config(tmp_path, cfg))
+    checks = summary["force_checks"]
+    assert [c["step"] for c in checks] == [0, 10, 20]
+    # a tenth of the atoms neither the 4 defect seeds nor flagged before
+    assert all(c["n_sampled"] == round(0.1 * (215 - 4 - c["n_rechecked"])) for c in checks)
+    header = [ln for ln in (tmp_path / "run-run" / "thermo.log").read_text().splitlines()
+              if ln.startswith("#")][-1].split()[1:]
+    assert header[-3:] == ["checked_rms_eV_per_A", "checked_max_eV_per_A", "n_checked_seeds"]
+    log = np.loadtxt(tmp_path / "run-run" / "thermo.log")
+    last = log[log[:, 0] == 20][0]
+    assert last[-2] == pytest.approx(checks[-1]["max_eV_per_A"], rel=1e-8)
+    assert last[-1] == checks[-1]["n_flagged"]
+
+    bad = si_config(kind="relax")
+    for key in ("ensemble", "temperature_K", "steps", "seed"):
+        del bad["task"][key]
+    bad["regions"]["force_check"] = {"fraction": 2.0, "nfreq": 7, "colour": "red"}
+    with pytest.raises(ConfigurationError) as err:
+        runner.run(write_config(tmp_path, bad, "bad.toml"))
+    msg = str(err.value)
+    for text in ("regions.force_check.tolerance: missing", "regions.force_check.fraction",
+                 "regions.force_check.colour", "needs task.kind = 'md'"):
+        assert text in msg, text
+
+
+def test_the_lammps_engine_refuses_a_force_check(tmp_path):
+    import mlmix.run as runner
+    from test_run import si_config, write_config
+
+    cfg = si_config()
+    cfg["engine"] = {"kind": "lammps"}
+    cfg["regions"]["force_check"] = {"tolerance": 0.3}
+    with pytest.raises(ConfigurationError, match="runs on the ASE engine only"):
+        runner.run(write_config(tmp_path, cfg))
+    assert not (tmp_path / "run-run").exists()

@@ -161,7 +161,8 @@ def _kill_at(monkeypatch, n_step: int) -> None:
     monkeypatch.setattr(ase_engine, "_integrator", dying)
 
 
-@pytest.mark.parametrize("seeds, k", [("defect", 1), ("classifier", 1), ("defect", 3)])
+@pytest.mark.parametrize("seeds, k", [("defect", 1), ("classifier", 1), ("defect", 3),
+                                     ("force_check", 1)])
 def test_killed_run_resumes_the_uninterrupted_trajectory(tmp_path, monkeypatch, seeds, k):
     """Killed at step 27, resumed from the checkpoint of step 20; with multiple time
     stepping (k = 3, regions every 6 steps) step 20 lies between outer steps."""
@@ -172,6 +173,8 @@ def test_killed_run_resumes_the_uninterrupted_trajectory(tmp_path, monkeypatch, 
     if seeds == "classifier":  # under-coordinated atoms: the vacancy's neighbours
         cfg["regions"]["seeds"] = {"kind": "classifier", "quantity": "coordination",
                                    "r_cut": 2.7, "ub": 3.5, "nfreq": 10, "window": 2}
+    if seeds == "force_check":  # a random sample: the resume must draw the same atoms
+        cfg["regions"]["force_check"] = {"tolerance": 0.3, "fraction": 0.1, "nfreq": 10}
     path = write_config(tmp_path, cfg)
     runner.run(path, output=tmp_path / "whole")
     with monkeypatch.context() as m:

@@ -15,6 +15,7 @@ Sections (lengths Å, times fs, temperatures K, forces eV/Å)::
     [regions.seeds]        kind = "defect" | "indices" | "species" | "classifier" |
                            "lammps_compute" (a LAMMPS per-atom compute, LAMMPS engine)
     [regions.hysteresis]   tau_in_fs, tau_out_fs
+    [regions.force_check]  tolerance (eV/Å), fraction, nfreq, seed (MD, ASE engine)
     [mixing]               subtract_mean_force, mask_cheap, allow_approximate
     [task]                 kind = "md" | "relax" | "neb" and its settings
     [output]               directory, trajectory_every, log_every, checkpoint_every,
@@ -403,7 +404,36 @@ def _regions(p: Problems, raw: Mapping, task_kind: str | None) -> tuple[dict, di
             p.add("regions.hysteresis", "needs regions that are rebuilt: set nevery > 0")
         if task_kind != "md":
             p.add("regions.hysteresis", "is for MD (it is measured in time)")
+    if "force_check" in r:
+        _force_check(p, r, nevery, task_kind)
     return r, hyst
+
+
+def _force_check(p: Problems, r: dict, nevery, task_kind: str | None) -> None:
+    """``[regions.force_check]`` (:class:`mlmix.force_check.ForceCheckSeeds`)."""
+    where = "regions.force_check"
+    fc = r["force_check"] = p.section(r, "force_check")
+    p.unknown_keys(fc, where, known_keys(RUN, where))
+    if "tolerance" not in fc:
+        p.add(f"{where}.tolerance", "missing: the force error (eV/Å) above which a "
+              "checked atom becomes a seed, e.g. 0.1")
+    else:
+        p.number(fc, where, "tolerance", minimum=0, strict=True)
+    fc.setdefault("fraction", default(RUN, where, "fraction"))
+    fraction = p.number(fc, where, "fraction", minimum=0, strict=True)
+    if isinstance(fraction, (int, float)) and fraction > 1:
+        p.add(f"{where}.fraction", f"must be in (0, 1] (a share of the cheap atoms), got "
+              f"{fraction}")
+    good_nevery = isinstance(nevery, int) and not isinstance(nevery, bool) and nevery > 0
+    fc.setdefault("nfreq", nevery if good_nevery else 1)
+    nfreq = p.number(fc, where, "nfreq", minimum=1, integer=True)
+    if good_nevery and isinstance(nfreq, int) and nfreq % nevery:
+        p.add(f"{where}.nfreq", f"({nfreq}) must be a multiple of regions.nevery ({nevery})")
+    fc.setdefault("seed", default(RUN, where, "seed"))
+    p.number(fc, where, "seed", minimum=0, integer=True)
+    if task_kind not in (None, "md") or nevery == 0:
+        p.add(where, "checks moving regions during MD: it needs task.kind = 'md' and "
+              "regions.nevery > 0")
 
 
 def _multiple_time_step(p: Problems, task: dict, regions: dict, mixing: dict) -> None:
@@ -501,6 +531,9 @@ def _engine(p: Problems, raw: Mapping, cfg: Mapping) -> dict:
     e = p.section(raw, "engine", required=False)
     p.unknown_keys(e, "engine", known_keys(RUN, "engine"))
     kind = p.choice(e, "engine", "kind", ENGINES, e.setdefault("kind", default(RUN, "engine", "kind")))
+    if kind == "lammps" and "force_check" in cfg["regions"]:
+        p.add("regions.force_check", "runs on the ASE engine only (the LAMMPS engine's "
+              "expensive potential is shared by its ranks); use engine.kind = 'ase'")
     if kind != "lammps":
         if cfg["seeds"].get("kind") == "lammps_compute":
             p.add("regions.seeds.kind", "'lammps_compute' needs engine.kind = 'lammps'; with "
@@ -566,7 +599,7 @@ def parse_run_config(raw: Mapping, base: Path = Path("."), source: str = "run co
     _multiple_time_step(p, task, regions, mixing)
     output = _output(p, raw, Path(source).stem)
     engine = _engine(p, raw, {"task": task, "cheap": specs.get("cheap", {}), "seeds": seeds,
-                              "mixing": mixing})
+                              "mixing": mixing, "regions": regions})
     built = None
     if structure_ok and structure:
         try:
@@ -787,9 +820,19 @@ def build_hysteresis(cfg: RunConfig) -> Hysteresis | None:
                       cfg.hysteresis.get("tau_out_fs", 0.0), cfg.task["timestep_fs"])
 
 
-def build_tracker(cfg: RunConfig, structure: Structure, expensive: Potential
-                  ) -> RegionTracker:
-    """The region tracker of a checked config (the ASE engine)."""
+def build_tracker(cfg: RunConfig, structure: Structure, expensive: Potential,
+                  cheap: Potential | None = None) -> RegionTracker:
+    """The region tracker of a checked config (the ASE engine); ``cheap`` is needed
+    for a ``[regions.force_check]``."""
     r = cfg.regions
-    return RegionTracker(build_spec(cfg, expensive), build_seeds(cfg.seeds, structure),
+    seeds = build_seeds(cfg.seeds, structure)
+    if "force_check" in r:
+        from .force_check import ForceCheckSeeds
+
+        if cheap is None:  # pragma: no cover - the engines pass it
+            raise ConfigurationError("regions.force_check needs the cheap potential")
+        fc = r["force_check"]
+        seeds = ForceCheckSeeds(seeds, expensive, cheap, fc["tolerance"], fc["fraction"],
+                                fc["nfreq"], fc["seed"])
+    return RegionTracker(build_spec(cfg, expensive), seeds,
                          nevery=r["nevery"], hysteresis=build_hysteresis(cfg), skin=r["skin"])

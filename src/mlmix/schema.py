@@ -187,6 +187,7 @@ RUN = Schema("mlmix run", (
         _k("seeds", "table", DERIVED, "[regions.seeds] (default for defect builders: the "
            "defect's own atoms)"),
         _k("hysteresis", "table", None, "[regions.hysteresis]"),
+        _k("force_check", "table", None, "[regions.force_check]"),
     ), required=True),
     Section("regions.seeds", "Where the expensive region starts.", (
         _k("kind", "string", REQUIRED, "the seed source", choices_=SEED_KINDS),
@@ -221,6 +222,15 @@ RUN = Schema("mlmix run", (
     Section("regions.hysteresis", "Time hysteresis of the weights (MD).", (
         _k("tau_in_fs", "float", 0.0, "time for p to follow an increase", "fs"),
         _k("tau_out_fs", "float", 0.0, "time for p to follow a decrease", "fs"),
+    )),
+    Section("regions.force_check", "A sparse direct check of the cheap forces: atoms "
+            "where it finds them off become seeds (MD, ASE engine).", (
+        _k("tolerance", "float", REQUIRED, "|F_exp - F_cheap| above which an atom becomes "
+           "a seed", "eV/Å"),
+        _k("fraction", "float", 0.01, "share of the cheap atoms sampled per check, in (0, 1]"),
+        _k("nfreq", "int", DERIVED, "steps between checks (default: regions.nevery; a "
+           "multiple of it)"),
+        _k("seed", "int", 0, "of the random sample"),
     )),
     Section("mixing", "How the forces are mixed.", (
         _k("subtract_mean_force", "bool", False, "remove the mean of the mixed force "

@@ -22,6 +22,7 @@ from ase import Atoms, units
 
 from ..checkpoint import atoms_state, save_checkpoint
 from ..errors import CalculationError, ConfigurationError, Interrupted
+from ..force_check import ForceCheckSeeds
 from ..mixing import MixedCalculator
 from ..mts import corrected_median
 from ..outputs import (
@@ -49,6 +50,22 @@ from .session import (
 
 RELAX_COLUMNS = ("iteration", "fmax_eV_per_A", "n_core", "n_weighted", "n_expensive",
                  "n_cheap", "seconds_per_iteration")
+
+
+FORCE_CHECK_COLUMNS = ("checked_rms_eV_per_A", "checked_max_eV_per_A", "n_checked_seeds")
+FORCE_CHECK_NOTE = """
+checked_*: |F_exp - F_cheap| over the random atoms of the last force check
+([regions.force_check]): a running estimate of the cheap region's force error;
+n_checked_seeds: the atoms that check made seeds."""
+
+
+def last_check(seeds: ForceCheckSeeds) -> dict:
+    """The thermo-log columns of the last force check (NaN before the first)."""
+    nan = float("nan")
+    c = seeds.checks[-1] if seeds.checks else {}
+    return {"checked_rms_eV_per_A": nan if c.get("rms_eV_per_A") is None else c["rms_eV_per_A"],
+            "checked_max_eV_per_A": nan if c.get("max_eV_per_A") is None else c["max_eV_per_A"],
+            "n_checked_seeds": int(c.get("n_flagged", 0))}
 
 
 def _counts(calc: MixedCalculator) -> dict:
@@ -105,7 +122,10 @@ def run_md(setup: Setup) -> dict:
     drift = DriftEstimate(state["drift"] if state else None)
     nve = task["ensemble"] == "nve"
     traj = TrajectoryWriter(setup.file(OUTPUT_FILES["trajectory"]))
-    log = TableLog(setup.file(OUTPUT_FILES["thermo"]), LOG_COLUMNS, THERMO_NOTE)
+    checked = calc.tracker.seeds if isinstance(calc.tracker.seeds, ForceCheckSeeds) else None
+    columns = LOG_COLUMNS + (FORCE_CHECK_COLUMNS if checked else ())
+    log = TableLog(setup.file(OUTPUT_FILES["thermo"]), columns,
+                   THERMO_NOTE + (FORCE_CHECK_NOTE if checked else ""))
     checkpoint = setup.file(CHECKPOINT)
     setup.file(checkpoint.stem + ".prev.npz")
     steps, every = task["steps"], out  # output intervals
@@ -122,7 +142,8 @@ def run_md(setup: Setup) -> dict:
         per_step = (now - t_row) / (step - last_row) if step > last_row else float("nan")
         log.record({"step": step, "time_fs": step * dt_fs, "temperature_K": temperature_K(atoms),
                     **_counts(calc), "seconds_per_step": per_step,
-                    "drift_eV_per_ps": drift.slope_eV_per_ps() if nve else float("nan")})
+                    "drift_eV_per_ps": drift.slope_eV_per_ps() if nve else float("nan"),
+                    **(last_check(checked) if checked else {})})
         t_row, last_row = time.perf_counter(), step
 
     def save(step: int) -> None:
@@ -169,6 +190,7 @@ def run_md(setup: Setup) -> dict:
         "cheap_evaluated_median": float(np.median([r.n_cheap for r in reports])),
         "region_counts_final": calc.current_regions().counts(),
         "drift_estimate_eV_per_ps": drift.slope_eV_per_ps() if nve else None,
+        **({"force_checks": checked.checks} if checked else {}),
         "drift_note": ("estimate from the weighted energy; run 'mlmix drift' for the "
                        "expensive re-evaluation") if nve else
                       "not defined under a thermostat",

@@ -64,7 +64,7 @@ class Setup:
     buffer: BufferScan | None = None  # the scan behind r_buff = "auto"
 
     def tracker(self) -> RegionTracker:
-        return build_tracker(self.cfg, self.structure, self.expensive)
+        return build_tracker(self.cfg, self.structure, self.expensive, self.cheap)
 
     def calculator(self, energy: Literal["nan", "weighted"] = "nan",
                    correction_every: int = 1) -> MixedCalculator:

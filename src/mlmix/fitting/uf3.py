@@ -545,9 +545,11 @@ class Uf3Model(LinearModel):
             ok = cols >= 0
             prod = w * va[:, :, None, None] * vb[:, None, :, None] * vc[:, None, None, :]
             # LAMMPS (ev_tally3) gives a third of a triplet's energy to each of its atoms
+            flat, third = cols[ok], prod[ok] / 3.0
+            per_triplet = ok.reshape(len(ok), -1).sum(axis=1)
             for atom in (centre[sel], j[p[sel]], j[q[sel]]):
-                owner = np.broadcast_to(atom[:, None, None, None] * nc, cols.shape)[ok]
-                e += np.bincount(owner + cols[ok], weights=prod[ok] / 3.0, minlength=n * nc)
+                owner = np.repeat(atom * nc, per_triplet)
+                e += np.bincount(owner + flat, weights=third, minlength=n * nc)
             if not forces:
                 continue
             m = len(rij)
