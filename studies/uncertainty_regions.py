@@ -46,7 +46,7 @@ from mlmix.demo import demo_potential_dir
 from mlmix.fitting.uncertainty import Uncertainty, file_beside
 from mlmix.potentials import LammpsPotential
 from mlmix.seeds import IndexSeeds, centrosymmetry, coordination, masked
-from mlmix.structures import bcc_screw_dislocation, central_atom
+from mlmix.structures import bcc_screw_dislocation, central_atom, fixed_mask
 
 W_CHEAP = ROOT / "studies" / "potentials" / "W_uf3" / "W_uf3.uf3"
 SI_CHEAP = demo_potential_dir() / "Si_demo_uf3.uf3"
@@ -71,14 +71,6 @@ def relaxed(atoms: Atoms, potential: LammpsPotential, steps: int = 300) -> Atoms
     moved[fixed] = 0.0
     atoms.positions += moved
     return atoms
-
-
-def fixed_mask(atoms: Atoms) -> np.ndarray:
-    mask = np.zeros(len(atoms), bool)
-    for c in atoms.constraints:
-        if isinstance(c, FixAtoms):
-            mask[c.index] = True
-    return mask
 
 
 # ------------------------------------------------------------------------ structures

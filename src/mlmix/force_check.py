@@ -95,6 +95,12 @@ class ForceCheckSeeds(Seeds):
     _rng: Any = field(default=None, init=False, repr=False)
     _nevery: int = field(default=1, init=False, repr=False)
     _STATE: ClassVar[tuple[str, ...]] = ("_flagged_ids", "checks")
+    LOG_COLUMNS: ClassVar[tuple[str, ...]] = ("checked_rms_eV_per_A", "checked_max_eV_per_A",
+                                              "n_checked_seeds")
+    LOG_NOTE: ClassVar[str] = """
+checked_*: |F_exp - F_cheap| over the random atoms of the last force check
+([regions.force_check]): a running estimate of the cheap region's force error;
+n_checked_seeds: the atoms that check made seeds."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.inner, Seeds):
@@ -131,6 +137,14 @@ class ForceCheckSeeds(Seeds):
                 f"ForceCheckSeeds nfreq ({self.nfreq}) must be a multiple of the rebuild "
                 f"period nevery ({nevery}), or checks fall between rebuilds")
         self._nevery = nevery
+
+    def log_row(self) -> dict:
+        """The :attr:`LOG_COLUMNS` of the last check (NaN and 0 before the first)."""
+        c = self.checks[-1] if self.checks else {}
+        nan = float("nan")
+        return {"checked_rms_eV_per_A": nan if c.get("rms_eV_per_A") is None else c["rms_eV_per_A"],
+                "checked_max_eV_per_A": nan if c.get("max_eV_per_A") is None else c["max_eV_per_A"],
+                "n_checked_seeds": int(c.get("n_flagged", 0))}
 
     def _is_check(self, step: int) -> bool:
         return step == 0 if self._nevery == 0 else step % self.nfreq == 0

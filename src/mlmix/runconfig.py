@@ -321,13 +321,21 @@ def _averaged_seeds(p: Problems, seeds: dict, where: str, nevery, bounds: bool =
         if lb is not None and ub is not None and lb > ub:
             p.add(f"{where}.lb", f"({lb}) must not exceed {where}.ub ({ub}): "
                   "no atom could be a seed")
-    good_nevery = isinstance(nevery, int) and not isinstance(nevery, bool) and nevery > 0
-    seeds.setdefault("nfreq", nevery if good_nevery else 1)
+    _period(p, seeds, where, nevery)
     seeds.setdefault("window", 1)
-    for key in ("nfreq", "window"):
-        p.number(seeds, where, key, minimum=1, integer=True)
+    p.number(seeds, where, "window", minimum=1, integer=True)
     if "initial" in seeds:
         _int_list(p, seeds, where, "initial", minimum=0)
+
+
+def _period(p: Problems, table: dict, where: str, nevery) -> None:
+    """``nfreq``, steps between queries: default the rebuild period ``regions.nevery``
+    (so a minimal table fits any schedule), and a multiple of it."""
+    good_nevery = isinstance(nevery, int) and not isinstance(nevery, bool) and nevery > 0
+    table.setdefault("nfreq", nevery if good_nevery else 1)
+    nfreq = p.number(table, where, "nfreq", minimum=1, integer=True)
+    if good_nevery and isinstance(nfreq, int) and nfreq % nevery:
+        p.add(f"{where}.nfreq", f"({nfreq}) must be a multiple of regions.nevery ({nevery})")
 
 
 def cheap_model_file(spec: Mapping) -> Path | None:
@@ -424,11 +432,7 @@ def _force_check(p: Problems, r: dict, nevery, task_kind: str | None) -> None:
     if isinstance(fraction, (int, float)) and fraction > 1:
         p.add(f"{where}.fraction", f"must be in (0, 1] (a share of the cheap atoms), got "
               f"{fraction}")
-    good_nevery = isinstance(nevery, int) and not isinstance(nevery, bool) and nevery > 0
-    fc.setdefault("nfreq", nevery if good_nevery else 1)
-    nfreq = p.number(fc, where, "nfreq", minimum=1, integer=True)
-    if good_nevery and isinstance(nfreq, int) and nfreq % nevery:
-        p.add(f"{where}.nfreq", f"({nfreq}) must be a multiple of regions.nevery ({nevery})")
+    _period(p, fc, where, nevery)
     fc.setdefault("seed", default(RUN, where, "seed"))
     p.number(fc, where, "seed", minimum=0, integer=True)
     if task_kind not in (None, "md") or nevery == 0:
@@ -585,10 +589,6 @@ def parse_run_config(raw: Mapping, base: Path = Path("."), source: str = "run co
     seeds = _seeds(p, regions, builder)
     if seeds.get("quantity") == "uncertainty":
         _uncertainty_seeds(p, seeds, specs.get("cheap"), base)
-    if (seeds.get("kind") in ("classifier", "lammps_compute") and regions.get("nevery")
-            and isinstance(seeds.get("nfreq"), int) and seeds["nfreq"] % regions["nevery"]):
-        p.add("regions.seeds.nfreq", f"({seeds['nfreq']}) must be a multiple of "
-              f"regions.nevery ({regions['nevery']})")
     if task.get("kind") in ("relax", "neb") and regions.get("nevery"):
         p.add("regions.nevery", f"must be 0 for {task['kind']} (regions built once: an "
               "optimiser must not chase moving regions)")

@@ -52,22 +52,6 @@ RELAX_COLUMNS = ("iteration", "fmax_eV_per_A", "n_core", "n_weighted", "n_expens
                  "n_cheap", "seconds_per_iteration")
 
 
-FORCE_CHECK_COLUMNS = ("checked_rms_eV_per_A", "checked_max_eV_per_A", "n_checked_seeds")
-FORCE_CHECK_NOTE = """
-checked_*: |F_exp - F_cheap| over the random atoms of the last force check
-([regions.force_check]): a running estimate of the cheap region's force error;
-n_checked_seeds: the atoms that check made seeds."""
-
-
-def last_check(seeds: ForceCheckSeeds) -> dict:
-    """The thermo-log columns of the last force check (NaN before the first)."""
-    nan = float("nan")
-    c = seeds.checks[-1] if seeds.checks else {}
-    return {"checked_rms_eV_per_A": nan if c.get("rms_eV_per_A") is None else c["rms_eV_per_A"],
-            "checked_max_eV_per_A": nan if c.get("max_eV_per_A") is None else c["max_eV_per_A"],
-            "n_checked_seeds": int(c.get("n_flagged", 0))}
-
-
 def _counts(calc: MixedCalculator) -> dict:
     report = calc.history[-1]
     return {"n_core": report.counts["core"], "n_weighted": int((calc.current_regions().p > 0).sum()),
@@ -123,9 +107,9 @@ def run_md(setup: Setup) -> dict:
     nve = task["ensemble"] == "nve"
     traj = TrajectoryWriter(setup.file(OUTPUT_FILES["trajectory"]))
     checked = calc.tracker.seeds if isinstance(calc.tracker.seeds, ForceCheckSeeds) else None
-    columns = LOG_COLUMNS + (FORCE_CHECK_COLUMNS if checked else ())
+    columns = LOG_COLUMNS + (ForceCheckSeeds.LOG_COLUMNS if checked else ())
     log = TableLog(setup.file(OUTPUT_FILES["thermo"]), columns,
-                   THERMO_NOTE + (FORCE_CHECK_NOTE if checked else ""))
+                   THERMO_NOTE + (ForceCheckSeeds.LOG_NOTE if checked else ""))
     checkpoint = setup.file(CHECKPOINT)
     setup.file(checkpoint.stem + ".prev.npz")
     steps, every = task["steps"], out  # output intervals
@@ -143,7 +127,7 @@ def run_md(setup: Setup) -> dict:
         log.record({"step": step, "time_fs": step * dt_fs, "temperature_K": temperature_K(atoms),
                     **_counts(calc), "seconds_per_step": per_step,
                     "drift_eV_per_ps": drift.slope_eV_per_ps() if nve else float("nan"),
-                    **(last_check(checked) if checked else {})})
+                    **(checked.log_row() if checked else {})})
         t_row, last_row = time.perf_counter(), step
 
     def save(step: int) -> None:

@@ -71,6 +71,13 @@ class LinearModel(abc.ABC):
             raise ConfigurationError("coefficients contain NaN or infinite values")
         return c
 
+    def species_index(self, atoms: Atoms) -> np.ndarray:
+        """``(N,)`` 0-based index into :attr:`species` of every atom (the LAMMPS type
+        minus 1); atoms of other species get -1 (:func:`check_frames` refuses them)."""
+        lut = np.full(max(atomic_numbers.values()) + 1, -1, dtype=np.int64)
+        lut[[atomic_numbers[s] for s in self.species]] = np.arange(len(self.species))
+        return lut[atoms.numbers]
+
     @abc.abstractmethod
     def design_matrix(self, frames: Sequence[Atoms], forces: bool = True) -> DesignMatrix:
         """Rows for ``frames`` (positions, cell, species are read; labels ignored)."""

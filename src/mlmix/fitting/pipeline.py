@@ -392,6 +392,7 @@ def _run(cfg: FitConfig, expensive: Potential, model: LinearModel, progress, t0:
     try:
         pots["constrained"] = model.potential(constrained.coefficients, staging, cfg.stem)
         _log(progress, "grading the training environments (uncertainty file)")
+        # the staging folder holds the constrained potential's files only, so far
         unc = build_uncertainty(model, [reference, *hard, *train], test, model_spec=cfg.model,
                                 potential_files=sorted(staging.iterdir()))
         unc.save(staging / f"{cfg.stem}{UNCERTAINTY_SUFFIX}")

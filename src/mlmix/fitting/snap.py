@@ -176,12 +176,6 @@ class SnapModel(LinearModel):
 
     # -- design matrix ------------------------------------------------------------------
 
-    def _types(self, atoms: Atoms) -> np.ndarray:
-        """``(N,)`` 0-based species index of every atom (LAMMPS type - 1)."""
-        lut = np.zeros(max(atomic_numbers.values()) + 1, dtype=np.int64)
-        lut[[atomic_numbers[s] for s in self.species]] = np.arange(len(self.species))
-        return lut[atoms.numbers]
-
     def design_matrix(self, frames: Sequence[Atoms], forces: bool = True) -> DesignMatrix:
         """Rows for ``frames`` (see the module docstring for the layout).
 
@@ -207,7 +201,7 @@ class SnapModel(LinearModel):
         row = 0
         try:
             for f, at in enumerate(frames):
-                types = self._types(at)
+                types = self.species_index(at)
                 arr, frame = engine.compute(at, types)
                 n = len(at)
                 energy[f, desc_cols] = arr[0, : ns * k]
@@ -230,7 +224,7 @@ class SnapModel(LinearModel):
         constant column 1, its bispectrum in its species' block, zeros elsewhere)."""
         (atoms,) = check_frames([atoms], self.species, "SnapModel")
         k = self.n_descriptors
-        types = self._types(atoms)
+        types = self.species_index(atoms)
         self._engine = self._engine or _SnapEngine(self)
         try:
             b = self._engine.per_atom(atoms, types)

@@ -409,18 +409,12 @@ class Uf3Model(LinearModel):
         energy = np.zeros((len(frames), self._n))
         f_rows = []
         for f, at in enumerate(frames):
-            e, fr = self._frame_rows(at, self._types(at), forces)
+            e, fr = self._frame_rows(at, self.species_index(at), forces)
             energy[f] = e.sum(axis=0)
             if forces:
                 f_rows.append(fr)
         n_atoms = np.array([len(a) for a in frames])
         return DesignMatrix(energy=energy, forces=np.vstack(f_rows) if forces else None, n_atoms=n_atoms)
-
-    def _types(self, atoms: Atoms) -> np.ndarray:
-        """``(N,)`` 0-based species index of every atom."""
-        lut = np.full(max(atomic_numbers.values()) + 1, -1, dtype=np.int64)
-        lut[[atomic_numbers[s] for s in self.species]] = np.arange(len(self.species))
-        return lut[atoms.numbers]
 
     def per_atom_rows(self, atoms: Atoms) -> np.ndarray:
         """``(N, n_coefficients)`` per-atom energy rows, split as LAMMPS tallies
@@ -428,7 +422,7 @@ class Uf3Model(LinearModel):
         each atom of the pair, from both orders), a three-body term a third to each of
         its atoms, the one-body column to the atom itself."""
         (atoms,) = check_frames([atoms], self.species, "Uf3Model")
-        return self._frame_rows(atoms, self._types(atoms), False)[0]
+        return self._frame_rows(atoms, self.species_index(atoms), False)[0]
 
     def _frame_rows(self, at: Atoms, types: np.ndarray, forces: bool):
         """``(N, nc)`` per-atom energy rows and ``(3N, nc)`` force rows (or None)."""
