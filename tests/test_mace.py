@@ -207,3 +207,79 @@ def test_stress_is_the_strain_derivative_of_the_energy(mace):
         fd[k] = (up - down) / 2e-5 / atoms.get_volume()
     assert np.abs(stress).max() > 1e-3
     assert_allclose(stress, fd, rtol=0, atol=1e-6)
+
+
+def _fd_energy_gradient(energy, atoms, k, h):
+    out = []
+    for d in range(3):
+        e = []
+        for sign in (1, -1):
+            moved = atoms.copy()
+            moved.positions[k, d] += sign * h
+            e.append(energy(moved))
+        out.append(-(e[0] - e[1]) / (2 * h))
+    return np.array(out)
+
+
+def test_weighted_energy_forces_and_stress_by_autograd(mace):
+    """Energy mixing's route: -d(sum_i w_i E_i)/dx and dE_w/d(eps) with exact weights,
+    on the whole periodic cell and on a carved finite cluster."""
+    from mlmix.potentials.weighted import stress_from_strain_derivative
+
+    atoms = _si(2)
+    n = len(atoms)
+    w = np.random.default_rng(0).uniform(0, 1, n)
+    ev = mace.evaluate_weighted(atoms, w)
+    assert ev.n_levels == 1 and ev.n_evaluated == n
+    energy = lambda a: mace.evaluate_weighted(a, w).energy  # noqa: E731
+    for k in (0, 9):
+        assert_allclose(_fd_energy_gradient(energy, atoms, k, 1e-4), ev.forces[k], atol=1e-7)
+    v = atoms.get_volume()
+    ones = mace.evaluate_weighted(atoms, np.ones(n))
+    assert_allclose(stress_from_strain_derivative(ones.strain_derivative, v),
+                    mace.stress(atoms), atol=1e-10)
+    strained = []
+    for sign in (1, -1):
+        eps = np.eye(3)
+        eps[0, 1] = eps[1, 0] = sign * 0.5e-4
+        a = atoms.copy()
+        a.set_cell(atoms.cell.array @ eps, scale_atoms=True)
+        strained.append(energy(a))
+    xy = (strained[0] - strained[1]) / 2e-4 / v  # each of eps_xy, eps_yx by 0.5e-4
+    assert xy == pytest.approx(stress_from_strain_derivative(ev.strain_derivative, v)[5], abs=1e-8)
+
+    # weights on a few atoms of a cell wider than two receptive fields: a finite cluster
+    big = _si(5, vacancy=False, seed=3)
+    w = np.zeros(len(big))
+    w[:4] = [1.0, 0.5, 0.25, 1.0]
+    part = mace.evaluate_weighted(big, w)
+    assert part.n_evaluated < len(big)
+    whole_e, whole_f, whole_s = mace._weighted_graph(big, w, None, strain=True)
+    assert part.energy == pytest.approx(float(w @ whole_e), abs=1e-9)
+    assert_allclose(part.forces, whole_f, atol=1e-9)
+    assert_allclose(part.strain_derivative, whole_s, atol=1e-8)
+
+
+def test_energy_mixing_with_mace_expensive_conserves_nve(mace):
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = _si(3, amp=0.0)
+    from mlmix.mixing import ShallowCoreWarning
+
+    cheap = LammpsPotential.snap("Si_Zuo_JPCA2020", ["Si"])
+    with pytest.warns(ShallowCoreWarning, match="deeper than 10"):
+        calc = MixedCalculator(mace, cheap,
+                               RegionTracker(RegionSpec(5.5, 0.0, 0.0), IndexSeeds([0])),
+                               mixing="energy")
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0),
+                                 force_temp=True)
+    atoms.calc = calc
+    energies = [atoms.get_potential_energy() + atoms.get_kinetic_energy()]
+    md = VelocityVerlet(atoms, 1.0 * units.fs)
+    for _ in range(6):
+        md.run(5)
+        energies.append(atoms.get_potential_energy() + atoms.get_kinetic_energy())
+    assert np.ptp(energies) < 0.02  # 215 atoms, 300 K, 30 fs
+    assert np.isfinite(atoms.get_stress()).all()

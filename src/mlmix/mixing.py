@@ -1,8 +1,10 @@
-"""Force mixing: F_i = p_i F_i^exp + (1 - p_i) F_i^cheap (method.md §1).
+"""Force mixing: F_i = p_i F_i^exp + (1 - p_i) F_i^cheap (method.md §1), and energy mixing.
 
 :func:`mix_forces` is the maths. :class:`MixedCalculator` is the ASE face: it updates
 the regions, runs the expensive potential on its evaluation set and the cheap one on
-the rest, and mixes, so ASE's MD integrators, optimisers and NEB can drive it.
+the rest, and mixes, so ASE's MD integrators, optimisers and NEB can drive it. With
+``mixing="energy"`` it mixes per-atom energies instead (:mod:`mlmix.energy_mixing`):
+then energy and stress are defined and are what the calculator returns.
 
 What the calculator returns for quantities the method does not define
 ------------------------------------------------------------------------
@@ -28,17 +30,27 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from ase import Atoms
+from ase import Atoms, units
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import atomic_numbers, chemical_symbols
 
 from .arguments import number_argument
+from .carving import within
 from .contacts import contact_problem
+from .energy_mixing import (
+    DEFAULT_LEVELS,
+    correct_momenta,
+    energy_shift,
+    exact_core,
+    mixed_energy,
+    shift_per_atom,
+)
 from .errors import (
     CalculationError,
     ConfigurationError,
@@ -53,6 +65,7 @@ from .mts import (
     undescribed_problem,
 )
 from .potentials.base import Evaluation, Potential, buffer_problem
+from .potentials.weighted import WeightedEvaluation, quantise, stress_from_strain_derivative
 from .regions import Regions, RegionTracker
 
 HISTORY_LENGTH = 1000
@@ -100,6 +113,11 @@ class StepReport:
         seconds: wall time of ``regions``, ``expensive``, ``cheap`` and ``total``.
         corrected: False on the cheap-only steps of multiple time stepping
             (``correction_every > 1``), True otherwise.
+        energy_exchanged: eV, energy mixing only: E(new weights) - E(old weights) at
+            the positions of a rebuild that changed the weights (0 otherwise).
+        energy_unabsorbed: eV, the part of ``energy_exchanged`` the momentum
+            correction could not take from the atoms whose weights changed (all of it
+            when the correction is off or the atoms have no momenta).
     """
 
     step: int
@@ -109,6 +127,8 @@ class StepReport:
     n_cheap: int
     seconds: dict
     corrected: bool = True
+    energy_exchanged: float = 0.0
+    energy_unabsorbed: float = 0.0
 
 
 def changed_properties(old: Atoms | None, new: Atoms, tol: float = 1e-15,
@@ -175,6 +195,33 @@ class MixedCalculator(Calculator):
             with the correction as the slow force. Needs the cheap potential on every
             atom (no ``mask_cheap``, no species it lacks) and a rebuild period that
             is a multiple of k. Never use it with an optimiser or NEB.
+        mixing: ``"force"`` (default) mixes forces; ``"energy"`` mixes per-atom
+            energies with weights w = p quantised to multiples of ``1 / n_levels``
+            and fixed between rebuilds (:mod:`mlmix.energy_mixing`): energy, forces
+            and stress are then one exact gradient, so NVE conserves E + K between
+            rebuilds and NPT and cell relaxation work. Both potentials must weight
+            their per-atom energies (``Potential.weighting``); ``energy``,
+            ``correction_every``, ``mask_cheap`` and ``subtract_mean_force`` keep
+            their defaults, and ``r_buff`` is not needed for exactness (each
+            potential evaluates only its weighted atoms, exactly). Forces equal the
+            expensive ones only on core atoms deeper than the larger receptive
+            field (counted as ``"exact_core"`` in each report).
+        n_levels: energy mixing: weights are multiples of 1/n_levels (default 16);
+            a LAMMPS or ACE potential costs one call per distinct weight.
+        energy_correction: energy mixing: at a rebuild that changes the weights,
+            scale the momenta of the atoms whose weight changed and of their
+            neighbours within the expensive cutoff so that E + K is conserved
+            (:func:`~mlmix.energy_mixing.correct_momenta`); with
+            ``timestep`` (fs) set, the target is the kinetic energy after velocity
+            Verlet's second half kick. Default True; the energy exchanged and any
+            part not absorbed are in each :class:`StepReport`.
+        timestep: fs, the MD time step, for ``energy_correction`` (optional).
+        energy_shift: energy mixing: eV per species added to each cheap per-atom
+            energy (no force): ``"auto"`` (default) aligns the two potentials on the
+            first structure's core (:func:`~mlmix.energy_mixing.energy_shift`; the
+            values are in ``energy_shift_used``), a mapping gives them, ``{}`` none.
+            Without it, potentials whose cohesive energies differ (SW and Tersoff Si:
+            0.29 eV/atom) exchange that much per atom at every weight change.
 
     Each call counts as one step for the region rebuild schedule (ASE's MD calls the
     forces once per step). The atoms receive a per-atom ``mlmix_id`` array that makes
@@ -212,10 +259,18 @@ class MixedCalculator(Calculator):
         energy: Literal["nan", "weighted"] = "nan",
         min_distance: float | None = None,
         correction_every: int = 1,
+        mixing: Literal["force", "energy"] = "force",
+        n_levels: int = DEFAULT_LEVELS,
+        energy_correction: bool = True,
+        timestep: float | None = None,
+        energy_shift: str | dict[str, float] = "auto",
         **kwargs,
     ):
         if energy not in ("nan", "weighted"):
             raise ConfigurationError(f"energy must be 'nan' or 'weighted', got {energy!r}")
+        if mixing not in ("force", "energy"):
+            raise ConfigurationError(
+                f"MixedCalculator mixing must be 'force' or 'energy', got {mixing!r}")
         k = check_correction_every(correction_every, "MixedCalculator correction_every")
         for name, value in (("expensive", expensive), ("cheap", cheap)):
             if not isinstance(value, Potential):
@@ -233,6 +288,12 @@ class MixedCalculator(Calculator):
             problems.append("mask_cheap=True leaves the core without a cheap force, but "
                             f"correction_every = {k} integrates the cheap force on every "
                             "atom at every step: drop mask_cheap")
+        if mixing == "energy":
+            problems += energy_mode_problems(expensive, cheap, energy=energy, k=k,
+                                             mask_cheap=mask_cheap,
+                                             subtract_mean_force=subtract_mean_force,
+                                             n_levels=n_levels, timestep=timestep,
+                                             shift=energy_shift)
         found = [q for q in problems if q is not None and q]
         if found:
             raise ConfigurationError("MixedCalculator: " + "; ".join(found))
@@ -254,10 +315,54 @@ class MixedCalculator(Calculator):
         self.allow_approximate = allow_approximate
         # The last reports only: a long run must not grow memory step by step.
         self.history: deque[StepReport] = deque(maxlen=HISTORY_LENGTH)
-        if not allow_approximate:
+        self.mixing = mixing
+        self.n_levels = int(n_levels)
+        self.energy_correction = bool(energy_correction)
+        self.timestep = None if timestep is None else float(timestep)
+        self.energy_shift = energy_shift
+        #: energy mixing: the shift in use (eV per species), set at the first call
+        self.energy_shift_used: dict[str, float] | None = (
+            None if isinstance(energy_shift, str) else dict(energy_shift))
+        #: energy mixing: the weights in force and the ids they belong to
+        self._weights: tuple[np.ndarray, np.ndarray] | None = None
+        self._per_rebuild: tuple[np.ndarray, int] | None = None  # (shift, exact core size)
+        #: energy mixing: sums over the run of StepReport.energy_exchanged / _unabsorbed
+        self.energy_exchanged_total = 0.0
+        self.energy_unabsorbed_total = 0.0
+        if mixing == "energy":
+            self.implemented_properties = ["energy", "free_energy", "forces", "stress"]
+            reach = max(expensive.receptive_field, cheap.receptive_field)
+            if regions.spec.r_core <= reach:
+                warnings.warn(
+                    f"energy mixing: forces equal the expensive forces only on core atoms "
+                    f"deeper than {reach:g} Å (the larger receptive field) inside the core, "
+                    f"and r_core = {regions.spec.r_core:g} Å leaves none that deep around a "
+                    f"single seed; widen r_core beyond {reach:g} Å where core forces must "
+                    "be the expensive ones", ShallowCoreWarning, stacklevel=2)
+        elif not allow_approximate:
             self._check_buffer(expensive)
             if mask_cheap:
                 self._check_buffer(cheap)
+
+    def energy_state(self) -> dict:
+        """Energy mixing's state for a checkpoint: the cheap-energy shift, the weights in
+        force (with the ids they belong to) and the run's exchanged-energy totals, so
+        a resumed run has the same energy (empty in force mode)."""
+        if self.mixing != "energy":
+            return {}
+        ids, w = self._weights if self._weights is not None else (None, None)
+        return {"shift": self.energy_shift_used, "ids": ids, "weights": w,
+                "exchanged": self.energy_exchanged_total,
+                "unabsorbed": self.energy_unabsorbed_total}
+
+    def restore_energy_state(self, state: dict) -> None:
+        """Continue from an :meth:`energy_state`."""
+        if self.mixing != "energy" or not state:
+            return
+        self.energy_shift_used = state["shift"]
+        self._weights = None if state["ids"] is None else (state["ids"], state["weights"])
+        self.energy_exchanged_total = float(state["exchanged"])
+        self.energy_unabsorbed_total = float(state["unabsorbed"])
 
     def _check_buffer(self, potential: Potential) -> None:
         problem = buffer_problem(potential, self.tracker.spec.r_buff)
@@ -279,7 +384,14 @@ class MixedCalculator(Calculator):
     def get_property(self, name, atoms=None, allow_calculation=True):
         # ASE's get_stress and every tool that asks for "stress" come through here; the
         # error says why there is none (it is still ASE's PropertyNotImplementedError).
-        if name in ("stress", "stresses"):
+        if self.mixing == "energy" and name in ("stress", "stresses"):
+            structure = atoms if atoms is not None else self.atoms
+            if name == "stresses" or structure is not None and not np.all(structure.pbc):
+                raise PropertyNotDefinedError(
+                    f"energy mixing gives no {name} here: the stress of the whole cell "
+                    "needs a cell periodic in all three directions, and per-atom "
+                    "stresses are not defined")
+        elif name in ("stress", "stresses"):
             raise PropertyNotDefinedError(
                 f"force mixing defines no {name} (the mixed forces have no energy "
                 "function), so NPT and cell relaxation are not possible; relax or run at "
@@ -319,6 +431,9 @@ class MixedCalculator(Calculator):
         if problem:
             raise ConfigurationError(problem)
         t1 = time.perf_counter()
+        if self.mixing == "energy":
+            self._energy_step(atoms, regions, undescribed, rebuilt, t0, t1)
+            return
 
         n = len(atoms)
         exp = Evaluation(np.zeros((n, 3)), np.full(n, np.nan), 0)
@@ -368,6 +483,76 @@ class MixedCalculator(Calculator):
         )
         self.step += 1
 
+    def _energy_step(self, atoms: Atoms, regions: Regions, undescribed: np.ndarray,
+                     rebuilt: bool, t0: float, t1: float) -> None:
+        """One call in energy mixing (see :mod:`mlmix.energy_mixing`)."""
+        w = quantise(regions.p, self.n_levels)
+        reach = max(self.expensive.receptive_field, self.cheap.receptive_field)
+        if self.energy_shift_used is None or (rebuilt and self.step == 0
+                                              and self.energy_shift == "auto"):
+            self.energy_shift_used = energy_shift(self.expensive, self.cheap, atoms, w == 1,
+                                                  reach, undescribed)
+        if rebuilt or self._per_rebuild is None:
+            # fixed between rebuilds, and a neighbour search each: not per step
+            self._per_rebuild = (shift_per_atom(atoms, self.energy_shift_used),
+                                 int(exact_core(atoms, w, reach).sum()))
+        shift, n_exact = self._per_rebuild
+        mix = mixed_energy(self.expensive, self.cheap, atoms, w, undescribed, shift)
+        self._check_finite(mix.forces, w, mix.expensive, mix.cheap)
+        exchanged = unabsorbed = 0.0
+        if rebuilt and self._weights is not None:
+            exchanged, unabsorbed = self._rebuild_exchange(atoms, w, mix, undescribed,
+                                                           shift)
+        if rebuilt or self._weights is None:
+            self._weights = (atoms.arrays[ID_ARRAY].copy(), w)
+        self.energy_exchanged_total += exchanged
+        self.energy_unabsorbed_total += unabsorbed
+        self.results = {"energy": mix.energy, "free_energy": mix.energy,
+                        "forces": mix.forces}
+        if np.all(atoms.pbc):
+            self.results["stress"] = stress_from_strain_derivative(
+                mix.strain_derivative, atoms.get_volume())
+        if self.store_arrays:
+            atoms.arrays.update(regions.per_atom_arrays())
+        counts = regions.counts()
+        counts["exact_core"] = n_exact
+        t3 = time.perf_counter()
+        self.history.append(StepReport(
+            step=self.step, rebuilt=rebuilt, counts=counts,
+            n_expensive=mix.expensive.n_evaluated, n_cheap=mix.cheap.n_evaluated,
+            seconds={"regions": t1 - t0, **mix.seconds, "total": t3 - t0},
+            energy_exchanged=exchanged, energy_unabsorbed=unabsorbed))
+        self.step += 1
+
+    def _rebuild_exchange(self, atoms: Atoms, w: np.ndarray, mix, undescribed: np.ndarray,
+                          shift: np.ndarray) -> tuple[float, float]:
+        """(energy exchanged, energy not absorbed) at a rebuild; momenta corrected."""
+        old_ids, old_w = self._weights  # type: ignore[misc]
+        ids = atoms.arrays[ID_ARRAY]
+        if not np.array_equal(old_ids, ids):
+            # atoms were added, removed or reordered: carry the old weights by identity
+            lookup = dict(zip(old_ids.tolist(), old_w.tolist()))
+            old_w = np.array([lookup.get(i, w[k]) for k, i in enumerate(ids.tolist())])
+        changed = old_w != w
+        if not changed.any():
+            return 0.0, 0.0
+        before = mixed_energy(self.expensive, self.cheap, atoms, old_w, undescribed,
+                              shift).energy
+        exchanged = mix.energy - before
+        if not self.energy_correction or not atoms.has("momenta"):
+            return exchanged, exchanged
+        kicks = None
+        if self.timestep is not None:
+            kicks = 0.5 * self.timestep * units.fs * mix.forces
+        # the changed atoms and their neighbours: one changed atom alone has no kinetic
+        # energy relative to its own centre of mass to give
+        group = within(atoms.positions, atoms.cell.array, atoms.pbc, changed,
+                       self.expensive.cutoff)
+        momenta, left = correct_momenta(atoms.get_momenta(), atoms.get_masses(), group,
+                                        exchanged, kicks)
+        atoms.set_momenta(momenta, apply_constraint=False)
+        return exchanged, left
+
     def _cheap_step(self, atoms: Atoms) -> None:
         """A step between outer steps of multiple time stepping: the cheap forces of
         every atom, nothing else (see :mod:`mlmix.mts`)."""
@@ -392,8 +577,9 @@ class MixedCalculator(Calculator):
         if problem:
             raise ConfigurationError(f"{problem} (0 turns the check off)")
 
-    def _check_finite(self, forces: np.ndarray, p: np.ndarray, exp: Evaluation,
-                      cheap: Evaluation) -> None:
+    def _check_finite(self, forces: np.ndarray, p: np.ndarray,
+                      exp: Evaluation | WeightedEvaluation,
+                      cheap: Evaluation | WeightedEvaluation) -> None:
         bad = np.flatnonzero(~np.isfinite(forces).all(axis=1))
         if not bad.size:
             return
@@ -436,6 +622,41 @@ class MixedCalculator(Calculator):
         forces[keep] = result.forces
         energies[keep] = result.energies
         return Evaluation(forces, energies, result.n_evaluated, result.exact)
+
+
+class ShallowCoreWarning(UserWarning):
+    """Energy mixing with a core too thin for any atom to get the expensive force."""
+
+
+def energy_mode_problems(expensive: Potential, cheap: Potential, *, energy: str, k: int,
+                         mask_cheap: bool, subtract_mean_force: bool, n_levels,
+                         timestep, shift) -> list[str]:
+    """Every reason ``mixing="energy"`` cannot run with these arguments (empty: it can)."""
+    found = []
+    for role, pot in (("expensive", expensive), ("cheap", cheap)):
+        problem = pot.weighting_problem()
+        if problem is not None:
+            found.append(f"mixing='energy' needs weighted energies of the {role} "
+                         f"potential: {problem}")
+    fixed = (("energy", energy != "nan", "energy mixing returns its own energy"),
+             ("correction_every", k != 1, "multiple time stepping mixes forces"),
+             ("mask_cheap", mask_cheap, "the cheap potential already evaluates only "
+              "its weighted atoms"),
+             ("subtract_mean_force", subtract_mean_force, "the forces are a gradient and "
+              "sum to zero already; subtracting a mean would break energy conservation"))
+    found += [f"{key} must keep its default with mixing='energy' ({why})"
+              for key, bad, why in fixed if bad]
+    if isinstance(n_levels, bool) or not isinstance(n_levels, (int, np.integer)) or n_levels < 1:
+        found.append(f"n_levels must be an integer >= 1 (weights are multiples of "
+                     f"1/n_levels), got {n_levels!r}")
+    if timestep is not None and not (isinstance(timestep, (int, float)) and timestep > 0):
+        found.append(f"timestep must be a time step > 0 in fs, got {timestep!r}")
+    if shift != "auto" and not (isinstance(shift, dict) and all(
+            isinstance(k, str) and isinstance(v, (int, float)) and np.isfinite(v)
+            for k, v in shift.items())):
+        found.append(f"energy_shift must be 'auto' or a mapping of element symbol to eV, "
+                     f"got {shift!r}")
+    return found
 
 
 def undescribed_outside_core(n: int, first: int, symbols: list[str], cheap_name: str) -> str:

@@ -228,6 +228,12 @@ forces have no energy; nan under a thermostat (it exchanges energy by design).
 'mlmix drift RUN_DIR' re-evaluates saved frames with the expensive potential."""
 
 
+ENERGY_THERMO_NOTE = """\
+drift_eV_per_ps: least-squares slope, over the run so far, of the kinetic energy plus the
+mixed energy sum_i w_i E_i^exp + (1 - w_i) E_i^cheap, the conserved energy of energy
+mixing (mixing.mode = 'energy'); nan under a thermostat or barostat."""
+
+
 def temperature_K(atoms: Atoms) -> float:
     """Kinetic temperature, K, with 3N degrees of freedom (no constraint correction)."""
     return float(2 * atoms.get_kinetic_energy() / (3 * len(atoms) * units.kB))

@@ -16,7 +16,8 @@ Sections (lengths Å, times fs, temperatures K, forces eV/Å)::
                            "lammps_compute" (a LAMMPS per-atom compute, LAMMPS engine)
     [regions.hysteresis]   tau_in_fs, tau_out_fs
     [regions.force_check]  tolerance (eV/Å), fraction, nfreq, seed (MD, ASE engine)
-    [mixing]               subtract_mean_force, mask_cheap, allow_approximate
+    [mixing]               mode, n_levels, energy_correction, subtract_mean_force,
+                           mask_cheap, allow_approximate
     [task]                 kind = "md" | "relax" | "neb" and its settings
     [output]               directory, trajectory_every, log_every, checkpoint_every,
                            progress, figures
@@ -455,6 +456,55 @@ def _multiple_time_step(p: Problems, task: dict, regions: dict, mixing: dict) ->
               "cheap force acts on every atom at every step)")
 
 
+NPT_KEYS = ("taut_fs", "taup_fs", "compressibility_per_GPa", "pressure_GPa")
+
+
+def _barostat(p: Problems, t: dict, ensemble, dt, temp) -> None:
+    """The NPT keys of an MD task (Berendsen; defaults from the time step)."""
+    if ensemble != "npt":
+        for key in NPT_KEYS:
+            if key in t:
+                p.add(f"task.{key}", "only for ensemble = 'npt'")
+        return
+    if temp == 0:
+        p.add("task.temperature_K", "NPT needs a target temperature > 0 K")
+    step = dt if isinstance(dt, (int, float)) and dt > 0 else 1.0
+    t.setdefault("taut_fs", 100 * step)
+    t.setdefault("taup_fs", 1000 * step)
+    t.setdefault("compressibility_per_GPa", 0.01)
+    t.setdefault("pressure_GPa", 0.0)
+    for key in ("taut_fs", "taup_fs", "compressibility_per_GPa"):
+        p.number(t, "task", key, minimum=0, strict=True)
+    p.number(t, "task", "pressure_GPa")
+
+
+def _mixing(p: Problems, raw: Mapping, task: Mapping) -> dict:
+    """[mixing]: the mode, its options and the flags, checked against the task."""
+    mixing = p.section(raw, "mixing", required=False)
+    p.unknown_keys(mixing, "mixing", known_keys(RUN, "mixing"))
+    mode = p.choice(mixing, "mixing", "mode", choices(RUN, "mixing", "mode"),
+                    mixing.setdefault("mode", default(RUN, "mixing", "mode")))
+    mixing.setdefault("n_levels", default(RUN, "mixing", "n_levels"))
+    p.number(mixing, "mixing", "n_levels", minimum=1, integer=True)
+    for key in sorted(known_keys(RUN, "mixing") - {"mode", "n_levels"}):
+        mixing[key] = p.flag(mixing, "mixing", key, default(RUN, "mixing", key))
+    stress = ("task.ensemble = 'npt'" if task.get("ensemble") == "npt" else
+              "task.cell = true" if task.get("kind") == "relax" and task.get("cell") else None)
+    if stress and mode == "force":
+        p.add("mixing.mode", f"{stress} needs a stress, which force mixing does not "
+              "define (the mixed forces have no energy): set mode = 'energy'")
+    if mode == "energy":
+        for key in ("subtract_mean_force", "mask_cheap"):
+            if mixing.get(key):
+                p.add(f"mixing.{key}", "must be false with mode = 'energy' (the forces are "
+                      "one gradient, and each potential evaluates only its weighted atoms)")
+        k = task.get("correction_every", 1)
+        if isinstance(k, int) and k > 1:
+            p.add("task.correction_every", "must be 1 with mixing.mode = 'energy' (multiple "
+                  "time stepping mixes forces)")
+    return mixing
+
+
 def _task(p: Problems, raw: Mapping, builder: str | None) -> dict:
     t = p.section(raw, "task")
     kind = p.choice(t, "task", "kind", TASKS)
@@ -480,6 +530,7 @@ def _task(p: Problems, raw: Mapping, builder: str | None) -> dict:
             for key in ("friction_per_fs", "thermostat_weights"):
                 if key in t:
                     p.add(f"task.{key}", "only for ensemble = 'nvt'")
+        _barostat(p, t, ensemble, dt, temp)
         t.setdefault("seed", default(RUN, "task", "seed"))
         p.number(t, "task", "seed", minimum=0, integer=True)
         t.setdefault("correction_every", default(RUN, "task", "correction_every"))
@@ -492,6 +543,12 @@ def _task(p: Problems, raw: Mapping, builder: str | None) -> dict:
         p.number(t, "task", "max_steps", minimum=1, integer=True)
         p.choice(t, "task", "optimizer", OPTIMIZERS, t.setdefault("optimizer", default(RUN, "task", "optimizer")))
         t["expensive_energy"] = p.flag(t, "task", "expensive_energy", default(RUN, "task", "expensive_energy"))
+        t["cell"] = p.flag(t, "task", "cell", default(RUN, "task", "cell"))
+        if "pressure_GPa" in t and not t["cell"]:
+            p.add("task.pressure_GPa", "only with task.cell = true (a cell relaxation)")
+        if t["cell"]:
+            t.setdefault("pressure_GPa", 0.0)
+            p.number(t, "task", "pressure_GPa")
     elif kind == "neb":
         p.unknown_keys(t, "task", known_keys(RUN, "task", kind))
         t.setdefault("images", default(RUN, "task", "images"))
@@ -554,6 +611,9 @@ def _engine(p: Problems, raw: Mapping, cfg: Mapping) -> dict:
         if mixing.get(key):
             p.add(f"mixing.{key}", "is not available with the LAMMPS engine (it always "
                   "evaluates the cheap potential on every atom); use kind = 'ase'")
+    if mixing.get("mode") == "energy":
+        p.add("mixing.mode", "'energy' runs on the ASE engine only (the LAMMPS engine mixes "
+              "forces inside LAMMPS); use engine.kind = 'ase'")
     return e
 
 
@@ -592,10 +652,7 @@ def parse_run_config(raw: Mapping, base: Path = Path("."), source: str = "run co
     if task.get("kind") in ("relax", "neb") and regions.get("nevery"):
         p.add("regions.nevery", f"must be 0 for {task['kind']} (regions built once: an "
               "optimiser must not chase moving regions)")
-    mixing = p.section(raw, "mixing", required=False)
-    p.unknown_keys(mixing, "mixing", known_keys(RUN, "mixing"))
-    for key in sorted(known_keys(RUN, "mixing")):
-        mixing[key] = p.flag(mixing, "mixing", key, default(RUN, "mixing", key))
+    mixing = _mixing(p, raw, task)
     _multiple_time_step(p, task, regions, mixing)
     output = _output(p, raw, Path(source).stem)
     engine = _engine(p, raw, {"task": task, "cheap": specs.get("cheap", {}), "seeds": seeds,
@@ -631,6 +688,10 @@ def _check_structure(p: Problems, built: Structure, s: Mapping, seeds: Mapping, 
     contact = contact_problem(atoms, s.get("min_distance"), "structure.min_distance")
     if contact:
         p.add("structure", contact)
+    if (task.get("ensemble") == "npt" or task.get("cell")) and not atoms.pbc.all():
+        p.add("task.ensemble" if task.get("ensemble") == "npt" else "task.cell",
+              f"needs a structure periodic in all three directions (its pbc is "
+              f"{atoms.pbc.tolist()}): the stress of a cell")
     present = set(atoms.get_chemical_symbols())
     kind = seeds.get("kind")
     for key in ("indices", "initial"):

@@ -121,7 +121,7 @@ RUN = Schema("mlmix run", (
         _k("structure", "table", REQUIRED, "what to simulate"),
         _k("potentials", "table", REQUIRED, "[potentials.expensive] and [potentials.cheap]"),
         _k("regions", "table", REQUIRED, "where the expensive potential acts"),
-        _k("mixing", "table", None, "how forces are mixed"),
+        _k("mixing", "table", None, "how forces (or energies) are mixed"),
         _k("task", "table", REQUIRED, "MD, relaxation or NEB"),
         _k("output", "table", None, "where and how often to write"),
         _k("engine", "table", None, "ASE or LAMMPS integrates"),
@@ -232,7 +232,15 @@ RUN = Schema("mlmix run", (
            "multiple of it)"),
         _k("seed", "int", 0, "of the random sample"),
     )),
-    Section("mixing", "How the forces are mixed.", (
+    Section("mixing", "How the forces (or the energies) are mixed.", (
+        _k("mode", "string", "force", "force: mix forces (no energy, no stress); energy: mix "
+           "per-atom energies (a real energy and stress: NVE conserved, NPT and cell "
+           "relaxation; ASE engine, backends that weight per-atom energies)",
+           choices_=("force", "energy")),
+        _k("n_levels", "int", 16, "energy mode: weights are multiples of 1/n_levels (a "
+           "LAMMPS or ACE potential costs one call per distinct weight)"),
+        _k("energy_correction", "bool", True, "energy mode: at a rebuild, rescale the momenta "
+           "of the atoms whose weight changed so E + K is conserved"),
         _k("subtract_mean_force", "bool", False, "remove the mean of the mixed force "
            "(momentum; ASE engine)"),
         _k("mask_cheap", "bool", False, "evaluate the cheap potential only where p < 1 "
@@ -242,7 +250,8 @@ RUN = Schema("mlmix run", (
     )),
     Section("task", "What to run.", (
         _k("kind", "string", REQUIRED, "the task", choices_=TASKS),
-        _k("ensemble", "string", "nve", "MD ensemble", choices_=("nve", "nvt"), only=("md",)),
+        _k("ensemble", "string", "nve", "MD ensemble (npt: Berendsen, mixing.mode = "
+           "'energy' only)", choices_=("nve", "nvt", "npt"), only=("md",)),
         _k("timestep_fs", "float", 1.0, "time step (at most 10)", "fs", only=("md",)),
         _k("steps", "int", REQUIRED, "MD steps (may be raised on --resume)", only=("md",)),
         _k("temperature_K", "float", 0.0, "initial (Maxwell-Boltzmann) and NVT temperature",
@@ -252,6 +261,15 @@ RUN = Schema("mlmix run", (
         _k("thermostat_weights", "string", "cheap", "thermostat weight w_i (NVT): 1 - p, "
            "p or 1", choices_=("cheap", "expensive", "all"), only=("md",)),
         _k("seed", "int", 0, "random seed of velocities and thermostat", only=("md",)),
+        _k("pressure_GPa", "float", DERIVED, "target pressure (NPT) or the cell relaxation's "
+           "external pressure (default 0)", "GPa", only=("md", "relax")),
+        _k("taut_fs", "float", DERIVED, "NPT: Berendsen thermostat time (default 100 time "
+           "steps)", "fs", only=("md",)),
+        _k("taup_fs", "float", DERIVED, "NPT: Berendsen barostat time (default 1000 time "
+           "steps)", "fs", only=("md",)),
+        _k("compressibility_per_GPa", "float", DERIVED, "NPT: the barostat's compressibility "
+           "(sets its rate only; default 0.01, a bulk modulus of 100 GPa)", "1/GPa",
+           only=("md",)),
         _k("correction_every", "int", 1, "k: the expensive correction every k steps "
            "(multiple time stepping)", only=("md",)),
         _k("fmax", "float", 0.01, "force criterion", "eV/Å", only=("relax", "neb")),
@@ -261,6 +279,8 @@ RUN = Schema("mlmix run", (
            only=("relax",)),
         _k("expensive_energy", "bool", False, "report the expensive potential's energy of "
            "the relaxed structure", only=("relax",)),
+        _k("cell", "bool", False, "relax the cell too (mixing.mode = 'energy' only)",
+           only=("relax",)),
         _k("images", "int", 5, "intermediate NEB images", only=("neb",)),
         _k("climb", "bool", True, "climbing image", only=("neb",)),
         _k("method", "string", "improvedtangent", "ASE NEB method",

@@ -4,10 +4,10 @@ Each task takes a :class:`~mlmix.engines.session.Setup` (built and checked by
 :func:`mlmix.run.run`), attaches a :class:`~mlmix.mixing.MixedCalculator` and writes
 the outputs listed in :mod:`mlmix.run`:
 
-* :func:`run_md`: NVE (velocity Verlet) or NVT (:class:`~mlmix.engines.langevin.RegionLangevin`),
-  checkpointed and resumable;
-* :func:`run_relax`: positions relaxed on the mixed forces (force criterion only: force
-  mixing has no energy);
+* :func:`run_md`: NVE (velocity Verlet), NVT (:class:`~mlmix.engines.langevin.RegionLangevin`)
+  or, with energy mixing, NPT (ASE's Berendsen barostat), checkpointed and resumable;
+* :func:`run_relax`: positions (and with energy mixing, optionally the cell) relaxed on
+  the mixed forces, force criterion only;
 * :func:`run_neb`: nudged elastic band on mixed forces, the barrier from the expensive
   potential.
 """
@@ -23,9 +23,11 @@ from ase import Atoms, units
 from ..checkpoint import atoms_state, save_checkpoint
 from ..errors import CalculationError, ConfigurationError, Interrupted
 from ..force_check import ForceCheckSeeds
+from ..identity import ID_ARRAY
 from ..mixing import MixedCalculator
 from ..mts import corrected_median
 from ..outputs import (
+    ENERGY_THERMO_NOTE,
     LOG_COLUMNS,
     THERMO_NOTE,
     DriftEstimate,
@@ -67,6 +69,15 @@ def _integrator(atoms: Atoms, task: dict, rng: np.random.Generator):
         from ase.md.verlet import VelocityVerlet
 
         return VelocityVerlet(atoms, timestep=dt)
+    if task["ensemble"] == "npt":
+        # Berendsen: no integrator state beyond the atoms and the cell, so a checkpoint
+        # resumes it exactly; it relaxes towards the target, it does not sample NPT
+        from ase.md.nptberendsen import NPTBerendsen
+
+        return NPTBerendsen(atoms, dt, temperature_K=task["temperature_K"],
+                            pressure_au=task["pressure_GPa"] * units.GPa,
+                            taut=task["taut_fs"] * units.fs, taup=task["taup_fs"] * units.fs,
+                            compressibility_au=task["compressibility_per_GPa"] / units.GPa)
     from .langevin import RegionLangevin
 
     return RegionLangevin(atoms, dt, temperature_K=task["temperature_K"],
@@ -83,6 +94,7 @@ def _md_state(step: int, atoms: Atoms, calc: MixedCalculator, rng, drift: DriftE
         "calculator_step": calc.step,
         "rng": rng.bit_generator.state,
         "drift": drift.state,
+        "energy_mixing": calc.energy_state(),
         "files": files_state({"trajectory": traj, "thermo": log}),
         "wall_seconds": wall,
     }
@@ -92,12 +104,14 @@ def run_md(setup: Setup) -> dict:
     """MD (NVE, or NVT with the region-weighted Langevin thermostat)."""
     task, out, run_dir, state = setup.cfg.task, setup.cfg.output, setup.run_dir, setup.state
     rng = np.random.default_rng(np.random.SeedSequence(task["seed"]).spawn(2)[1])
-    calc = setup.calculator(energy="weighted", correction_every=task["correction_every"])
+    calc = setup.calculator(energy="weighted", correction_every=task["correction_every"],
+                            timestep=task["timestep_fs"])
     atoms, start, wall0 = md_start(setup)
     if state is not None:
         calc.tracker.restore(state["tracker"])
         rng.bit_generator.state = state["rng"]
         calc.step = start
+        calc.restore_energy_state(state["energy_mixing"])
     atoms.calc = calc
     atoms.get_forces()  # first evaluation: input errors surface before any file is written
     dyn = _integrator(atoms, task, rng)
@@ -108,8 +122,10 @@ def run_md(setup: Setup) -> dict:
     traj = TrajectoryWriter(setup.file(OUTPUT_FILES["trajectory"]))
     checked = calc.tracker.seeds if isinstance(calc.tracker.seeds, ForceCheckSeeds) else None
     columns = LOG_COLUMNS + (ForceCheckSeeds.LOG_COLUMNS if checked else ())
+    energy_mode = calc.mixing == "energy"
     log = TableLog(setup.file(OUTPUT_FILES["thermo"]), columns,
-                   THERMO_NOTE + (ForceCheckSeeds.LOG_NOTE if checked else ""))
+                   (ENERGY_THERMO_NOTE if energy_mode else THERMO_NOTE)
+                   + (ForceCheckSeeds.LOG_NOTE if checked else ""))
     checkpoint = setup.file(CHECKPOINT)
     setup.file(checkpoint.stem + ".prev.npz")
     steps, every = task["steps"], out  # output intervals
@@ -175,11 +191,34 @@ def run_md(setup: Setup) -> dict:
         "region_counts_final": calc.current_regions().counts(),
         "drift_estimate_eV_per_ps": drift.slope_eV_per_ps() if nve else None,
         **({"force_checks": checked.checks} if checked else {}),
-        "drift_note": ("estimate from the weighted energy; run 'mlmix drift' for the "
+        "drift_note": ("the drift of E + K, energy mixing's conserved energy" if energy_mode
+                       else "estimate from the weighted energy; run 'mlmix drift' for the "
                        "expensive re-evaluation") if nve else
                       "not defined under a thermostat",
+        **_energy_summary(calc, atoms),
         "figures": made,
     })
+
+
+def _energy_summary(calc: MixedCalculator, atoms: Atoms) -> dict:
+    """What a summary says of the mixing: the mode and, for energy mixing, its energy,
+    stress, cell-energy shift and the energy the rebuilds exchanged."""
+    if calc.mixing != "energy":
+        return {"mixing_mode": "force"}
+    report = calc.history[-1]
+    periodic = bool(np.all(atoms.pbc))
+    return {"mixing_mode": "energy", "energy_mixing": {
+        "potential_energy_eV": float(atoms.get_potential_energy()),
+        "stress_eV_per_A3": atoms.get_stress().tolist() if periodic else None,
+        "pressure_GPa": float(-atoms.get_stress()[:3].mean() / units.GPa) if periodic else None,
+        "volume_A3": float(atoms.get_volume()) if periodic else None,
+        "cheap_energy_shift_eV": calc.energy_shift_used,
+        "n_levels": calc.n_levels,
+        "energy_exchanged_at_rebuilds_eV": calc.energy_exchanged_total,
+        "energy_not_absorbed_eV": calc.energy_unabsorbed_total,
+        "exact_core_atoms_final": report.counts.get("exact_core"),
+        "note": "forces equal the expensive forces only on the exact core: core atoms "
+                "deeper than the larger receptive field inside the core"}}
 
 
 # --------------------------------------------------------------------------- relax
@@ -213,7 +252,12 @@ def run_relax(setup: Setup) -> dict:
     atoms.calc = calc
     atoms.get_forces()
     start_dir(setup)
-    opt = _optimizer(task["optimizer"], atoms)
+    target = atoms
+    if task["cell"]:  # energy mixing only (checked with the config)
+        from ase.filters import FrechetCellFilter
+
+        target = FrechetCellFilter(atoms, scalar_pressure=task["pressure_GPa"] * units.GPa)
+    opt = _optimizer(task["optimizer"], target)
     traj = TrajectoryWriter(setup.file("trajectory.extxyz"))
     log = TableLog(setup.file("relax.log"), RELAX_COLUMNS)
     t_last = time.perf_counter()
@@ -227,7 +271,7 @@ def run_relax(setup: Setup) -> dict:
                 raise _stopped_optimizer(setup, "relaxation", iteration)
             forces = calc.results["forces"]
             now = time.perf_counter()
-            fmax = _fmax(forces)
+            fmax = _fmax(target.get_forces())  # with the cell: its generalised forces too
             log.record({"iteration": iteration, "fmax_eV_per_A": fmax, **_counts(calc),
                         "seconds_per_iteration": now - t_last if iteration else float("nan")})
             t_last = now
@@ -236,7 +280,7 @@ def run_relax(setup: Setup) -> dict:
             if iteration:
                 bar.update(1)
             bar.set_postfix_str(f"fmax {fmax:.3g} eV/Å (target {task['fmax']:g})", refresh=False)
-        converged = _fmax(calc.results["forces"]) <= task["fmax"]
+        converged = _fmax(target.get_forces()) <= task["fmax"]
         traj.write(atoms, iteration, 0.0, calc.results["forces"])
     from ase.io import write
 
@@ -249,14 +293,19 @@ def run_relax(setup: Setup) -> dict:
     made = draw_figures(setup, atoms, None)
     summary = write_summary(setup, {
         "task": "relax", "n_atoms": len(atoms), "converged": converged,
-        "iterations": iteration, "fmax_eV_per_A": _fmax(calc.results["forces"]),
+        "iterations": iteration, "fmax_eV_per_A": _fmax(target.get_forces()),
+        "cell_relaxed": bool(task["cell"]),
         "fmax_target_eV_per_A": task["fmax"], "wall_seconds": time.perf_counter() - t_start,
         "expensive_energy_eV": energy,
-        "energy_note": "the mixed forces have no energy; expensive_energy_eV is the expensive "
-                       "potential on the whole relaxed structure" if energy is not None else
-                       "the mixed forces have no energy (set task.expensive_energy = true for "
-                       "the expensive potential's energy of the relaxed structure)",
+        "energy_note": ("energy mixing: energy_mixing.potential_energy_eV is the mixed "
+                        "energy the relaxation minimised" if calc.mixing == "energy" else
+                        "the mixed forces have no energy")
+                       + ("; expensive_energy_eV is the expensive potential on the whole "
+                          "relaxed structure" if energy is not None else
+                          " (set task.expensive_energy = true for the expensive potential's "
+                          "energy of the relaxed structure)"),
         "region_counts": calc.current_regions().counts(), "figures": made,
+        **_energy_summary(calc, atoms),
     })
     if not converged:
         raise CalculationError(
@@ -292,6 +341,17 @@ def _final_structure(setup: Setup, initial: Atoms) -> Atoms:
     return final
 
 
+def _mixed_barrier(images: list[Atoms]) -> dict:
+    """The band's barrier on the mixed energy (energy mixing: one energy surface)."""
+    mixed = np.array([image.get_potential_energy() for image in images])
+    mixed -= mixed[0]
+    return {"mixed_barrier_eV": float(mixed.max()), "mixed_reaction_energy_eV": float(mixed[-1]),
+            "mixed_image_energies_eV": mixed.tolist(),
+            "mixed_energy_note": "energy mixing: the mixed energy of each relaxed image (one "
+                                 "weight field for all images); barrier_eV is the expensive "
+                                 "re-evaluation of the same images"}
+
+
 def run_neb(setup: Setup) -> dict:
     """Nudged elastic band on mixed forces; barrier from the expensive potential.
 
@@ -307,9 +367,20 @@ def run_neb(setup: Setup) -> dict:
     initial = setup.structure.atoms.copy()
     final = _final_structure(setup, initial)
     images = [initial] + [initial.copy() for _ in range(task["images"])] + [final]
-    for image in images:
-        image.calc = setup.calculator(energy="weighted")
-    images[0].get_forces()
+    energy_mode = setup.cfg.mixing.get("mode") == "energy"
+    if energy_mode:
+        # one calculator, one weight field carried by atom identity: every image is
+        # then a point of the same energy surface, and the band's barrier is a barrier
+        shared = setup.calculator()
+        for image in images:
+            image.calc = shared
+        images[0].get_forces()
+        for image in images[1:]:
+            image.arrays[ID_ARRAY] = images[0].arrays[ID_ARRAY].copy()
+    else:
+        for image in images:
+            image.calc = setup.calculator(energy="weighted")
+        images[0].get_forces()
     start_dir(setup)
     t0 = time.perf_counter()
 
@@ -331,7 +402,8 @@ def run_neb(setup: Setup) -> dict:
     for end, what in ((images[0], "NEB initial state"), (images[-1], "NEB final state")):
         if not optimise(FIRE(end, logfile=None), what):
             raise CalculationError("an NEB end point did not relax within task.max_steps")
-    neb = NEB(images, climb=task["climb"], method=task["method"])
+    neb = NEB(images, climb=task["climb"], method=task["method"],
+              allow_shared_calculator=energy_mode)
     neb.interpolate(mic=True)
     neb_log = setup.file("neb.log")
     with output_errors(neb_log):
@@ -356,6 +428,7 @@ def run_neb(setup: Setup) -> dict:
         "barrier_eV": float(relative.max()), "reaction_energy_eV": float(relative[-1]),
         "image_energies_eV": relative.tolist(),
         "energy_note": "expensive potential on the whole system of each relaxed image",
+        **(_mixed_barrier(images) if energy_mode else {}),
         "region_counts_middle_image": images[len(images) // 2].calc.regions.counts(),
         "figures": made,
     })

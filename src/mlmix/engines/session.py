@@ -67,10 +67,19 @@ class Setup:
         return build_tracker(self.cfg, self.structure, self.expensive, self.cheap)
 
     def calculator(self, energy: Literal["nan", "weighted"] = "nan",
-                   correction_every: int = 1) -> MixedCalculator:
+                   correction_every: int = 1, timestep: float | None = None) -> MixedCalculator:
+        """The mixed calculator of [mixing]; ``energy`` (force mode) and ``timestep`` (fs,
+        energy mode's momentum correction) as for :class:`MixedCalculator`."""
+        kw = dict(self.cfg.mixing)
+        mode = kw.pop("mode", "force")
+        levels, correction = kw.pop("n_levels", None), kw.pop("energy_correction", True)
+        if mode == "energy":
+            kw.update(mixing="energy", n_levels=levels, energy_correction=correction,
+                      timestep=timestep)
+            energy = "nan"  # energy mixing has its own, real energy
         return MixedCalculator(self.expensive, self.cheap, self.tracker(), energy=energy,
                                min_distance=self.cfg.structure.get("min_distance"),
-                               correction_every=correction_every, **self.cfg.mixing)
+                               correction_every=correction_every, **kw)
 
     def file(self, name: str) -> Path:
         """Path of output ``name`` in the run directory (recorded as mlmix's)."""

@@ -28,6 +28,7 @@ from ..carving import candidates_near
 from ..errors import CalculationError, ConfigurationError
 from .base import Evaluation, Potential, bare_copy
 from .files import resolve_potential_file
+from .weighted import WeightedLevel, voigt_to_matrix
 
 _SUFFIXES = (".ace", ".yace")
 
@@ -61,6 +62,10 @@ def _split_lists(centres: np.ndarray, neighbours: np.ndarray, n_lists: int) -> l
     bounds = np.searchsorted(centres, np.arange(n_lists + 1)).tolist()
     flat = neighbours.tolist()
     return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+MAX_LAYOUTS = 64
+"""Centre sets whose environments an :class:`AcePotential` keeps at once."""
 
 
 @dataclass
@@ -130,7 +135,9 @@ class AcePotential(Potential):
         if not np.isfinite(skin) or skin < 0:
             raise ConfigurationError(f"skin must be >= 0 Å, got {skin!r}")
         self.skin = float(skin)
-        self._cache: tuple[tuple, _Layout] | None = None
+        # (structure key, outside) -> (mask bytes -> layout): one layout per centre set
+        # in use, since energy mixing evaluates several sets (weight levels) per step
+        self._cache: dict[tuple, dict[bytes, _Layout]] = {}
         self._stress_calculator: Any = None
         self.n_builds = 0  # neighbour-list builds, for tests and profiling
         self.basis = ACECTildeBasisSet(str(self.path))
@@ -166,12 +173,12 @@ class AcePotential(Potential):
         keep = centres[i]
         return i[keep].astype(np.int64), j[keep].astype(np.int64), shift[keep]
 
-    def _environment(self, atoms: Atoms, mask: np.ndarray) -> _Layout:
+    def _environment(self, atoms: Atoms, mask: np.ndarray, outside: bool) -> _Layout:
         """Build the masked ``ACEAtomicEnvironment`` from neighbour lists of range
         cutoff + skin (pyace drops pairs beyond the cutoff itself, so the lists stay
         valid until some atom has moved by skin / 2).
 
-        Real atoms are the mask atoms and, when ``forces_outside_mask``, every atom
+        Real atoms are the mask atoms and, when ``outside``, every atom
         within the cutoff of one (each real atom costs a full product evaluation in
         the C++ even with an empty neighbour list, ~half of a full atom). Otherwise
         the outside neighbours are ghosts whose forces are folded onto one extra
@@ -196,7 +203,7 @@ class AcePotential(Potential):
         # Candidate-local index -> real-atom index (-1: not real).
         m = len(cand)
         is_real = centre.copy()
-        if self.forces_outside_mask:
+        if outside:
             is_real[j] = True
         real_c = np.flatnonzero(is_real)
         local = np.full(m, -1, dtype=np.int64)
@@ -205,7 +212,7 @@ class AcePotential(Potential):
 
         li, lj = local[i], local[j]
         ghost = np.any(shift != 0, axis=1) | (lj < 0)
-        sink = not self.forces_outside_mask and bool((lj < 0).any())
+        sink = not outside and bool((lj < 0).any())
         n_lists = n_real + int(sink)
         if ghost.any():
             # One ghost per distinct (atom, image), shared by all pairs that see it.
@@ -257,17 +264,24 @@ class AcePotential(Potential):
             raise CalculationError(f"{self.name} failed on the stress of {len(atoms)} atoms: "
                                    f"{exc}") from exc
 
-    def _layout_for(self, atoms: Atoms, mask: np.ndarray) -> _Layout:
+    def _layout_for(self, atoms: Atoms, mask: np.ndarray, outside: bool) -> _Layout:
         """The cached environment with atoms moved, or a new one when the mask, the
-        structure or the cell changed, or some atom moved more than skin / 2."""
+        structure or the cell changed, or some atom moved more than skin / 2.
+        ``outside``: real atoms include the neighbours outside the mask (forces on
+        them wanted)."""
         key = (len(atoms), atoms.numbers.tobytes(), atoms.cell.array.tobytes(),
-               atoms.pbc.tobytes())
-        cached = self._cache
-        if cached is not None and cached[0] == key and cached[1].still_valid(atoms, mask, self.skin):
-            cached[1].move(atoms.positions)
-            return cached[1]
-        layout = self._environment(atoms, mask)
-        self._cache = (key, layout)
+               atoms.pbc.tobytes(), outside)
+        layouts = self._cache.setdefault(key, {})
+        if len(self._cache) > 1:  # a new structure: the old layouts are of no use
+            self._cache = {key: layouts}
+        cached = layouts.get(mask.tobytes())
+        if cached is not None and cached.still_valid(atoms, mask, self.skin):
+            cached.move(atoms.positions)
+            return cached
+        layout = self._environment(atoms, mask, outside)
+        if len(layouts) >= MAX_LAYOUTS:
+            layouts.clear()
+        layouts[mask.tobytes()] = layout
         self.n_builds += 1
         return layout
 
@@ -275,7 +289,7 @@ class AcePotential(Potential):
         n = len(atoms)
         forces = np.zeros((n, 3))
         energies = np.full(n, np.nan)
-        layout = self._layout_for(atoms, mask)
+        layout = self._layout_for(atoms, mask, self.forces_outside_mask)
         real = layout.real
         self.calculator.compute(layout.env)
         forces[real] = np.asarray(self.calculator.forces)[: len(real)]
@@ -287,3 +301,18 @@ class AcePotential(Potential):
         # Every real atom costs a full C++ evaluation: the mask, plus the shell within
         # the cutoff when forces outside the mask are wanted.
         return Evaluation(forces, energies, n_evaluated=len(real), exact=True)
+
+    weighting = "levels"
+
+    def _level(self, atoms: Atoms, mask: np.ndarray) -> WeightedLevel:
+        """The energies of the centres ``mask``, their exact gradient on every atom
+        (the neighbours outside the mask are real atoms) and pyace's virial."""
+        layout = self._layout_for(atoms, mask, outside=True)
+        real = layout.real
+        self.calculator.compute(layout.env)
+        forces = np.zeros((len(atoms), 3))
+        forces[real] = np.asarray(self.calculator.forces)[: len(real)]
+        # outside atoms have empty lists: their energy is a constant, not ours
+        energy = float(np.asarray(self.calculator.energies)[: len(real)][mask[real]].sum())
+        v = np.asarray(self.calculator.virial, dtype=float)  # xx yy zz xy xz yz, dE/d(eps)
+        return energy, forces, voigt_to_matrix(v[[0, 1, 2, 5, 4, 3]]), len(real)

@@ -31,6 +31,13 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from ..errors import CalculationError, ConfigurationError
+from .weighted import (
+    WeightedEvaluation,
+    WeightedLevel,
+    check_weights,
+    sum_levels,
+    zero_evaluation,
+)
 
 
 def bare_copy(atoms: Atoms) -> Atoms:
@@ -87,6 +94,10 @@ class Potential(abc.ABC):
     has_energies: bool = True
     #: True when :meth:`stress` gives the stress of a periodic cell.
     has_stress: bool = False
+    #: How :meth:`evaluate_weighted` weights per-atom energies (energy mixing):
+    #: ``"exact"``, ``"levels"`` (one per-centre evaluation per distinct weight, see
+    #: :mod:`mlmix.potentials.weighted`) or None (it cannot).
+    weighting: str | None = None
 
     @property
     def is_local(self) -> bool:
@@ -136,6 +147,49 @@ class Potential(abc.ABC):
     @abc.abstractmethod
     def _evaluate(self, atoms: Atoms, mask: np.ndarray) -> Evaluation:
         """Backend-specific masked evaluation; inputs checked, mask not empty."""
+
+    def weighting_problem(self) -> str | None:
+        """Why :meth:`evaluate_weighted` (energy mixing) is unavailable, or None."""
+        if self.weighting is None:
+            return (f"{self.name} ({type(self).__name__}) cannot weight its per-atom "
+                    "energies, so it cannot take part in energy mixing; use force "
+                    "mixing, or a backend that can (LAMMPS snap, mliap, sw or tersoff "
+                    "with mlmix's plugin, ace, mace)")
+        return None
+
+    def evaluate_weighted(self, atoms: Atoms, weights: np.ndarray) -> WeightedEvaluation:
+        """The weighted energy sum_i w_i E_i with its exact forces and strain derivative
+        (see :mod:`mlmix.potentials.weighted`).
+
+        Args:
+            atoms: the structure; not modified.
+            weights: ``(N,)`` in [0, 1]. ``"levels"`` backends cost one evaluation per
+                distinct non-zero value: quantise them (:func:`~mlmix.potentials.
+                weighted.quantise`).
+
+        Raises:
+            ConfigurationError: the backend cannot weight (``weighting_problem``), bad
+                weights, or atoms it cannot evaluate.
+        """
+        problem = self.weighting_problem()
+        if problem is not None:
+            raise ConfigurationError(problem)
+        self.check_atoms(atoms)
+        w = check_weights(weights, len(atoms))
+        if not (w > 0).any():
+            return zero_evaluation(len(atoms))
+        if self.weighting == "levels":
+            return sum_levels(w, lambda mask: self._level(atoms, mask))
+        return self._weighted(atoms, w)
+
+    def _level(self, atoms: Atoms, mask: np.ndarray) -> WeightedLevel:
+        """``"levels"`` hook: energy of the terms owned by the centres ``mask``, its
+        exact gradient on every atom, its strain derivative and the atoms computed."""
+        raise NotImplementedError
+
+    def _weighted(self, atoms: Atoms, weights: np.ndarray) -> WeightedEvaluation:
+        """``"exact"`` hook of :meth:`evaluate_weighted` (inputs checked, some w > 0)."""
+        raise NotImplementedError
 
     def stress(self, atoms: Atoms) -> np.ndarray:
         """Stress of the whole periodic cell, ASE's convention: ``(1/V) dE/d(eps)``.

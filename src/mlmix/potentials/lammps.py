@@ -127,7 +127,16 @@ from .lammps_files import (
     uf3_first_knots,
 )
 from .lammps_frame import LammpsFrame, format_number, lammps_frame, region_command
-from .lammps_plugin import FIX_STYLE, Route, centre_route, load_into, plugin_status
+from .lammps_plugin import (
+    FIX_STYLE,
+    PAIR_OWNER_BY_IDS,
+    Route,
+    centre_route,
+    load_into,
+    plugin_status,
+    weighting_route,
+)
+from .weighted import WeightedLevel, stress_from_strain_derivative, voigt_to_matrix
 
 __all__ = ["LammpsFrame", "LammpsPotential", "format_number", "lammps_frame",
            "snapcoeff_elements"]
@@ -201,6 +210,7 @@ class LammpsPotential(Potential):
         partial: bool = False,
         truncation: str = "auto",
         _coeffs: Sequence[_Coeff] | None = None,
+        _mirror_ids: bool = False,
     ) -> None:
         species = tuple(species_list(species, "species"))
         if not species:
@@ -249,6 +259,16 @@ class LammpsPotential(Potential):
         self.last_centres: int | None = None
         if truncation != "auto":
             self._resolve_route()
+        self._weighting_ok, self._weighting_reason = weighting_route(self.styles)
+        self.weighting = "levels" if self._weighting_ok else None
+        # atom ids N..1 instead of 1..N: every pair term a style books under one of its
+        # atoms by ids (sw, tersoff) is then booked under the other one
+        self._mirror_ids = bool(_mirror_ids)
+        self._mirror: LammpsPotential | None = None
+        self._thermo = "energy"  # what the thermo line computes: "energy" or "virial"
+        self._setup_needed = False
+        self._sent: np.ndarray | None = None  # structure positions last sent to LAMMPS
+        self._x_sent: np.ndarray | None = None  # the same in LAMMPS's frame
         self._uf3_knots = self._uf3_first_knots()
         self.cutoff = float("nan") if partial else self._probe_cutoff()
         self.receptive_field = self.cutoff
@@ -627,7 +647,8 @@ class LammpsPotential(Potential):
             load_into(self._lmp, library)
             self._command(f"fix mlmix_centres mlmix_in {FIX_STYLE}", "creating the LAMMPS instance")
         try:
-            self._lmp.create_atoms(n, list(range(1, n + 1)), types.tolist(), x.ravel().tolist())
+            ids = list(range(n, 0, -1)) if self._mirror_ids else list(range(1, n + 1))
+            self._lmp.create_atoms(n, ids, types.tolist(), x.ravel().tolist())
         except Exception as exc:
             raise CalculationError(_lammps_error(exc, "creating atoms")) from None
         if self._lmp.get_natoms() != n:
@@ -638,16 +659,19 @@ class LammpsPotential(Potential):
         self._mode = None
         self._mask = None
         self._x_active = None
+        self._thermo = "energy"
 
     def _scatter(self, name: str, arr: np.ndarray, dtype: int, count: int) -> None:
-        arr = np.ascontiguousarray(arr)
+        # LAMMPS scatters and gathers in atom-id order
+        arr = np.ascontiguousarray(arr[::-1] if self._mirror_ids else arr)
         self._lmp.scatter(name, dtype, count, arr.ctypes.data_as(ctypes.c_void_p))
 
     def _gather(self, name: str, count: int) -> np.ndarray:
         n = self._lmp.get_natoms()
         out = np.empty(n * count, dtype=np.float64)
         self._lmp.lib.lammps_gather(self._lmp.lmp, name.encode(), 1, count, out.ctypes.data_as(ctypes.c_void_p))
-        return out.reshape(n, count) if count > 1 else out
+        out = out.reshape(n, count) if count > 1 else out
+        return np.ascontiguousarray(out[::-1]) if self._mirror_ids else out
 
     def _set_all_mode(self) -> None:
         """Every atom a full list centre, no exclusions.
@@ -713,22 +737,27 @@ class LammpsPotential(Potential):
     def _stress(self, atoms: Atoms) -> np.ndarray:
         """The virial stress of the whole cell, from LAMMPS's pressure (no kinetic part:
         the instance's atoms are at rest), in the structure's frame."""
-        self.evaluate(atoms)  # the instance holds these positions, every atom a centre
-        keys = ("pxx", "pyy", "pzz", "pyz", "pxz", "pxy")
-        self._command(f"thermo_style custom step {' '.join(keys)}", "computing the stress")
-        try:
-            self._command("run 0 post no", "computing the stress")
-            p = np.array([float(self._lmp.get_thermo(k)) for k in keys])  # bar
-        finally:
-            self._command("thermo_style custom step c_mlmix_sum", "computing the stress")
-        tensor = np.array([[p[0], p[5], p[4]], [p[5], p[1], p[3]], [p[4], p[3], p[2]]])
-        rot = self._fr.rotation  # x_structure = R x_lammps
-        tensor = rot @ tensor @ rot.T
-        # ASE's stress is the negative pressure tensor (tension positive).
-        return -units.bar * np.array([tensor[0, 0], tensor[1, 1], tensor[2, 2],
-                                      tensor[1, 2], tensor[0, 2], tensor[0, 1]])
+        strain = self._owned(atoms, np.ones(len(atoms), dtype=bool))[2]
+        return stress_from_strain_derivative(strain, abs(float(np.linalg.det(atoms.cell.array))))
 
     def _evaluate(self, atoms: Atoms, mask: np.ndarray) -> Evaluation:
+        f, pe = self._run(atoms, mask, "energy")
+        energies = np.where(mask, pe, np.nan)
+        return Evaluation(forces=f, energies=energies, n_evaluated=self._count(pe),
+                          exact=True)
+
+    def _count(self, pe: np.ndarray) -> int:
+        """Atoms computed in the last run (sets ``last_centres``)."""
+        if self.route == "centres":
+            self.last_centres = n_eval = self._centres_computed()
+            return n_eval
+        self.last_centres = len(pe) if self._mode == "all" else int(self._active_count)
+        return int(np.count_nonzero(pe))
+
+    def _run(self, atoms: Atoms, mask: np.ndarray, thermo: str) -> tuple[np.ndarray, np.ndarray]:
+        """One LAMMPS force computation with the centres (or shell) of ``mask``:
+        forces ``(N, 3)`` eV/Å in the structure's frame and per-atom energies ``(N,)``
+        eV as LAMMPS tallies them; ``thermo`` as for :meth:`_set_thermo`."""
         if self.partial:
             raise ConfigurationError(
                 f"{self.name} does not cover every type pair; use it inside "
@@ -752,28 +781,81 @@ class LammpsPotential(Potential):
             x = frame.to_lammps(atoms.positions)
             self._create_instance(frame, types, x)
             self._key = key
+        elif self._sent is not None and np.array_equal(atoms.positions, self._sent):
+            x = self._x_sent if self._x_sent is not None else self._fr.to_lammps(atoms.positions)
+            # (the same positions again: another weight level of the same step)
         else:
             x = self._fr.to_lammps(atoms.positions)
             self._scatter("x", x, 1, 3)
+        self._sent = atoms.positions.copy()
+        self._x_sent = x
 
         if self.route == "centres":
             setup = fresh
             self._set_centres(mask)
         else:
             setup = self._set_shell(x, mask) or fresh
+        self._set_thermo(thermo)
+        setup = setup or self._setup_needed
+        self._setup_needed = False
         # A full setup only when groups, restrictions or the instance changed; else a
         # one-step run without integrator re-uses the setup (neighbour lists are
         # rebuilt by the skin check), which is ~1.6x cheaper.
         self._command("run 0 post no" if setup else "run 1 pre no post no")
-        f = self._fr.to_ase(self._gather("f", 3))
-        pe = self._gather("c_mlmix_pe", 1)
-        energies = np.where(mask, pe, np.nan)
-        if self.route == "centres":
-            self.last_centres = n_eval = self._centres_computed()
-        else:
-            n_eval = int(np.count_nonzero(pe))
-            self.last_centres = len(atoms) if self._mode == "all" else int(self._active_count)
-        return Evaluation(forces=f, energies=energies, n_evaluated=n_eval, exact=True)
+        return self._fr.to_ase(self._gather("f", 3)), self._gather("c_mlmix_pe", 1)
+
+    def weighting_problem(self) -> str | None:
+        if not self._weighting_ok:
+            return (f"{self.name}: pair style {self.pair_style!r} cannot give weighted "
+                    f"energies ({self._weighting_reason}); energy mixing needs every "
+                    "sub-style among snap, mliap, sw, tersoff; use force mixing")
+        if self.partial:
+            return f"{self.name} does not cover every type pair; weight the hybrid instead"
+        if self._resolve_route() != "centres":
+            return (f"{self.name}: weighted energies need mlmix's LAMMPS plugin (list "
+                    f"centres cut to a set), which this potential cannot use: "
+                    f"{self.route_reason}")
+        return None
+
+    def _level(self, atoms: Atoms, mask: np.ndarray) -> WeightedLevel:
+        """The terms owned by the centres ``mask`` (see :data:`~mlmix.potentials.
+        lammps_plugin.OWNED_TERMS`); for styles that book a pair term under one of
+        its atoms by ids, the mean over ids 1..N and N..1, which books half of every
+        pair term under each of its atoms."""
+        if mask.all() or not any(style in PAIR_OWNER_BY_IDS for style in self.styles):
+            return self._owned(atoms, mask)  # (every atom: how terms are booked is moot)
+        if self._mirror is None:
+            self._mirror = LammpsPotential(
+                self.pair_style, [], self.type_species, name=f"{self.name}:mirror",
+                pre_commands=self.pre_commands, skin=self.skin, margin=self.margin,
+                masses=dict(zip(self.type_species, self.masses)),
+                truncation=self.truncation, _coeffs=self._coeffs, _mirror_ids=True)
+        a, b = self._owned(atoms, mask), self._mirror._owned(atoms, mask)
+        return (0.5 * (a[0] + b[0]), 0.5 * (a[1] + b[1]), 0.5 * (a[2] + b[2]), a[3] + b[3])
+
+    def _owned(self, atoms: Atoms, mask: np.ndarray) -> WeightedLevel:
+        """The terms LAMMPS computes with centres ``mask``: their energy (every atom's
+        tally, ghosts folded in), forces, and strain derivative from the virial."""
+        f, pe = self._run(atoms, mask, "virial")
+        computed = self._count(pe)
+        keys = ("pxx", "pyy", "pzz", "pyz", "pxz", "pxy")
+        p = np.array([float(self._lmp.get_thermo(k)) for k in keys])  # bar
+        volume = float(self._lmp.get_thermo("vol"))  # Å^3, LAMMPS's box
+        rot = self._fr.rotation  # x_structure = R x_lammps
+        tensor = rot @ voigt_to_matrix(p) @ rot.T
+        # W = sum r f = -P V (the atoms are at rest); dE/d(eps) = -W.
+        strain = -units.bar * volume * tensor
+        return float(pe.sum()), f, strain, computed
+
+    def _set_thermo(self, what: str) -> None:
+        """Make the thermo line (computed on the last step of each run) tally the
+        per-atom energies only, or also the virial pressure."""
+        if what == self._thermo:
+            return
+        extra = " vol pxx pyy pzz pyz pxz pxy" if what == "virial" else ""
+        self._command(f"thermo_style custom step c_mlmix_sum{extra}", "setting the thermo output")
+        self._thermo = what
+        self._setup_needed = True  # a new thermo_style before 'run 1 pre no' crashed LAMMPS
 
     def _set_centres(self, mask: np.ndarray) -> None:
         """Make the plugin's group (the list centres) ``mask``; no setup needed, the fix
@@ -814,6 +896,8 @@ class LammpsPotential(Potential):
 
     def close(self) -> None:
         """Close the LAMMPS instance (a new one is made on the next call). Idempotent."""
+        if self._mirror is not None:
+            self._mirror.close()
         if self._lmp is not None:
             try:
                 self._lmp.close()

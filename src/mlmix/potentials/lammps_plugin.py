@@ -67,8 +67,8 @@ from typing import Literal
 
 from ..errors import CalculationError
 
-__all__ = ["FIX_STYLE", "TRUNCATABLE", "PluginStatus", "PluginUnavailableWarning",
-           "build_plugin", "centre_route", "plugin_status"]
+__all__ = ["FIX_STYLE", "OWNED_TERMS", "PAIR_OWNER_BY_IDS", "TRUNCATABLE", "PluginStatus", "PluginUnavailableWarning",
+           "build_plugin", "centre_route", "plugin_status", "weighting_route"]
 
 FIX_STYLE = "mlmix/centres"
 SOURCE_DIR = Path(__file__).resolve().parent.parent / "lammps_plugin"
@@ -97,6 +97,42 @@ NOT_TRUNCATABLE: dict[str, str] = {
            "partly under atoms outside the mask",
 }
 NOT_TRUNCATABLE["eam/alloy"] = NOT_TRUNCATABLE["eam/fs"] = NOT_TRUNCATABLE["eam"]
+
+
+OWNED_TERMS: dict[str, str] = {
+    "snap": "each centre computes its own energy E_i in full",
+    "mliap": "each centre computes its own energy E_i in full",
+    "sw": "each three-body term is computed by its vertex atom and each pair term by "
+          "one of its two atoms, chosen by atom ids",
+    "tersoff": "each three-body term is computed by its centre atom and each pair term "
+               "by one of its two atoms, chosen by atom ids",
+}
+"""Pair styles whose centres cut to a set S compute exactly the energy terms *owned* by
+S, with an owner fixed by atom ids (never by positions or neighbour-list history): the
+sum over S of owned energies is then a smooth function of positions, its gradient on
+every atom is what the truncated style computes, and weighted energies can be summed
+by levels (:mod:`mlmix.potentials.weighted`). Half-list pair styles (``table``, ``lj``)
+store a pair across a periodic boundary under whichever atom's image lies "above" the
+other, which can change when lists are rebuilt; ``uf3`` is not verified."""
+
+
+PAIR_OWNER_BY_IDS = frozenset({"sw", "tersoff"})
+"""Styles of :data:`OWNED_TERMS` that book a pair term under one of its two atoms by
+atom ids. That split is valid but lumpy (an atom may own none or all of its pair
+terms, several eV apart), and every weight change at a rebuild would exchange that
+much energy; a second instance with ids N..1 books every such term under the other
+atom, and the mean of the two books half of each pair term under each atom (the
+three-body terms stay with their vertex in both)."""
+
+
+def weighting_route(styles: Iterable[str]) -> tuple[bool, str]:
+    """Whether a pair style (every sub-style) can give weighted energies by levels."""
+    styles = list(dict.fromkeys(styles))
+    bad = [s for s in styles if s not in OWNED_TERMS]
+    if not bad:
+        return True, "; ".join(f"{s}: {OWNED_TERMS[s]}" for s in styles)
+    return False, "; ".join(f"{s}: its energy terms have no owner fixed by atom ids"
+                            if s in TRUNCATABLE else f"{s}: not verified" for s in bad)
 
 
 class PluginUnavailableWarning(UserWarning):

@@ -35,6 +35,7 @@ from ..errors import CalculationError, ConfigurationError, missing_dependency
 from .base import Evaluation, Potential, bare_copy
 from .devices import check_device
 from .files import resolve_potential_file
+from .weighted import WeightedEvaluation
 
 # Models trained and shipped by mlmix (each with the script that made it).
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "mace"
@@ -172,20 +173,60 @@ class MacePotential(Potential):
         Returns:
             ``(energies (n,) eV, forces (n, 3) eV/Å)``.
         """
+        e, f, _ = self._weighted_graph(atoms, weights, receivers, strain=False)
+        return e, f
+
+    def _weighted_graph(self, atoms: Atoms, weights: np.ndarray | None,
+                        receivers: np.ndarray | None, strain: bool):
+        """Node energies, ``-d(sum_i w_i E_i)/dx`` and (``strain``) its derivative with
+        respect to a homogeneous strain of positions and cell, ``(3, 3)`` eV."""
         torch = self._torch
         data = self._graph(atoms, receivers)
         self.last_edges = int(data["edge_index"].shape[1])
         try:
+            positions = data["positions"].requires_grad_(True)
+            inputs = [positions]
+            if strain:
+                # x' = x (1 + eps), and every periodic shift with the cell
+                eps = torch.zeros((3, 3), dtype=positions.dtype, device=positions.device,
+                                  requires_grad=True)
+                data["positions"] = positions + positions @ eps
+                data["shifts"] = data["shifts"] + data["shifts"] @ eps
+                inputs.append(eps)
             out = self.model(data, compute_force=False, training=False)
             node = out["node_energy"]
             w = None if weights is None else torch.as_tensor(weights, dtype=node.dtype,
                                                              device=node.device)
             total = node.sum() if w is None else (w * node).sum()
-            (grad,) = torch.autograd.grad(total, data["positions"])
+            grads = torch.autograd.grad(total, inputs)
         except RuntimeError as exc:
             raise CalculationError(f"{self.name} failed on {len(atoms)} atoms: {exc}") from exc
-        return (node.detach().cpu().double().numpy(),
-                -grad.detach().cpu().double().numpy())
+        numpy = [g.detach().cpu().double().numpy() for g in grads]
+        return (node.detach().cpu().double().numpy(), -numpy[0],
+                numpy[1] if strain else None)
+
+    weighting = "exact"
+
+    def _weighted(self, atoms: Atoms, weights: np.ndarray) -> WeightedEvaluation:
+        """Autograd of sum_i w_i E_i over the atoms with w > 0 plus one receptive field
+        (the whole structure when that is most of it)."""
+        n = len(atoms)
+        mask = weights > 0
+        keep = mask if mask.all() else within(atoms.positions, atoms.cell.array, atoms.pbc,
+                                               mask, self.receptive_field)
+        if keep.all():
+            cluster, index, periodic = atoms, np.arange(n), bool(np.any(atoms.pbc))
+        else:
+            cluster, index, periodic = carve_cluster(atoms, keep, self.cutoff, self.cutoff + 1.0)
+        w = weights[index]
+        node, f, strain = self._weighted_graph(cluster, w, None, strain=periodic)
+        if not periodic:
+            # a finite cluster: E depends on relative positions only, so
+            # dE/d(eps) = sum_k x_k (x) dE/dx_k
+            strain = -cluster.positions.T @ f
+        forces = np.zeros((n, 3))
+        forces[index] = f
+        return WeightedEvaluation(float(w @ node), forces, strain, len(cluster))
 
     has_stress = True  # MACE differentiates the energy with respect to the cell
 

@@ -1,0 +1,144 @@
+"""Weighted energies: E_w = sum_i w_i E_i and its exact gradient, for energy mixing.
+
+Energy mixing (``MixedCalculator(mixing="energy")``) needs from each potential the
+weighted sum of its per-atom energies and the *exact* gradient of that sum with respect
+to every position and to the cell:
+
+    E_w = sum_i w_i E_i,   F_k = -dE_w/dx_k,   W = dE_w/d(eps)
+
+(eps the symmetric strain, so the stress is W / V, ASE's sign). Backends reach it in one
+of two ways (``Potential.weighting``):
+
+``"exact"``
+    The backend weights each atom's energy itself: autograd of ``sum_i w_i E_i``
+    (MACE).
+
+``"levels"``
+    The backend can compute the energy of the terms *owned by* a set S of centre atoms,
+    sum_{i in S} E_i, with its exact gradient on every atom (a per-centre evaluation:
+    LAMMPS styles through mlmix's list-truncation plugin, python-ace). The atoms are
+    grouped by their weight value, one disjoint set S_l per distinct value q_l, and
+
+        E_w = sum_l q_l sum_{i in S_l} E_i,     F = sum_l q_l F_l,     W = sum_l q_l W_l.
+
+    When fewer atoms have w < 1 than w > 0 (the cheap potential's weights 1 - p),
+    the sum is taken as the whole energy (one call with every atom a centre) minus
+    sum_i (1 - w_i) E_i over the few atoms with w < 1. The cost is one evaluation of
+    the smaller of the two sets plus a per-call overhead per level, so the number of
+    distinct weights should be small: the mixing quantises
+    p to multiples of 1/n_levels (:func:`quantise`), and the energy is then the exact
+    energy of those quantised weights, not an approximation of it.
+
+What E_i is depends on the backend and is its own bookkeeping: for ACE, SNAP and MACE
+the energy of atom i's environment; for SW and Tersoff in LAMMPS, the terms LAMMPS
+assigns to atom i when it is a list centre (every three-body term to its vertex atom,
+each pair term to one of its two atoms, chosen by atom ids, which never change). Any
+such fixed, local split is a valid energy: with all weights 1 it is the total energy,
+and the per-atom parts depend only on atoms within one cutoff of i.
+
+Units: eV, Å, eV/Å; W in eV. Shapes: N atoms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigurationError
+
+WeightedLevel = tuple[float, np.ndarray, np.ndarray, int]
+"""(energy eV, forces (N, 3) eV/Å, strain derivative (3, 3) eV, atoms computed) of the
+terms owned by one set of centres."""
+
+
+@dataclass(frozen=True)
+class WeightedEvaluation:
+    """Result of one weighted evaluation.
+
+    Attributes:
+        energy: eV, sum_i w_i E_i.
+        forces: ``(N, 3)`` eV/Å, -dE_w/dx_k on every atom (exact).
+        strain_derivative: ``(3, 3)`` eV, dE_w/d(eps) at fixed fractional
+            coordinates' image structure; the stress is this over the volume. NaN for
+            a structure that is not periodic in all three directions.
+        n_evaluated: atoms whose energy (environment) the backend computed.
+        n_levels: separate centre sets evaluated (``"levels"`` backends), 1 for
+            backends that weight exactly.
+    """
+
+    energy: float
+    forces: np.ndarray
+    strain_derivative: np.ndarray
+    n_evaluated: int
+    n_levels: int = 1
+
+
+def zero_evaluation(n: int) -> WeightedEvaluation:
+    """All weights zero: no energy, no force, no work."""
+    return WeightedEvaluation(0.0, np.zeros((n, 3)), np.zeros((3, 3)), 0, 0)
+
+
+def check_weights(weights, n: int, what: str = "weights") -> np.ndarray:
+    """``weights`` as a float ``(n,)`` array in [0, 1], or a ConfigurationError."""
+    w = np.asarray(weights, dtype=float)
+    if w.shape != (n,):
+        raise ConfigurationError(f"{what} must have shape ({n},), one per atom, got {w.shape}")
+    if not np.isfinite(w).all() or w.min(initial=0.0) < 0 or w.max(initial=0.0) > 1:
+        bad = int(np.flatnonzero(~(np.isfinite(w) & (w >= 0) & (w <= 1)))[0])
+        raise ConfigurationError(f"{what} must lie in [0, 1]; atom {bad} has {w[bad]!r}")
+    return w
+
+
+def quantise(p: np.ndarray, n_levels: int) -> np.ndarray:
+    """Weights rounded to the nearest multiple of ``1 / n_levels`` (0 and 1 stay exact),
+    so ``1 - quantise(p)`` lies on the same grid and the two weights of an atom sum to
+    exactly 1."""
+    return np.rint(np.asarray(p, dtype=float) * n_levels) / n_levels
+
+
+def weight_levels(w: np.ndarray) -> list[tuple[float, np.ndarray]]:
+    """The distinct non-zero weights and their atoms: ``[(q_l, mask_l)]``, disjoint
+    masks, in increasing q."""
+    values, inverse = np.unique(w, return_inverse=True)
+    return [(float(q), inverse == k) for k, q in enumerate(values) if q > 0]
+
+
+def sum_levels(w: np.ndarray, level: Callable[[np.ndarray], WeightedLevel]
+               ) -> WeightedEvaluation:
+    """E_w, F and W of a ``"levels"`` backend from one call of ``level(mask)`` per
+    distinct weight, or the whole minus the complement's levels where that computes
+    fewer centres (module docstring)."""
+    if np.count_nonzero(w < 1) < np.count_nonzero(w > 0):
+        e, f, s, computed = level(np.ones(len(w), dtype=bool))
+        rest = _direct_levels(1.0 - w, level)
+        return WeightedEvaluation(e - rest.energy, f - rest.forces,
+                                  s - rest.strain_derivative, computed + rest.n_evaluated,
+                                  1 + rest.n_levels)
+    return _direct_levels(w, level)
+
+
+def _direct_levels(w: np.ndarray, level: Callable[[np.ndarray], WeightedLevel]
+                   ) -> WeightedEvaluation:
+    n = len(w)
+    energy, forces, strain, evaluated, levels = 0.0, np.zeros((n, 3)), np.zeros((3, 3)), 0, 0
+    for q, mask in weight_levels(w):
+        e, f, s, computed = level(mask)
+        energy += q * e
+        forces += q * f
+        strain += q * s
+        evaluated += computed
+        levels += 1
+    return WeightedEvaluation(energy, forces, strain, evaluated, levels)
+
+
+def stress_from_strain_derivative(strain_derivative: np.ndarray, volume: float) -> np.ndarray:
+    """``(6,)`` eV/Å^3, ASE's Voigt stress (xx, yy, zz, yz, xz, xy) from dE/d(eps)."""
+    s = 0.5 * (strain_derivative + strain_derivative.T) / volume
+    return np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+
+
+def voigt_to_matrix(v: np.ndarray) -> np.ndarray:
+    """``(3, 3)`` symmetric matrix of a Voigt 6-vector (xx, yy, zz, yz, xz, xy)."""
+    return np.array([[v[0], v[5], v[4]], [v[5], v[1], v[3]], [v[4], v[3], v[2]]])

@@ -1,0 +1,355 @@
+"""Energy mixing: weighted energies per backend, the mixed energy's exact gradient (forces
+and stress by finite differences), NVE conservation, the rebuild correction, bad input.
+
+MACE is tested in tests/test_mace.py (its own environment)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import units
+from ase.build import bulk
+from ase.md.verlet import VelocityVerlet
+from numpy.testing import assert_allclose
+
+from mlmix import ConfigurationError, IndexSeeds, MixedCalculator, RegionSpec, RegionTracker
+from mlmix.energy_mixing import correct_momenta, exact_core
+from mlmix.errors import PropertyNotDefinedError
+from mlmix.mixing import ShallowCoreWarning
+from mlmix.potentials import AcePotential, LammpsPotential
+from mlmix.potentials.ase_cluster import AseClusterPotential
+from mlmix.potentials.lammps_plugin import plugin_status
+from mlmix.potentials.weighted import quantise, stress_from_strain_derivative, weight_levels
+from mlmix.structures import vacancy_supercell
+
+pytestmark = pytest.mark.skipif(not plugin_status().available,
+                                reason="mlmix's LAMMPS plugin cannot be built here")
+
+
+def si_cell(repeat=3, rattle=0.05, seed=1):
+    atoms, seeds = vacancy_supercell("Si", "diamond", 5.431, repeat, 3.0)
+    atoms.rattle(rattle, seed=seed)
+    return atoms, seeds
+
+
+def random_weights(n, n_levels=4, seed=0):
+    """Four levels 1/4 .. 1 on the first half of the atoms, 0 on the rest."""
+    rng = np.random.default_rng(seed)
+    w = np.zeros(n)
+    w[: n // 2] = quantise(rng.uniform(0.13, 1.0, n // 2), n_levels)
+    return w
+
+
+def fd_force(energy, atoms, k, h):
+    out = []
+    for d in range(3):
+        e = []
+        for sign in (1, -1):
+            moved = atoms.copy()
+            moved.positions[k, d] += sign * h
+            e.append(energy(moved))
+        out.append(-(e[0] - e[1]) / (2 * h))
+    return np.array(out)
+
+
+def fd_stress(energy, atoms, h):
+    """(6,) Voigt stress, (1/V) dE/d(eps) by central differences of symmetric strains."""
+    v = atoms.get_volume()
+    out = []
+    for i, j in ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)):
+        e = []
+        for sign in (1, -1):
+            eps = np.eye(3)
+            eps[i, j] += sign * h / 2
+            eps[j, i] += sign * h / 2
+            strained = atoms.copy()
+            strained.set_cell(atoms.cell.array @ eps, scale_atoms=True)
+            e.append(energy(strained))
+        out.append((e[0] - e[1]) / (2 * h) / v)
+    return np.array(out)
+
+
+BACKENDS = {
+    "sw": lambda: LammpsPotential.sw("Si.sw", ["Si"]),
+    "tersoff": lambda: LammpsPotential.tersoff("Si.tersoff", ["Si"]),
+    "snap": lambda: LammpsPotential.snap("Si_Zuo_JPCA2020.quadratic.snap", ["Si"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_lammps_weighted_energy_is_the_sum_of_levels_and_its_gradient(name):
+    pot = BACKENDS[name]()
+    atoms, _ = si_cell()
+    n = len(atoms)
+    full = pot.evaluate(atoms)
+    ones = pot.evaluate_weighted(atoms, np.ones(n))
+    assert ones.energy == pytest.approx(full.energies.sum(), abs=1e-9)
+    assert_allclose(ones.forces, full.forces, atol=1e-10)
+    assert_allclose(stress_from_strain_derivative(ones.strain_derivative, atoms.get_volume()),
+                    pot.stress(atoms), atol=1e-12)
+
+    w = random_weights(n)
+    result = pot.evaluate_weighted(atoms, w)
+    levels = weight_levels(w)
+    assert result.n_levels == len(levels) == 4
+    # the quantised-weight energy is the sum of its levels, each a centre set
+    parts = [pot.evaluate_weighted(atoms, q * mask) for q, mask in levels]
+    assert result.energy == pytest.approx(sum(p.energy for p in parts), abs=1e-9)
+    assert_allclose(result.forces, sum(p.forces for p in parts), atol=1e-10)
+    # and the sets are disjoint: each atom computed once (twice for sw/tersoff: two
+    # id orders book the pair terms)
+    per_set = 2 if name in ("sw", "tersoff") else 1
+    assert result.n_evaluated == per_set * np.count_nonzero(w > 0)
+    # mostly ones: the whole energy minus the few atoms' complement, the same numbers
+    v = 1 - w
+    flipped = pot.evaluate_weighted(atoms, v)
+    assert flipped.n_evaluated == n + per_set * np.count_nonzero(v < 1)
+    assert flipped.energy == pytest.approx(ones.energy - result.energy, abs=1e-9)
+    assert_allclose(flipped.forces, ones.forces - result.forces, atol=1e-10)
+
+    energy = lambda a: pot.evaluate_weighted(a, w).energy  # noqa: E731
+    for k in (0, 7, 40):
+        assert_allclose(fd_force(energy, atoms, k, 1e-5), result.forces[k], atol=2e-8)
+    assert_allclose(fd_stress(energy, atoms, 1e-5),
+                    stress_from_strain_derivative(result.strain_derivative, atoms.get_volume()),
+                    atol=1e-8)
+
+
+def test_sw_pair_terms_are_split_evenly_between_their_atoms():
+    """With the two id orders, a pair term is booked half under each atom: two atoms far
+    from any third, so the energy is one SW pair term, weighted by (w_0 + w_1) / 2."""
+    from ase import Atoms
+
+    pot = BACKENDS["sw"]()
+    pair = Atoms("Si2", positions=[[5, 5, 5], [7.3, 5, 5]], cell=[15, 15, 15], pbc=True)
+    total = pot.evaluate(pair).energies.sum()
+    for w in ([1.0, 0.0], [0.0, 1.0], [0.25, 0.75]):
+        assert pot.evaluate_weighted(pair, np.array(w)).energy == pytest.approx(
+            total * sum(w) / 2, abs=1e-12)
+
+
+def test_weighted_energy_does_not_depend_on_the_instance_history():
+    """Booking by atom ids, never by positions: a long-lived instance that rebuilt its
+    lists along a path gives the energy a fresh instance gives at the end of it."""
+    atoms, _ = si_cell(seed=4)
+    w = random_weights(len(atoms), seed=3)
+    walked = BACKENDS["tersoff"]()
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        atoms.positions += rng.normal(0, 0.05, atoms.positions.shape)
+        walked.evaluate_weighted(atoms, w)
+    fresh = BACKENDS["tersoff"]()
+    assert walked.evaluate_weighted(atoms, w).energy == pytest.approx(
+        fresh.evaluate_weighted(atoms, w).energy, abs=1e-9)
+
+
+def test_ace_weighted_energy_forces_and_stress():
+    pot = AcePotential("Cu-PBE-core-rep.ace")
+    atoms = bulk("Cu", "fcc", 3.6, cubic=True) * (3, 3, 3)
+    del atoms[0]
+    atoms.rattle(0.05, seed=1)
+    n = len(atoms)
+    ones = pot.evaluate_weighted(atoms, np.ones(n))
+    assert ones.energy == pytest.approx(pot.evaluate(atoms).energies.sum(), abs=1e-9)
+    assert_allclose(stress_from_strain_derivative(ones.strain_derivative, atoms.get_volume()),
+                    pot.stress(atoms), atol=1e-10)
+    w = random_weights(n)
+    result = pot.evaluate_weighted(atoms, w)
+    energy = lambda a: pot.evaluate_weighted(a, w).energy  # noqa: E731
+    # python-ace's energies carry ~1e-11 relative round-off: h = 1e-4
+    for k in (0, 30):
+        assert_allclose(fd_force(energy, atoms, k, 1e-4), result.forces[k], atol=1e-6)
+    assert_allclose(fd_stress(energy, atoms, 1e-4),
+                    stress_from_strain_derivative(result.strain_derivative, atoms.get_volume()),
+                    atol=1e-7)
+
+
+def energy_calculator(atoms, seeds, *, r_core=6.0, r_blend=2.0, nevery=0, **kw):
+    expensive, cheap = BACKENDS["sw"](), BACKENDS["tersoff"]()
+    tracker = RegionTracker(RegionSpec(r_core, r_blend, 4.0), IndexSeeds(seeds), nevery=nevery)
+    return MixedCalculator(expensive, cheap, tracker, mixing="energy", **kw)
+
+
+def test_mixed_energy_forces_and_stress_are_one_gradient():
+    atoms, seeds = si_cell(repeat=3)
+    calc = energy_calculator(atoms, seeds, r_core=4.5, r_blend=3.0, n_levels=8)
+    atoms.calc = calc
+    forces, stress = atoms.get_forces(), atoms.get_stress()
+    w = quantise(calc.regions.p, 8)
+    assert ((w > 0) & (w < 1)).any(), "the test needs blended atoms"
+
+    def energy(a):  # same regions (nevery = 0: built once, carried along)
+        a.calc = calc
+        return a.get_potential_energy()
+
+    for k in (int(np.flatnonzero((w > 0) & (w < 1))[0]), int(seeds[0]), 100):
+        assert_allclose(fd_force(energy, atoms, k, 1e-5), forces[k], atol=5e-8)
+    assert_allclose(fd_stress(energy, atoms, 1e-5), stress, atol=1e-8)
+    # the potential energy is the weighted sum (plus the cheap energy shift)
+    shift = calc.energy_shift_used["Si"]
+    expected = (calc.expensive.evaluate_weighted(atoms, w).energy
+                + calc.cheap.evaluate_weighted(atoms, 1 - w).energy + shift * np.sum(1 - w))
+    assert atoms.get_potential_energy() == pytest.approx(expected, abs=1e-9)
+
+
+def test_core_forces_are_expensive_only_deeper_than_the_reach():
+    atoms, seeds = si_cell(repeat=4, rattle=0.03)
+    calc = energy_calculator(atoms, seeds, r_core=7.0, r_blend=0.0)
+    atoms.calc = calc
+    forces = atoms.get_forces()
+    w = calc.regions.p
+    reach = max(calc.expensive.cutoff, calc.cheap.cutoff)
+    deep = exact_core(atoms, w, reach)
+    assert calc.history[-1].counts["exact_core"] == deep.sum() > 0
+    exp = calc.expensive.evaluate(atoms).forces
+    assert_allclose(forces[deep], exp[deep], atol=1e-10)
+    shallow = (w == 1) & ~deep
+    assert np.abs(forces[shallow] - exp[shallow]).max() > 1e-3  # the cost of an energy
+
+
+def test_a_core_thinner_than_the_reach_is_warned_about():
+    atoms, seeds = si_cell()
+    with pytest.warns(ShallowCoreWarning, match="deeper than 3.77"):
+        energy_calculator(atoms, seeds, r_core=3.0)
+
+
+def md_energies(calc, atoms, steps, temperature=600.0):
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature,
+                                 rng=np.random.default_rng(1), force_temp=True)
+    Stationary(atoms)
+    atoms.calc = calc
+    md = VelocityVerlet(atoms, 1.0 * units.fs)
+    out = [atoms.get_potential_energy() + atoms.get_kinetic_energy()]
+    for _ in range(steps // 10):
+        md.run(10)
+        out.append(atoms.get_potential_energy() + atoms.get_kinetic_energy())
+    return np.array(out)
+
+
+def test_nve_conserves_the_mixed_energy_between_and_across_rebuilds():
+    atoms, seeds = si_cell(repeat=4, rattle=0.0)
+    fixed = md_energies(energy_calculator(atoms, seeds, nevery=0), atoms.copy(), 400)
+    calc = energy_calculator(atoms, seeds, nevery=10, timestep=1.0)
+    moving = md_energies(calc, atoms.copy(), 400)
+    # 511 atoms at 600 K, dt = 1 fs: velocity Verlet's band of E + K is 0.04 eV wide
+    assert np.ptp(fixed) < 0.06
+    rebuilds = [h for h in calc.history if h.rebuilt and h.step > 0]
+    exchanged = [h.energy_exchanged for h in rebuilds]
+    assert np.count_nonzero(exchanged) >= 3, "the weights must change for this test"
+    assert calc.energy_unabsorbed_total == pytest.approx(0.0, abs=1e-12)
+    assert np.ptp(moving) < 0.06
+    assert np.sum(np.abs(exchanged)) > 0.2  # the correction did the work
+
+    uncorrected = energy_calculator(atoms, seeds, nevery=10, energy_correction=False)
+    drifting = md_energies(uncorrected, atoms.copy(), 400)
+    assert uncorrected.energy_unabsorbed_total == pytest.approx(
+        uncorrected.energy_exchanged_total)
+    # without the correction E + K jumps by exactly what the rebuilds exchanged
+    assert abs(uncorrected.energy_exchanged_total) > 0.1
+    assert drifting[-1] - drifting[0] == pytest.approx(uncorrected.energy_exchanged_total,
+                                                       abs=0.05)
+
+
+def test_the_momentum_correction_moves_exactly_the_energy_and_keeps_momentum():
+    rng = np.random.default_rng(0)
+    n = 30
+    masses = rng.uniform(1, 50, n)
+    p = rng.normal(0, 1, (n, 3))
+    group = np.zeros(n, bool)
+    group[:12] = True
+    kicks = rng.normal(0, 0.1, (n, 3))
+
+    def kinetic(mom):
+        return float(np.sum(mom * mom / masses[:, None]) / 2)
+
+    for given in (None, kicks):
+        after = (lambda m: m) if given is None else (lambda m: m + kicks)  # noqa: E731
+        for exchanged in (0.5, -0.5):
+            q, left = correct_momenta(p, masses, group, exchanged, given)
+            assert left == 0
+            assert kinetic(after(q)) == pytest.approx(kinetic(after(p)) - exchanged, abs=1e-12)
+            assert_allclose(q.sum(axis=0), p.sum(axis=0), atol=1e-12)
+            assert_allclose(q[~group], p[~group])
+    # more than the group has relative to its centre of mass: brought to rest there
+    u = p[group] - masses[group, None] * p[group].sum(0) / masses[group].sum()
+    relative = float(np.sum(u * u / masses[group, None]) / 2)
+    q, left = correct_momenta(p, masses, group, relative + 1.0)
+    assert left == pytest.approx(1.0)
+    assert kinetic(q) == pytest.approx(kinetic(p) - relative)
+
+
+def test_force_mixing_has_no_stress_and_energy_mixing_needs_a_periodic_cell():
+    atoms, seeds = si_cell()
+    force = MixedCalculator(BACKENDS["sw"](), BACKENDS["tersoff"](),
+                            RegionTracker(RegionSpec(6.0, 0.0, 4.0), IndexSeeds(seeds)))
+    atoms.calc = force
+    with pytest.raises(PropertyNotDefinedError, match="NPT and cell relaxation"):
+        atoms.get_stress()
+    from ase.md.nptberendsen import NPTBerendsen
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    with pytest.raises(PropertyNotDefinedError):
+        NPTBerendsen(atoms, 1 * units.fs, temperature_K=300, pressure_au=0.0,
+                     compressibility_au=1e-6).run(1)
+    slab = atoms.copy()
+    slab.pbc = (True, True, False)
+    slab.calc = energy_calculator(slab, seeds)
+    assert np.isfinite(slab.get_potential_energy())
+    with pytest.raises(PropertyNotDefinedError, match="periodic in all three"):
+        slab.get_stress()
+
+
+def test_energy_mixing_runs_npt():
+    from ase.md.nptberendsen import NPTBerendsen
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    atoms, seeds = si_cell(repeat=3, rattle=0.0)
+    atoms.set_cell(atoms.cell * 0.99, scale_atoms=True)  # compressed: the cell must grow
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    atoms.calc = energy_calculator(atoms, seeds)
+    v0, p0 = atoms.get_volume(), -atoms.get_stress()[:3].mean()
+    assert p0 > 0.005  # eV/Å^3, about 1 GPa
+    NPTBerendsen(atoms, 1 * units.fs, temperature_K=300, pressure_au=0.0, taut=100 * units.fs,
+                 taup=200 * units.fs, compressibility_au=1e-2 / units.GPa).run(40)
+    assert atoms.get_volume() > v0 * 1.005  # (the pressure itself oscillates thermally)
+
+
+def test_energy_mixing_relaxes_the_cell():
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import BFGS
+
+    atoms, seeds = si_cell(repeat=3, rattle=0.02)
+    atoms.set_cell(atoms.cell * 1.01, scale_atoms=True)
+    atoms.calc = energy_calculator(atoms, seeds)
+    BFGS(FrechetCellFilter(atoms), logfile=None).run(fmax=1e-3, steps=300)
+    assert np.abs(atoms.get_stress()).max() < 1e-3 / atoms.get_volume() ** (1 / 3) * 10
+    assert np.abs(atoms.get_forces()).max() < 1e-3
+    # Si's two potentials both have a0 near 5.43 Å: the relaxed cell is close to it
+    assert atoms.cell.lengths()[0] / 3 == pytest.approx(5.43, abs=0.02)
+
+
+def test_energy_mixing_refuses_what_it_cannot_do_before_any_work():
+    atoms, seeds = si_cell()
+    tracker = RegionTracker(RegionSpec(6.0, 0.0, 4.0), IndexSeeds(seeds))
+    eam = LammpsPotential.eam_alloy("W_zhou.eam.alloy", ["W"])
+    from ase.calculators.emt import EMT
+
+    cluster = AseClusterPotential(EMT(), cutoff=5.0, buffer=5.0)
+    with pytest.raises(ConfigurationError) as err:
+        MixedCalculator(eam, cluster, tracker, mixing="energy", mask_cheap=True,
+                        subtract_mean_force=True, n_levels=0)
+    text = str(err.value)
+    for part in ("expensive potential", "eam/alloy", "cheap potential", "cannot weight",
+                 "mask_cheap", "subtract_mean_force", "n_levels"):
+        assert part in text
+    with pytest.raises(ConfigurationError, match="mixing must be 'force' or 'energy'"):
+        MixedCalculator(BACKENDS["sw"](), BACKENDS["tersoff"](), tracker, mixing="energies")
+    with pytest.raises(ConfigurationError, match="correction_every"):
+        MixedCalculator(BACKENDS["sw"](), BACKENDS["tersoff"](),
+                        RegionTracker(RegionSpec(6.0, 0.0, 4.0), IndexSeeds(seeds), nevery=2),
+                        mixing="energy", correction_every=2)
+    with pytest.raises(ConfigurationError, match="weights must lie in"):
+        BACKENDS["sw"]().evaluate_weighted(atoms, np.full(len(atoms), 1.5))
