@@ -418,4 +418,5 @@ def test_bad_arguments_are_configuration_errors(toy_case):
 
 def test_public_names():
     assert set(mt.__all__) == {"CONFORMANCE_CHECKS", "check_conformance", "check_forces",
-                               "finite_difference_forces", "interior"}
+                               "finite_difference_forces", "finite_difference_gradient",
+                               "finite_difference_stress", "interior"}

@@ -53,6 +53,14 @@ def test_nve_energy_mode_conserves_its_energy_and_resumes_exactly(tmp_path, monk
         em["potential_energy_eV"], abs=1e-8)
     assert resumed["energy_mixing"]["energy_exchanged_at_rebuilds_eV"] == pytest.approx(
         em["energy_exchanged_at_rebuilds_eV"], abs=1e-9)
+    header = (tmp_path / "whole" / "thermo.log").read_text().splitlines()
+    names = next(line for line in header if line.startswith("# step")).split()[1:]
+    log_a = np.loadtxt(tmp_path / "whole" / "thermo.log")
+    log_b = np.loadtxt(tmp_path / "killed" / "thermo.log")
+    total = log_a[:, names.index("total_energy_eV")]
+    assert np.ptp(total) < 0.05  # E + K of 215 atoms at 600 K over 40 fs
+    same = [k for k, name in enumerate(names) if name != "seconds_per_step"]
+    assert np.allclose(log_a[:, same], log_b[:, same], rtol=1e-9, atol=1e-9, equal_nan=True)
 
 
 def test_npt_and_cell_relaxation_run_in_energy_mode(tmp_path):

@@ -8,6 +8,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from conftest import EMT_CUTOFF
+from mlmix import testing
 from mlmix.errors import ConfigurationError
 from mlmix.fitting.data import apply_strain, relax_bulk, total_energy, voigt_to_tensor
 from mlmix.fitting.elastic import (
@@ -32,14 +33,7 @@ def _strained(atoms):
 
 def finite_difference_stress(potential, atoms, h: float = 1e-5) -> np.ndarray:
     """(1/V) dE/de_k by central differences in the six Voigt strains (engineering shear)."""
-    out = np.zeros(6)
-    for k in range(6):
-        e = np.zeros(6)
-        e[k] = h
-        up = total_energy(potential, apply_strain(atoms, voigt_to_tensor(e)))
-        down = total_energy(potential, apply_strain(atoms, voigt_to_tensor(-e)))
-        out[k] = (up - down) / (2 * h) / atoms.get_volume()
-    return out
+    return testing.finite_difference_stress(lambda a: total_energy(potential, a), atoms, h)
 
 
 @pytest.mark.parametrize("make, structure", [

@@ -141,22 +141,26 @@ def exact_core(atoms: Atoms, w: np.ndarray, reach: float) -> np.ndarray:
 
 
 def correct_momenta(momenta: np.ndarray, masses: np.ndarray, group: np.ndarray,
-                    exchanged: float, kicks: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, float]:
+                    exchanged: float, kicks: np.ndarray | None = None,
+                    reference_kicks: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Take ``exchanged`` eV out of the kinetic energy of the atoms ``group``.
 
     The momenta of the group are scaled about its centre-of-mass velocity v:
     p_i' = m_i v + s (p_i - m_i v), which keeps its total momentum. With ``kicks``
     (the momentum each atom still receives before its kinetic energy counts, e.g. the
     second half kick dt/2 F of velocity Verlet), s is chosen so that the kinetic energy
-    *after* the kicks changes by -exchanged; otherwise that of the momenta given.
+    *after* the kicks is the reference one less ``exchanged``. The reference is the
+    kinetic energy after ``reference_kicks`` (default: ``kicks``): velocity Verlet
+    would have given the old forces' half kick had the weights not changed, so with
+    those the total E + K is what it would have been.
 
     Args:
         momenta: ``(N, 3)``.
         masses: ``(N,)`` amu.
-        group: ``(N,)`` bool.
+        group: ``(N,)`` bool; every atom whose kick differs between ``kicks`` and
+            ``reference_kicks`` should be in it.
         exchanged: eV; positive when the potential energy rose.
-        kicks: ``(N, 3)`` or None.
+        kicks, reference_kicks: ``(N, 3)`` or None.
 
     Returns:
         ``(new momenta (N, 3), eV not absorbed)``: 0 unless the group's kinetic energy
@@ -165,7 +169,7 @@ def correct_momenta(momenta: np.ndarray, masses: np.ndarray, group: np.ndarray,
     """
     out = np.array(momenta, dtype=float, copy=True)
     idx = np.flatnonzero(group)
-    if idx.size == 0 or exchanged == 0:
+    if idx.size == 0 or (exchanged == 0 and reference_kicks is None):
         return out, float(exchanged)
     m = masses[idx, None]
     p = out[idx]
@@ -177,7 +181,8 @@ def correct_momenta(momenta: np.ndarray, masses: np.ndarray, group: np.ndarray,
     c = float(np.sum(u * u / m)) / 2
     b = float(np.sum(base * u / m))
     a0 = float(np.sum(base * base / m)) / 2
-    target = a0 + b + c - exchanged
+    ref = p + (a if reference_kicks is None else reference_kicks[idx])
+    target = float(np.sum(ref * ref / m)) / 2 - exchanged
     if c <= 0:
         return out, float(exchanged)
     disc = b * b - 4 * c * (a0 - target)

@@ -209,11 +209,11 @@ class MixedCalculator(Calculator):
         n_levels: energy mixing: weights are multiples of 1/n_levels (default 16);
             a LAMMPS or ACE potential costs one call per distinct weight.
         energy_correction: energy mixing: at a rebuild that changes the weights,
-            scale the momenta of the atoms whose weight changed and of their
-            neighbours within the expensive cutoff so that E + K is conserved
-            (:func:`~mlmix.energy_mixing.correct_momenta`); with
-            ``timestep`` (fs) set, the target is the kinetic energy after velocity
-            Verlet's second half kick. Default True; the energy exchanged and any
+            scale the momenta of the atoms whose weight changed and of the atoms
+            within the larger receptive field of them so that E + K is conserved
+            (:func:`~mlmix.energy_mixing.correct_momenta`); with ``timestep`` (fs)
+            set, the target is the total energy velocity Verlet would have had after
+            its second half kick with the old weights. Default True; the energy exchanged and any
             part not absorbed are in each :class:`StepReport`.
         timestep: fs, the MD time step, for ``energy_correction`` (optional).
         energy_shift: energy mixing: eV per species added to each cheap per-atom
@@ -328,6 +328,7 @@ class MixedCalculator(Calculator):
         self._per_rebuild: tuple[np.ndarray, int] | None = None  # (shift, exact core size)
         #: energy mixing: sums over the run of StepReport.energy_exchanged / _unabsorbed
         self.energy_exchanged_total = 0.0
+        self.energy_exchanged_abs_total = 0.0
         self.energy_unabsorbed_total = 0.0
         if mixing == "energy":
             self.implemented_properties = ["energy", "free_energy", "forces", "stress"]
@@ -353,6 +354,7 @@ class MixedCalculator(Calculator):
         ids, w = self._weights if self._weights is not None else (None, None)
         return {"shift": self.energy_shift_used, "ids": ids, "weights": w,
                 "exchanged": self.energy_exchanged_total,
+                "exchanged_abs": self.energy_exchanged_abs_total,
                 "unabsorbed": self.energy_unabsorbed_total}
 
     def restore_energy_state(self, state: dict) -> None:
@@ -362,6 +364,7 @@ class MixedCalculator(Calculator):
         self.energy_shift_used = state["shift"]
         self._weights = None if state["ids"] is None else (state["ids"], state["weights"])
         self.energy_exchanged_total = float(state["exchanged"])
+        self.energy_exchanged_abs_total = float(state["exchanged_abs"])
         self.energy_unabsorbed_total = float(state["unabsorbed"])
 
     def _check_buffer(self, potential: Potential) -> None:
@@ -536,20 +539,21 @@ class MixedCalculator(Calculator):
         changed = old_w != w
         if not changed.any():
             return 0.0, 0.0
-        before = mixed_energy(self.expensive, self.cheap, atoms, old_w, undescribed,
-                              shift).energy
-        exchanged = mix.energy - before
+        before = mixed_energy(self.expensive, self.cheap, atoms, old_w, undescribed, shift)
+        exchanged = mix.energy - before.energy
+        self.energy_exchanged_abs_total += abs(exchanged)
         if not self.energy_correction or not atoms.has("momenta"):
             return exchanged, exchanged
-        kicks = None
+        kicks = reference = None
         if self.timestep is not None:
-            kicks = 0.5 * self.timestep * units.fs * mix.forces
-        # the changed atoms and their neighbours: one changed atom alone has no kinetic
-        # energy relative to its own centre of mass to give
-        group = within(atoms.positions, atoms.cell.array, atoms.pbc, changed,
-                       self.expensive.cutoff)
+            half = 0.5 * self.timestep * units.fs
+            kicks, reference = half * mix.forces, half * before.forces
+        # the changed atoms and every atom whose force they change (one changed atom
+        # alone has no kinetic energy relative to its own centre of mass to give)
+        reach = max(self.expensive.receptive_field, self.cheap.receptive_field)
+        group = within(atoms.positions, atoms.cell.array, atoms.pbc, changed, reach)
         momenta, left = correct_momenta(atoms.get_momenta(), atoms.get_masses(), group,
-                                        exchanged, kicks)
+                                        exchanged, kicks, reference)
         atoms.set_momenta(momenta, apply_constraint=False)
         return exchanged, left
 

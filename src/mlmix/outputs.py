@@ -228,10 +228,15 @@ forces have no energy; nan under a thermostat (it exchanges energy by design).
 'mlmix drift RUN_DIR' re-evaluates saved frames with the expensive potential."""
 
 
+ENERGY_LOG_COLUMNS = ("potential_energy_eV", "total_energy_eV", "exchanged_eV")
+"""Thermo-log columns of energy mixing: E, E + K, and the energy the region rebuilds
+exchanged so far (taken from the kinetic energy by the correction, when it is on)."""
 ENERGY_THERMO_NOTE = """\
 drift_eV_per_ps: least-squares slope, over the run so far, of the kinetic energy plus the
 mixed energy sum_i w_i E_i^exp + (1 - w_i) E_i^cheap, the conserved energy of energy
-mixing (mixing.mode = 'energy'); nan under a thermostat or barostat."""
+mixing (mixing.mode = 'energy'); nan under a thermostat or barostat.
+potential_energy_eV, total_energy_eV: E and E + K; exchanged_eV: the energy region
+rebuilds exchanged so far, E(new weights) - E(old weights) summed."""
 
 
 def temperature_K(atoms: Atoms) -> float:

@@ -26,7 +26,7 @@ positions and forces ``(N, 3)``, energies and masks ``(N,)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,8 @@ __all__ = [
     "check_conformance",
     "check_forces",
     "finite_difference_forces",
+    "finite_difference_gradient",
+    "finite_difference_stress",
     "interior",
 ]
 
@@ -208,6 +210,28 @@ def finite_difference_forces(
     mask = _as_mask(atoms, mask)
     delta = _positive("delta", delta)
     idx = _default_indices(potential, atoms, mask) if indices is None else _as_indices(atoms, indices)
+    return finite_difference_gradient(
+        lambda moved: float(np.nansum(potential.evaluate(moved, mask).energies)), atoms, idx,
+        delta)
+
+
+def finite_difference_gradient(energy: Callable[[Atoms], float], atoms: Atoms,
+                               indices: Sequence[int] | np.ndarray, delta: float = 1e-4
+                               ) -> np.ndarray:
+    """``-dE/dx_k`` by central differences for any energy function of a structure.
+
+    Args:
+        energy: eV of a structure (e.g. ``lambda a: calc_energy(a)``); called with a
+            displaced copy, 6 times per index.
+        atoms: not modified.
+        indices: atoms k.
+        delta: Å.
+
+    Returns:
+        ``(len(indices), 3)`` eV/Å.
+    """
+    delta = _positive("delta", delta)
+    idx = _as_indices(atoms, indices)
     moved = atoms.copy()
     moved.calc = None
     out = np.empty((idx.size, 3))
@@ -217,9 +241,35 @@ def finite_difference_forces(
             e = []
             for sign in (1.0, -1.0):
                 moved.positions[k, a] = x0 + sign * delta
-                e.append(float(np.nansum(potential.evaluate(moved, mask).energies)))
+                e.append(energy(moved))
             moved.positions[k, a] = x0
             out[row, a] = -(e[0] - e[1]) / (2.0 * delta)
+    return out
+
+
+def finite_difference_stress(energy: Callable[[Atoms], float], atoms: Atoms,
+                             delta: float = 1e-5) -> np.ndarray:
+    """ASE's stress, ``(1/V) dE/d(e)``, by central differences in the six Voigt strains
+    (engineering shears; positions and cell strained together).
+
+    Args:
+        energy: eV of a structure; called with 12 strained copies.
+        atoms: a periodic structure; not modified.
+        delta: the strain step.
+
+    Returns:
+        ``(6,)`` eV/Å^3, Voigt order (xx, yy, zz, yz, xz, xy).
+    """
+    from .fitting.data import apply_strain, voigt_to_tensor
+
+    delta = _positive("delta", delta)
+    out = np.zeros(6)
+    for k in range(6):
+        e = np.zeros(6)
+        e[k] = delta
+        up = energy(apply_strain(atoms, voigt_to_tensor(e)))
+        down = energy(apply_strain(atoms, voigt_to_tensor(-e)))
+        out[k] = (up - down) / (2 * delta) / atoms.get_volume()
     return out
 
 

@@ -27,6 +27,7 @@ from ..identity import ID_ARRAY
 from ..mixing import MixedCalculator
 from ..mts import corrected_median
 from ..outputs import (
+    ENERGY_LOG_COLUMNS,
     ENERGY_THERMO_NOTE,
     LOG_COLUMNS,
     THERMO_NOTE,
@@ -121,8 +122,9 @@ def run_md(setup: Setup) -> dict:
     nve = task["ensemble"] == "nve"
     traj = TrajectoryWriter(setup.file(OUTPUT_FILES["trajectory"]))
     checked = calc.tracker.seeds if isinstance(calc.tracker.seeds, ForceCheckSeeds) else None
-    columns = LOG_COLUMNS + (ForceCheckSeeds.LOG_COLUMNS if checked else ())
     energy_mode = calc.mixing == "energy"
+    columns = LOG_COLUMNS + (ForceCheckSeeds.LOG_COLUMNS if checked else ()) \
+        + (ENERGY_LOG_COLUMNS if energy_mode else ())
     log = TableLog(setup.file(OUTPUT_FILES["thermo"]), columns,
                    (ENERGY_THERMO_NOTE if energy_mode else THERMO_NOTE)
                    + (ForceCheckSeeds.LOG_NOTE if checked else ""))
@@ -143,7 +145,10 @@ def run_md(setup: Setup) -> dict:
         log.record({"step": step, "time_fs": step * dt_fs, "temperature_K": temperature_K(atoms),
                     **_counts(calc), "seconds_per_step": per_step,
                     "drift_eV_per_ps": drift.slope_eV_per_ps() if nve else float("nan"),
-                    **(checked.log_row() if checked else {})})
+                    **(checked.log_row() if checked else {}),
+                    **({"potential_energy_eV": energy,
+                        "total_energy_eV": energy + atoms.get_kinetic_energy(),
+                        "exchanged_eV": calc.energy_exchanged_total} if energy_mode else {})})
         t_row, last_row = time.perf_counter(), step
 
     def save(step: int) -> None:
@@ -215,6 +220,7 @@ def _energy_summary(calc: MixedCalculator, atoms: Atoms) -> dict:
         "cheap_energy_shift_eV": calc.energy_shift_used,
         "n_levels": calc.n_levels,
         "energy_exchanged_at_rebuilds_eV": calc.energy_exchanged_total,
+        "energy_exchanged_both_ways_eV": calc.energy_exchanged_abs_total,
         "energy_not_absorbed_eV": calc.energy_unabsorbed_total,
         "exact_core_atoms_final": report.counts.get("exact_core"),
         "note": "forces equal the expensive forces only on the exact core: core atoms "

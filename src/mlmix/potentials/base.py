@@ -153,7 +153,7 @@ class Potential(abc.ABC):
         if self.weighting is None:
             return (f"{self.name} ({type(self).__name__}) cannot weight its per-atom "
                     "energies, so it cannot take part in energy mixing; use force "
-                    "mixing, or a backend that can (LAMMPS snap, mliap, sw or tersoff "
+                    "mixing, or a backend that can (LAMMPS snap, mliap, sw, tersoff or uf3 "
                     "with mlmix's plugin, ace, mace)")
         return None
 

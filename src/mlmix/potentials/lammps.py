@@ -808,7 +808,7 @@ class LammpsPotential(Potential):
         if not self._weighting_ok:
             return (f"{self.name}: pair style {self.pair_style!r} cannot give weighted "
                     f"energies ({self._weighting_reason}); energy mixing needs every "
-                    "sub-style among snap, mliap, sw, tersoff; use force mixing")
+                    "sub-style among snap, mliap, sw, tersoff, uf3; use force mixing")
         if self.partial:
             return f"{self.name} does not cover every type pair; weight the hybrid instead"
         if self._resolve_route() != "centres":

@@ -106,14 +106,19 @@ OWNED_TERMS: dict[str, str] = {
           "one of its two atoms, chosen by atom ids",
     "tersoff": "each three-body term is computed by its centre atom and each pair term "
                "by one of its two atoms, chosen by atom ids",
+    "uf3": "each centre computes half of each of its pair terms and the three-body terms "
+           "centred on it",
 }
 """Pair styles whose centres cut to a set S compute exactly the energy terms *owned* by
 S, with an owner fixed by atom ids (never by positions or neighbour-list history): the
 sum over S of owned energies is then a smooth function of positions, its gradient on
 every atom is what the truncated style computes, and weighted energies can be summed
-by levels (:mod:`mlmix.potentials.weighted`). Half-list pair styles (``table``, ``lj``)
-store a pair across a periodic boundary under whichever atom's image lies "above" the
-other, which can change when lists are rebuilt; ``uf3`` is not verified."""
+by levels (:mod:`mlmix.potentials.weighted`). Each is verified in
+tests/test_energy_mixing.py (finite differences, a fresh instance against one that
+rebuilt its lists along a path, a lone pair's split). Half-list pair styles (``table``,
+``lj``) store a pair across a periodic boundary under whichever atom's image lies
+"above" the other, which can change when lists are rebuilt; EAM's embedding energy
+needs complete densities (:data:`NOT_TRUNCATABLE`)."""
 
 
 PAIR_OWNER_BY_IDS = frozenset({"sw", "tersoff"})
