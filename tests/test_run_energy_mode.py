@@ -28,6 +28,7 @@ def energy_config(**task) -> dict:
 
 def test_nve_energy_mode_conserves_its_energy_and_resumes_exactly(tmp_path, monkeypatch):
     cfg = energy_config(ensemble="nve", temperature_K=600.0, steps=40)
+    cfg["regions"]["hysteresis"] = {"tau_in_fs": 10.0, "tau_out_fs": 20.0}  # smooth weights
     del cfg["task"]["seed"]
     path = write_config(tmp_path, cfg)
     whole = runner.run(path, output=tmp_path / "whole")
