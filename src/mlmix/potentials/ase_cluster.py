@@ -177,11 +177,14 @@ class AseClusterPotential(Potential):
     @classmethod
     def sevennet(cls, model: str = "7net-0", *, buffer: float | None = None,
                  device: str = "cpu", **kwargs) -> AseClusterPotential:
-        """A SevenNet model (pretrained name or checkpoint path) on carved clusters.
+        """A SevenNet model (pretrained name or checkpoint path): carved clusters for
+        masked evaluations, exact autograd weighting for energy mixing
+        (:class:`~mlmix.potentials.sevennet.SevenNetPotential`).
 
         Needs the ``sevenn`` extra. SevenNet's warning that no tensor-product
         accelerator is enabled is silenced: none exists for CPU runs.
         """
+        from .sevennet import SevenNetPotential  # it subclasses this class
         try:
             from sevenn.calculator import SevenNetCalculator
         except ImportError as exc:
@@ -191,7 +194,7 @@ class AseClusterPotential(Potential):
             warnings.filterwarnings("ignore", message="No tensor product accelerator")
             calculator = SevenNetCalculator(model, device=device)
         kwargs.setdefault("name", f"sevennet:{model}")
-        return cls(calculator, buffer=buffer, **kwargs)
+        return SevenNetPotential(calculator, buffer=buffer, **kwargs)
 
     @classmethod
     def chgnet(cls, model: str | None = None, *, buffer: float | None = None,

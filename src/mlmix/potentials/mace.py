@@ -35,7 +35,7 @@ from ..errors import CalculationError, ConfigurationError, missing_dependency
 from .base import Evaluation, Potential, bare_copy
 from .devices import check_device
 from .files import resolve_potential_file
-from .weighted import WeightedEvaluation
+from .weighted import WeightedEvaluation, weighted_on_cluster
 
 # Models trained and shipped by mlmix (each with the script that made it).
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "mace"
@@ -208,25 +208,13 @@ class MacePotential(Potential):
     weighting = "exact"
 
     def _weighted(self, atoms: Atoms, weights: np.ndarray) -> WeightedEvaluation:
-        """Autograd of sum_i w_i E_i over the atoms with w > 0 plus one receptive field
-        (the whole structure when that is most of it)."""
-        n = len(atoms)
-        mask = weights > 0
-        keep = mask if mask.all() else within(atoms.positions, atoms.cell.array, atoms.pbc,
-                                               mask, self.receptive_field)
-        if keep.all():
-            cluster, index, periodic = atoms, np.arange(n), bool(np.any(atoms.pbc))
-        else:
-            cluster, index, periodic = carve_cluster(atoms, keep, self.cutoff, self.cutoff + 1.0)
-        w = weights[index]
-        node, f, strain = self._weighted_graph(cluster, w, None, strain=periodic)
-        if not periodic:
-            # a finite cluster: E depends on relative positions only, so
-            # dE/d(eps) = sum_k x_k (x) dE/dx_k
-            strain = -cluster.positions.T @ f
-        forces = np.zeros((n, 3))
-        forces[index] = f
-        return WeightedEvaluation(float(w @ node), forces, strain, len(cluster))
+        """Autograd of sum_i w_i E_i over the atoms with w > 0 plus one receptive field."""
+        def gradient(cluster: Atoms, w: np.ndarray, periodic: bool):
+            node, f, strain = self._weighted_graph(cluster, w, None, strain=periodic)
+            return float(w @ node), f, strain
+
+        return weighted_on_cluster(atoms, weights, self.receptive_field, self.cutoff,
+                                   gradient)
 
     has_stress = True  # MACE differentiates the energy with respect to the cell
 

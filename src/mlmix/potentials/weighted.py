@@ -11,7 +11,8 @@ of two ways (``Potential.weighting``):
 
 ``"exact"``
     The backend weights each atom's energy itself: autograd of ``sum_i w_i E_i``
-    (MACE).
+    (MACE, SevenNet), on the atoms with w > 0 plus one receptive field
+    (:func:`weighted_on_cluster`).
 
 ``"levels"``
     The backend can compute the energy of the terms *owned by* a set S of centre atoms,
@@ -45,7 +46,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from ase import Atoms
 
+from ..carving import carve_cluster, within
 from ..errors import ConfigurationError
 
 WeightedLevel = tuple[float, np.ndarray, np.ndarray, int]
@@ -142,3 +145,35 @@ def stress_from_strain_derivative(strain_derivative: np.ndarray, volume: float) 
 def voigt_to_matrix(v: np.ndarray) -> np.ndarray:
     """``(3, 3)`` symmetric matrix of a Voigt 6-vector (xx, yy, zz, yz, xz, xy)."""
     return np.array([[v[0], v[5], v[4]], [v[5], v[1], v[3]], [v[4], v[3], v[2]]])
+
+
+GraphGradient = Callable[[Atoms, np.ndarray, bool], tuple[float, np.ndarray, np.ndarray | None]]
+"""``(structure, (n,) weights, periodic) -> (E_w eV, forces (n, 3) eV/Å, dE_w/d(eps)
+(3, 3) eV or None when not periodic)``: one autograd pass of a model over a structure."""
+
+
+def weighted_on_cluster(atoms: Atoms, weights: np.ndarray, receptive_field: float,
+                        cutoff: float, gradient: GraphGradient) -> WeightedEvaluation:
+    """E_w with exact forces from a model whose E_i reads atoms within
+    ``receptive_field`` Å of i: ``gradient`` runs on the atoms with w > 0 plus every atom
+    within one receptive field of them (the whole structure when that is all of it),
+    carved as a finite cluster where it fits (:func:`mlmix.carving.carve_cluster`).
+
+    Exact: every E_i with w_i > 0 sees its whole neighbourhood, and atoms beyond carry
+    no weight and move no E_i. A finite cluster's E depends only on relative
+    positions, so its strain derivative is sum_k x_k (x) dE/dx_k = -X^T F.
+    """
+    n = len(atoms)
+    mask = weights > 0
+    keep = mask if mask.all() else within(atoms.positions, atoms.cell.array, atoms.pbc,
+                                           mask, receptive_field)
+    if keep.all():
+        cluster, index, periodic = atoms, np.arange(n), bool(np.any(atoms.pbc))
+    else:
+        cluster, index, periodic = carve_cluster(atoms, keep, cutoff, cutoff + 1.0)
+    energy, f, strain = gradient(cluster, weights[index], periodic)
+    if strain is None:
+        strain = -cluster.positions.T @ f
+    forces = np.zeros((n, 3))
+    forces[index] = f
+    return WeightedEvaluation(energy, forces, strain, len(cluster))
