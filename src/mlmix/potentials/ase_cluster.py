@@ -55,6 +55,7 @@ from ..errors import (
 )
 from .base import Evaluation, Potential, bare_copy
 from .devices import check_device
+from .weighted import WeightedEvaluation, weighted_on_cluster
 
 
 class ReceptiveFieldWarning(UserWarning):
@@ -200,10 +201,14 @@ class AseClusterPotential(Potential):
     def chgnet(cls, model: str | None = None, *, buffer: float | None = None,
                device: str = "cpu", **kwargs) -> AseClusterPotential:
         """A CHGNet model (default: the shipped pretrained one, or a version name such
-        as ``"0.3.0"``) on carved clusters, with per-atom (site) energies.
+        as ``"0.3.0"``), with per-atom (site) energies: carved clusters for masked
+        evaluations, exact autograd weighting for energy mixing
+        (:class:`~mlmix.potentials.chgnet.ChgnetPotential`).
 
         Needs the ``chgnet`` extra.
         """
+        from .chgnet import ChgnetPotential  # it subclasses this class
+
         try:
             from chgnet.model import CHGNet, CHGNetCalculator
         except ImportError as exc:
@@ -212,7 +217,7 @@ class AseClusterPotential(Potential):
         loaded = CHGNet.load(model_name=model or "0.3.0", verbose=False)
         calculator = CHGNetCalculator(loaded, use_device=device, return_site_energies=True)
         kwargs.setdefault("name", f"chgnet:{model or '0.3.0'}")
-        return cls(calculator, buffer=buffer, **kwargs)
+        return ChgnetPotential(calculator, buffer=buffer, **kwargs)
 
     def _run(self, atoms: Atoms) -> tuple[np.ndarray, np.ndarray | None]:
         props = ["energy", "forces"] + (["energies"] if self.has_energies else [])
@@ -237,6 +242,20 @@ class AseClusterPotential(Potential):
                                    f"{exc}") from exc
         stress = np.asarray(calc.results["stress"], dtype=float)
         return full_3x3_to_voigt_6_stress(stress) if stress.shape == (3, 3) else stress
+
+    def weighted_gradient(self, atoms: Atoms, weights: np.ndarray, strain: bool
+                          ) -> tuple[float, np.ndarray, np.ndarray | None]:
+        """Models that expose per-atom energies to autograd (``weighting = "exact"``):
+        one pass over ``atoms``, ``(sum_i w_i E_i eV, -d/dx (n, 3) eV/Å, d/d(eps) (3, 3)
+        eV with ``strain``, else None)``. A plain ASE calculator gives no such thing."""
+        raise NotImplementedError
+
+    def _weighted(self, atoms: Atoms, weights: np.ndarray) -> WeightedEvaluation:
+        def gradient(cluster: Atoms, w: np.ndarray, periodic: bool):
+            return self.weighted_gradient(cluster, w, strain=periodic)
+
+        return weighted_on_cluster(atoms, weights, self.receptive_field, self.cutoff,
+                                   gradient)
 
     def carve(self, atoms: Atoms, mask: np.ndarray):
         """The cluster for ``mask``: ``(cluster Atoms, (n_c,) indices into atoms, periodic)``."""

@@ -154,7 +154,7 @@ class Potential(abc.ABC):
             return (f"{self.name} ({type(self).__name__}) cannot weight its per-atom "
                     "energies, so it cannot take part in energy mixing; use force "
                     "mixing, or a backend that can (LAMMPS snap, mliap, sw, tersoff or uf3 "
-                    "with mlmix's plugin, ace, mace, sevennet)")
+                    "with mlmix's plugin, ace, mace, sevennet, chgnet)")
         return None
 
     def evaluate_weighted(self, atoms: Atoms, weights: np.ndarray) -> WeightedEvaluation:

@@ -23,7 +23,6 @@ from ase import Atoms
 
 from ..errors import CalculationError
 from .ase_cluster import AseClusterPotential
-from .weighted import WeightedEvaluation, weighted_on_cluster
 
 
 class SevenNetPotential(AseClusterPotential):
@@ -77,10 +76,3 @@ class SevenNetPotential(AseClusterPotential):
             raise CalculationError(f"{self.name} failed on {len(atoms)} atoms: {exc}") from exc
         numpy = [g.detach().cpu().double().numpy() for g in grads]
         return float(total.detach()), -numpy[0], numpy[1] if strain else None
-
-    def _weighted(self, atoms: Atoms, weights: np.ndarray) -> WeightedEvaluation:
-        def gradient(cluster: Atoms, w: np.ndarray, periodic: bool):
-            return self.weighted_gradient(cluster, w, strain=periodic)
-
-        return weighted_on_cluster(atoms, weights, self.receptive_field, self.cutoff,
-                                   gradient)
