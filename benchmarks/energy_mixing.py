@@ -16,11 +16,15 @@ the SW cutoff, for force mixing), dt = 1 fs, velocities drawn at 300 K.
 - ``core_error``: max and RMS |F_mixed - F_SW| over the core (p = 1) and over the
   exact core (deeper than the reach) for r_core = 4..10 Å, both modes, r_blend 0.
 - ``cost``: seconds per MD step (medians of ``--repeats`` runs of 20 steps, wall and
-  CPU) of force and energy mixing, SW/Tersoff at r_blend 0 and 3 Å, and quadratic SNAP
-  with the linear SNAP distilled from it (examples/fit-si) at r_blend 0.
+  CPU) of force and energy mixing, SW/Tersoff at r_blend 0 and 3 Å, quadratic SNAP
+  with the linear SNAP distilled from it (examples/fit-si) at r_blend 0, and quadratic
+  SNAP with mlmix's demo UF3 at r_blend 3 Å, the UF3 weighted by the plugin's levels
+  and by its own descriptor rows (``LinearWeighted``, the exact-weight route; here on
+  the same 16 levels, so both compute the same energy).
 
-Run: ``python benchmarks/energy_mixing.py [--quick]``; writes
-``benchmarks/energy_mixing.json``. About 15 minutes on one core.
+Run: ``python benchmarks/energy_mixing.py [--quick] [--only cost]``; writes
+``benchmarks/energy_mixing.json`` (``--only cost`` re-measures the cost and keeps the
+other sections). About 15 minutes on one core.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from mlmix import IndexSeeds, MixedCalculator, RegionSpec, RegionTracker
 from mlmix.energy_mixing import exact_core
 from mlmix.potentials.base import PotentialCalculator
 from mlmix.potentials.lammps import LammpsPotential
+from mlmix.potentials.linear_weighted import LinearWeighted
 from mlmix.structures import vacancy_supercell
 from mlmix.testing import finite_difference_stress
 
@@ -208,6 +213,9 @@ def cost(repeats, steps=20):
     start = thermal(atoms)
     snap_file = "Si_Zuo_JPCA2020.quadratic.snap"
     linear = str(ROOT / "examples" / "fit-si" / "Si_linear_snap")
+    demo_uf3 = ROOT / "src" / "mlmix" / "data" / "demo" / "Si_demo_uf3.uf3"
+    qsnap = dict(r_blend=3.0, r_buff=4.9,
+                 expensive=lambda: LammpsPotential.snap(snap_file, ["Si"]))
     cases = [
         ("sw_tersoff_blend0", dict(r_blend=0.0)),
         ("sw_tersoff_blend3", dict(r_blend=3.0)),
@@ -215,6 +223,10 @@ def cost(repeats, steps=20):
             r_blend=0.0, r_buff=4.9,
             expensive=lambda: LammpsPotential.snap(snap_file, ["Si"]),
             cheap=lambda: LammpsPotential.snap(linear, ["Si"]))),
+        ("qsnap_uf3_blend3_levels", dict(qsnap, cheap=lambda: LammpsPotential.uf3(
+            demo_uf3, ["Si"]))),
+        ("qsnap_uf3_blend3_exact_route", dict(qsnap, cheap=lambda: LinearWeighted.uf3(
+            demo_uf3, ["Si"]))),
     ]
     out = {}
     for name, kw in cases:
@@ -240,9 +252,17 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1 ps instead of 10 ps")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=HERE / "energy_mixing.json")
+    ap.add_argument("--only", choices=("all", "cost"), default="all")
     args = ap.parse_args()
     steps = 1000 if args.quick else 10000
     t0 = time.perf_counter()
+    if args.only == "cost":
+        result = json.loads(args.out.read_text())
+        result["cost"] = cost(args.repeats)
+        result["cost_wall_seconds"] = time.perf_counter() - t0
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"updated the cost in {args.out} ({result['cost_wall_seconds']:.0f} s)")
+        return
     atoms, _ = structure()
     print(f"Si vacancy, {len(atoms)} atoms, SW expensive, Tersoff cheap, {steps} NVE steps",
           flush=True)

@@ -105,6 +105,49 @@ def test_lammps_weighted_energy_is_the_sum_of_levels_and_its_gradient(name):
                     atol=1e-8)
 
 
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_levels_on_the_cluster_instance_equal_the_full_instance(name):
+    """A few weighted atoms in a 999-atom cell: their levels run in a cluster instance
+    (the weighted atoms plus cutoff + margin), and give the full instance's energy,
+    forces and strain derivative, through small moves (the cluster kept), a move past
+    margin / 2 (the cluster rebuilt), an atom wrapped by a lattice vector, and a new
+    weighted atom outside the set it was built for."""
+    from mlmix.potentials.weighted import direct_levels
+
+    pot = BACKENDS[name]()
+    atoms, seeds = si_cell(repeat=5)
+    d = atoms.get_distances(int(seeds[0]), range(len(atoms)), mic=True)
+    w = quantise(np.clip((7.0 - d) / 3.0, 0.0, 1.0), 4)
+
+    def check(weights):
+        for v in (weights, 1.0 - weights):
+            got = pot.evaluate_weighted(atoms, v)
+            ref = direct_levels(v, lambda mask: pot._level(atoms, mask))  # full instance
+            assert got.energy == pytest.approx(ref.energy, abs=1e-9)
+            assert_allclose(got.forces, ref.forces, atol=1e-10)
+            assert_allclose(got.strain_derivative, ref.strain_derivative, atol=1e-9)
+        return got
+
+    got = check(w)
+    levels = pot._cluster_levels
+    cluster = levels.cluster
+    assert cluster is not None and len(cluster.index) < len(atoms) / 2
+    assert got.n_evaluated < len(atoms) + np.count_nonzero(w > 0) * 3  # levels, not N each
+    builds = levels.n_builds
+    rng = np.random.default_rng(2)
+    atoms.positions += rng.normal(0, 0.05, atoms.positions.shape)  # well inside margin / 2
+    atoms.positions[int(seeds[0])] += atoms.cell[0]  # wrapped: the same structure
+    check(w)
+    assert levels.n_builds == builds
+    atoms.positions[int(np.argmax(d))] += [0.6, 0.0, 0.0]  # past margin / 2 = 0.5 Å
+    check(w)
+    assert levels.n_builds == builds + 1
+    grown = w.copy()
+    grown[int(np.argmax(d))] = 0.5
+    check(grown)
+    assert levels.n_builds == builds + 2
+
+
 @pytest.mark.parametrize("name", ["sw", "tersoff", "uf3"])
 def test_pair_terms_are_split_evenly_between_their_atoms(name):
     """A pair term is booked half under each atom (sw, tersoff: the mean of two id
@@ -341,7 +384,7 @@ def test_energy_mixing_refuses_what_it_cannot_do_before_any_work():
     cluster = AseClusterPotential(EMT(), cutoff=5.0, buffer=5.0)
     with pytest.raises(ConfigurationError) as err:
         MixedCalculator(eam, cluster, tracker, mixing="energy", mask_cheap=True,
-                        subtract_mean_force=True, n_levels=0)
+                        subtract_mean_force=True, n_levels=-1)
     text = str(err.value)
     for part in ("expensive potential", "eam/alloy", "cheap potential", "cannot weight",
                  "mask_cheap", "subtract_mean_force", "n_levels"):

@@ -114,7 +114,7 @@ def test_energy_mode_settings_that_do_not_fit_are_named_together(tmp_path):
     assert "task.friction_per_fs" not in text
     cfg = energy_config(correction_every=2)
     cfg["regions"]["nevery"] = 4
-    cfg["mixing"].update(mask_cheap=True, n_levels=0, mode="energy")
+    cfg["mixing"].update(mask_cheap=True, n_levels=-1, mode="energy")
     cfg["engine"] = {"kind": "lammps"}
     with pytest.raises(ConfigurationError) as err:
         runner.run(write_config(tmp_path, cfg))

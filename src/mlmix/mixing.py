@@ -207,7 +207,9 @@ class MixedCalculator(Calculator):
             expensive ones only on core atoms deeper than the larger receptive
             field (counted as ``"exact_core"`` in each report).
         n_levels: energy mixing: weights are multiples of 1/n_levels (default 16);
-            a LAMMPS or ACE potential costs one call per distinct weight.
+            a LAMMPS or ACE potential costs one call per distinct weight. 0: the
+            weights are p itself, unquantised, for potentials that weight exactly
+            (``weighting == "exact"``: MACE, SevenNet, CHGNet, ``LinearWeighted``).
         energy_correction: energy mixing: at a rebuild that changes the weights,
             scale the momenta of the atoms whose weight changed and of the atoms
             within the larger receptive field of them so that E + K is conserved
@@ -489,7 +491,7 @@ class MixedCalculator(Calculator):
     def _energy_step(self, atoms: Atoms, regions: Regions, undescribed: np.ndarray,
                      rebuilt: bool, t0: float, t1: float) -> None:
         """One call in energy mixing (see :mod:`mlmix.energy_mixing`)."""
-        w = quantise(regions.p, self.n_levels)
+        w = quantise(regions.p, self.n_levels) if self.n_levels else regions.p
         reach = max(self.expensive.receptive_field, self.cheap.receptive_field)
         if self.energy_shift_used is None or (rebuilt and self.step == 0
                                               and self.energy_shift == "auto"):
@@ -650,9 +652,16 @@ def energy_mode_problems(expensive: Potential, cheap: Potential, *, energy: str,
               "sum to zero already; subtracting a mean would break energy conservation"))
     found += [f"{key} must keep its default with mixing='energy' ({why})"
               for key, bad, why in fixed if bad]
-    if isinstance(n_levels, bool) or not isinstance(n_levels, (int, np.integer)) or n_levels < 1:
+    if isinstance(n_levels, bool) or not isinstance(n_levels, (int, np.integer)) or n_levels < 0:
         found.append(f"n_levels must be an integer >= 1 (weights are multiples of "
-                     f"1/n_levels), got {n_levels!r}")
+                     f"1/n_levels) or 0 (unquantised weights), got {n_levels!r}")
+    elif n_levels == 0:
+        found += [f"n_levels = 0 (unquantised weights) needs potentials that weight "
+                  f"exactly, but the {role} potential {pot.name} weights by levels (one "
+                  f"evaluation per distinct weight, so every blend atom would cost one); "
+                  f"use n_levels >= 1" for role, pot in (("expensive", expensive),
+                                                          ("cheap", cheap))
+                  if pot.weighting == "levels"]
     if timestep is not None and not (isinstance(timestep, (int, float)) and timestep > 0):
         found.append(f"timestep must be a time step > 0 in fs, got {timestep!r}")
     if shift != "auto" and not (isinstance(shift, dict) and all(

@@ -485,7 +485,7 @@ def _mixing(p: Problems, raw: Mapping, task: Mapping) -> dict:
     mode = p.choice(mixing, "mixing", "mode", choices(RUN, "mixing", "mode"),
                     mixing.setdefault("mode", default(RUN, "mixing", "mode")))
     mixing.setdefault("n_levels", default(RUN, "mixing", "n_levels"))
-    p.number(mixing, "mixing", "n_levels", minimum=1, integer=True)
+    p.number(mixing, "mixing", "n_levels", minimum=0, integer=True)
     for key in sorted(known_keys(RUN, "mixing") - {"mode", "n_levels"}):
         mixing[key] = p.flag(mixing, "mixing", key, default(RUN, "mixing", key))
     stress = ("task.ensemble = 'npt'" if task.get("ensemble") == "npt" else

@@ -238,7 +238,9 @@ RUN = Schema("mlmix run", (
            "relaxation; ASE engine, backends that weight per-atom energies)",
            choices_=("force", "energy")),
         _k("n_levels", "int", 16, "energy mode: weights are multiples of 1/n_levels (a "
-           "LAMMPS or ACE potential costs one call per distinct weight)"),
+           "LAMMPS or ACE potential costs one call per distinct weight); 0: unquantised "
+           "weights, for potentials that weight exactly (mace, sevennet, chgnet, "
+           "weighting = 'exact')"),
         _k("energy_correction", "bool", True, "energy mode: at a rebuild, rescale the momenta "
            "of the atoms whose weight changed so E + K is conserved"),
         _k("subtract_mean_force", "bool", False, "remove the mean of the mixed force "
@@ -318,6 +320,9 @@ POTENTIAL = Schema("potential table", (
            "read from the file)", only=("lammps", "ase")),
         _k("truncation", "string", "auto", "the centre-truncation plugin route",
            choices_=("auto", "require", "off"), only=("lammps",)),
+        _k("weighting", "string", "levels", "energy mode: levels (one plugin call per "
+           "quantised weight) or exact (any weight, from mlmix's UF3 featuriser; style uf3)",
+           choices_=("levels", "exact"), only=("lammps",)),
         _k("model", "string", DERIVED, "MACE model file or shipped name (required); "
            "SevenNet model name", only=("mace", "sevennet", "chgnet")),
         _k("device", "string", "cpu", "torch device: cpu, cuda, cuda:K",

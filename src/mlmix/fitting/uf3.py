@@ -424,8 +424,35 @@ class Uf3Model(LinearModel):
         (atoms,) = check_frames([atoms], self.species, "Uf3Model")
         return self._frame_rows(atoms, self.species_index(atoms), False)[0]
 
-    def _frame_rows(self, at: Atoms, types: np.ndarray, forces: bool):
-        """``(N, nc)`` per-atom energy rows and ``(3N, nc)`` force rows (or None)."""
+    def weighted_rows(self, atoms: Atoms, weights: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows of the weighted energy E_w = sum_i w_i E_i and of its exact gradient,
+        with E_i the terms centred on i (its ordered pairs and the triplets it is the
+        vertex of), which read only atoms within the cutoff of i. This is the split
+        LAMMPS computes for a truncated list of centres (the plugin's weight levels),
+        not the per-atom tally of :meth:`per_atom_rows` (a third of each triplet to
+        each of its atoms).
+
+        Args:
+            atoms: any structure of the model's species.
+            weights: ``(N,)``.
+
+        Returns:
+            ``(energy (nc,), forces (3N, nc), strain derivative (3, 3, nc))``: ``@ c``
+            gives E_w in eV, -dE_w/dx in eV/Å (atom by atom, x y z) and dE_w/d(eps) in
+            eV (positions and cell strained together, x' = x (1 + eps)).
+        """
+        (atoms,) = check_frames([atoms], self.species, "Uf3Model")
+        w = np.asarray(weights, dtype=float)
+        centred, forces, strain = self._frame_rows(atoms, self.species_index(atoms), True, w)
+        return w @ centred, forces, strain
+
+    def _frame_rows(self, at: Atoms, types: np.ndarray, forces: bool,
+                    weights: np.ndarray | None = None):
+        """``(N, nc)`` per-atom energy rows and ``(3N, nc)`` force rows (or None); with
+        ``weights``, energy rows of the terms centred on each atom, the force rows of
+        sum_i w_i E_i and a third item, the ``(3, 3, nc)`` strain-derivative rows of
+        that sum (see :meth:`weighted_rows`)."""
         n, nc = len(at), self._n
         i, j, d, vec = neighbour_pairs(at.positions, at.cell.array, at.pbc, self.cutoff, "ijdD")
         e = np.zeros(n * nc)  # flat (atom, column)
@@ -436,20 +463,25 @@ class Uf3Model(LinearModel):
         inc_rows: list = []
         inc_vals: list[list] = [[], [], []]
         grads: list = []
+        bonds: list = []  # per term the vector its derivative is along (strain rows)
         n_terms = 0
 
-        def add_term(atom_idx, unit, g):
-            """Terms of dE/dx: +g (x) unit on atom_idx[1], -g (x) unit on atom_idx[0]."""
+        def add_term(atom_idx, bond, g, centre):
+            """Terms of dE/dx along ``bond`` = x[atom_idx[1]] - x[atom_idx[0]] (+ image):
+            +g (x) unit on atom_idx[1], -g (x) unit on atom_idx[0]; with ``weights``,
+            each scaled by the weight of its term's centre atom."""
             nonlocal n_terms
             m = g.shape[0]
+            unit = bond / np.linalg.norm(bond, axis=1)[:, None]
             cols = n_terms + np.arange(m)
             inc_rows.append((np.concatenate([atom_idx[0], atom_idx[1]]), np.concatenate([cols, cols])))
             for k in range(3):
                 inc_vals[k].append(np.concatenate([-unit[:, k], unit[:, k]]))
-            grads.append(g)
+            grads.append(g if weights is None else sp.diags(weights[centre]) @ g)
+            bonds.append(bond)
             n_terms += m
 
-        # ---- two-body: every ordered pair of the full list
+        # ---- two-body: every ordered pair of the full list (energy to the centre i)
         ti, tj = types[i], types[j]
         for blk in self._blocks2:
             sel = (np.minimum(ti, tj) == blk.pair[0]) & (np.maximum(ti, tj) == blk.pair[1]) & (d < blk.cutoff)
@@ -465,19 +497,21 @@ class Uf3Model(LinearModel):
             if forces:
                 rows = np.repeat(np.arange(len(r)), 4).reshape(-1, 4)
                 g = sp.csr_matrix((der[keep], (rows[keep], (blk.offset + cols)[keep])), shape=(len(r), nc))
-                add_term((i[sel], j[sel]), vec[sel] / r[:, None], g)
+                add_term((i[sel], j[sel]), vec[sel], g, i[sel])
 
         # ---- three-body: ordered pairs of neighbours (p, q) of the same centre
         if self._blocks3:
-            e3, terms = self._three_body(i, j, d, vec, types, forces)
+            e3, terms = self._three_body(i, j, d, vec, types, forces,
+                                         centred=weights is not None)
             e += e3.ravel()
-            for atoms_, unit, g in terms:
-                add_term(atoms_, unit, g)
+            for atoms_, bond, g, centre in terms:
+                add_term(atoms_, bond, g, centre)
 
         per_atom = e.reshape(n, nc)
         if not forces:
             return per_atom, None
         frows = np.zeros((n, 3, nc))
+        strain = np.zeros((3, 3, nc))
         if n_terms:
             r_idx = np.concatenate([r for r, _ in inc_rows])
             c_idx = np.concatenate([c for _, c in inc_rows])
@@ -486,11 +520,19 @@ class Uf3Model(LinearModel):
                 inc = sp.csr_matrix((np.concatenate(inc_vals[k]), (r_idx, c_idx)), shape=(n, n_terms))
                 # F = -dE/dx
                 frows[:, k, :] = -(inc @ g_all).toarray()
-        return per_atom, frows.reshape(3 * n, nc)
+            if weights is not None:
+                # dE/d(eps_ab) = sum over terms of bond_a (dE/d|bond|) unit_b
+                b = np.vstack(bonds)
+                outer = b[:, :, None] * b[:, None, :] / np.linalg.norm(b, axis=1)[:, None, None]
+                strain = (g_all.T @ outer.reshape(-1, 9)).T.reshape(3, 3, nc)
+        if weights is None:
+            return per_atom, frows.reshape(3 * n, nc)
+        return per_atom, frows.reshape(3 * n, nc), strain
 
-    def _three_body(self, i, j, d, vec, types, forces):
-        """``(N, nc)`` per-atom energy rows and derivative terms of the three-body
-        blocks."""
+    def _three_body(self, i, j, d, vec, types, forces, centred: bool = False):
+        """``(N, nc)`` per-atom energy rows (a third of each triplet to each of its
+        atoms, or with ``centred`` all of it to its vertex) and derivative terms
+        ``(atoms, bond, rows, vertex)`` of the three-body blocks."""
         nc, n = self._n, len(types)
         e = np.zeros(n * nc)
         terms: list = []
@@ -539,11 +581,13 @@ class Uf3Model(LinearModel):
             ok = cols >= 0
             prod = w * va[:, :, None, None] * vb[:, None, :, None] * vc[:, None, None, :]
             # LAMMPS (ev_tally3) gives a third of a triplet's energy to each of its atoms
-            flat, third = cols[ok], prod[ok] / 3.0
+            flat = cols[ok]
             per_triplet = ok.reshape(len(ok), -1).sum(axis=1)
-            for atom in (centre[sel], j[p[sel]], j[q[sel]]):
+            owners = (centre[sel],) if centred else (centre[sel], j[p[sel]], j[q[sel]])
+            for atom in owners:
                 owner = np.repeat(atom * nc, per_triplet)
-                e += np.bincount(owner + flat, weights=third, minlength=n * nc)
+                e += np.bincount(owner + flat, weights=prod[ok] / len(owners),
+                                 minlength=n * nc)
             if not forces:
                 continue
             m = len(rij)
@@ -556,9 +600,9 @@ class Uf3Model(LinearModel):
             g_ik = g(w * va[:, :, None, None] * db[:, None, :, None] * vc[:, None, None, :])
             g_jk = g(w * va[:, :, None, None] * vb[:, None, :, None] * dc[:, None, None, :])
             ps, qs, cs = p[sel], q[sel], centre[sel]
-            terms.append(((cs, j[ps]), vec[ps] / rij[:, None], g_ij))
-            terms.append(((cs, j[qs]), vec[qs] / rik[:, None], g_ik))
-            terms.append(((j[ps], j[qs]), djk_vec[sel] / rj[:, None], g_jk))
+            terms.append(((cs, j[ps]), vec[ps], g_ij, cs))
+            terms.append(((cs, j[qs]), vec[qs], g_ik, cs))
+            terms.append(((j[ps], j[qs]), djk_vec[sel], g_jk, cs))
         return e.reshape(n, nc), terms
 
     # -- coefficients <-> file --------------------------------------------------------

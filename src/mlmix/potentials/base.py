@@ -179,8 +179,13 @@ class Potential(abc.ABC):
         if not (w > 0).any():
             return zero_evaluation(len(atoms))
         if self.weighting == "levels":
-            return sum_levels(w, lambda mask: self._level(atoms, mask))
+            return self._sum_levels(atoms, w)
         return self._weighted(atoms, w)
+
+    def _sum_levels(self, atoms: Atoms, w: np.ndarray) -> WeightedEvaluation:
+        """``"levels"``: one :meth:`_level` call per distinct weight (or the whole
+        minus the complement's levels, :func:`~mlmix.potentials.weighted.sum_levels`)."""
+        return sum_levels(w, lambda mask: self._level(atoms, mask))
 
     def _level(self, atoms: Atoms, mask: np.ndarray) -> WeightedLevel:
         """``"levels"`` hook: energy of the terms owned by the centres ``mask``, its

@@ -60,6 +60,11 @@ def check_potential_spec(spec, where: str, problems: Problems) -> None:
         problems.choice(spec, where, "style", set(LAMMPS_STYLES))
         if "truncation" in spec:
             problems.choice(spec, where, "truncation", set(TRUNCATION))
+        weighting = problems.choice(spec, where, "weighting", {"levels", "exact"}, "levels")
+        if weighting == "exact" and spec.get("style") != "uf3":
+            problems.add(f"{where}.weighting", f"'exact' weights come from mlmix's UF3 "
+                         f"featuriser, so they need style = 'uf3', not {spec.get('style')!r}; "
+                         "drop the key (weights by levels)")
         problems.unknown_keys(spec, where, _keys("lammps"))
     elif backend == "ace":
         problems.unknown_keys(spec, where, _keys("ace"))
@@ -140,6 +145,10 @@ def make_potential(spec: Mapping, where: str = "potential") -> Potential:
         from .lammps import LammpsPotential
 
         build = getattr(LammpsPotential, LAMMPS_STYLES[spec["style"]])
+        if spec.get("weighting") == "exact":
+            from .linear_weighted import LinearWeighted
+
+            build = LinearWeighted.uf3
         return build(spec["file"], spec.get("species"),
                      truncation=spec.get("truncation", "auto"))
     if backend == "ace":

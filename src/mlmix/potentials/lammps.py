@@ -110,6 +110,7 @@ from ..errors import CalculationError, ConfigurationError
 from ..neighbours import neighbour_pairs
 from .base import Evaluation, Potential, check_finite_positions
 from .files import resolve_potential_file
+from .lammps_cluster import ClusterLevels
 from .lammps_files import (
     _NULL,
     _check_species,
@@ -136,7 +137,14 @@ from .lammps_plugin import (
     plugin_status,
     weighting_route,
 )
-from .weighted import WeightedLevel, stress_from_strain_derivative, voigt_to_matrix
+from .weighted import (
+    WeightedEvaluation,
+    WeightedLevel,
+    direct_levels,
+    stress_from_strain_derivative,
+    voigt_to_matrix,
+    whole_minus_complement,
+)
 
 __all__ = ["LammpsFrame", "LammpsPotential", "format_number", "lammps_frame",
            "snapcoeff_elements"]
@@ -265,6 +273,7 @@ class LammpsPotential(Potential):
         # atoms by ids (sw, tersoff) is then booked under the other one
         self._mirror_ids = bool(_mirror_ids)
         self._mirror: LammpsPotential | None = None
+        self._cluster_levels: ClusterLevels | None = None  # energy mixing's level instance
         self._thermo = "energy"  # what the thermo line computes: "energy" or "virial"
         self._setup_needed = False
         self._sent: np.ndarray | None = None  # structure positions last sent to LAMMPS
@@ -825,13 +834,35 @@ class LammpsPotential(Potential):
         if mask.all() or not any(style in PAIR_OWNER_BY_IDS for style in self.styles):
             return self._owned(atoms, mask)  # (every atom: how terms are booked is moot)
         if self._mirror is None:
-            self._mirror = LammpsPotential(
-                self.pair_style, [], self.type_species, name=f"{self.name}:mirror",
-                pre_commands=self.pre_commands, skin=self.skin, margin=self.margin,
-                masses=dict(zip(self.type_species, self.masses)),
-                truncation=self.truncation, _coeffs=self._coeffs, _mirror_ids=True)
+            self._mirror = self._twin("mirror", mirror_ids=True)
         a, b = self._owned(atoms, mask), self._mirror._owned(atoms, mask)
         return (0.5 * (a[0] + b[0]), 0.5 * (a[1] + b[1]), 0.5 * (a[2] + b[2]), a[3] + b[3])
+
+    def _twin(self, role: str, mirror_ids: bool = False) -> LammpsPotential:
+        """The same potential in an instance of its own."""
+        return LammpsPotential(
+            self.pair_style, [], self.type_species, name=f"{self.name}:{role}",
+            pre_commands=self.pre_commands, skin=self.skin, margin=self.margin,
+            masses=dict(zip(self.type_species, self.masses)),
+            truncation=self.truncation, _coeffs=self._coeffs, _mirror_ids=mirror_ids)
+
+    def _sum_levels(self, atoms: Atoms, w: np.ndarray) -> WeightedEvaluation:
+        """The levels of the few weighted atoms run on a cluster instance around them
+        when that is smaller (:mod:`mlmix.potentials.lammps_cluster`); the whole energy,
+        where most weights are 1, on this instance."""
+        if self._cluster_levels is None:
+            twin = self._twin("cluster")
+            self._cluster_levels = ClusterLevels(twin._level, self.cutoff, self.margin,
+                                                 close=twin.close)
+        cluster = self._cluster_levels
+
+        def whole() -> WeightedEvaluation:
+            return WeightedEvaluation(*self._level(atoms, np.ones(len(atoms), dtype=bool)))
+
+        def here(v: np.ndarray) -> WeightedEvaluation:
+            return direct_levels(v, lambda mask: self._level(atoms, mask))
+
+        return whole_minus_complement(w, whole, lambda v: cluster.weighted(atoms, v, here))
 
     def _owned(self, atoms: Atoms, mask: np.ndarray) -> WeightedLevel:
         """The terms LAMMPS computes with centres ``mask``: their energy (every atom's
@@ -898,6 +929,8 @@ class LammpsPotential(Potential):
         """Close the LAMMPS instance (a new one is made on the next call). Idempotent."""
         if self._mirror is not None:
             self._mirror.close()
+        if self._cluster_levels is not None:
+            self._cluster_levels.close()
         if self._lmp is not None:
             try:
                 self._lmp.close()

@@ -104,8 +104,15 @@ def quantise(p: np.ndarray, n_levels: int) -> np.ndarray:
 def weight_levels(w: np.ndarray) -> list[tuple[float, np.ndarray]]:
     """The distinct non-zero weights and their atoms: ``[(q_l, mask_l)]``, disjoint
     masks, in increasing q."""
-    values, inverse = np.unique(w, return_inverse=True)
-    return [(float(q), inverse == k) for k, q in enumerate(values) if q > 0]
+    # unique over the non-zero weights only: a few hundred atoms, not the whole cell
+    nonzero = np.flatnonzero(w)
+    values, inverse = np.unique(w[nonzero], return_inverse=True)
+    levels = []
+    for k, q in enumerate(values):
+        mask = np.zeros(len(w), dtype=bool)
+        mask[nonzero[inverse == k]] = True
+        levels.append((float(q), mask))
+    return levels
 
 
 def sum_levels(w: np.ndarray, level: Callable[[np.ndarray], WeightedLevel]
@@ -113,17 +120,31 @@ def sum_levels(w: np.ndarray, level: Callable[[np.ndarray], WeightedLevel]
     """E_w, F and W of a ``"levels"`` backend from one call of ``level(mask)`` per
     distinct weight, or the whole minus the complement's levels where that computes
     fewer centres (module docstring)."""
-    if np.count_nonzero(w < 1) < np.count_nonzero(w > 0):
+    def whole() -> WeightedEvaluation:
         e, f, s, computed = level(np.ones(len(w), dtype=bool))
-        rest = _direct_levels(1.0 - w, level)
-        return WeightedEvaluation(e - rest.energy, f - rest.forces,
-                                  s - rest.strain_derivative, computed + rest.n_evaluated,
-                                  1 + rest.n_levels)
-    return _direct_levels(w, level)
+        return WeightedEvaluation(e, f, s, computed)
+
+    return whole_minus_complement(w, whole, lambda v: direct_levels(v, level))
 
 
-def _direct_levels(w: np.ndarray, level: Callable[[np.ndarray], WeightedLevel]
-                   ) -> WeightedEvaluation:
+def whole_minus_complement(w: np.ndarray, whole: Callable[[], WeightedEvaluation],
+                           part: Callable[[np.ndarray], WeightedEvaluation]
+                           ) -> WeightedEvaluation:
+    """sum_i w_i E_i as ``part(w)``, or as ``whole() - part(1 - w)`` (the total energy
+    minus the few atoms with w < 1) where fewer atoms have w < 1 than w > 0: the cheap
+    potential's weights 1 - p are 1 almost everywhere."""
+    if np.count_nonzero(w < 1) >= np.count_nonzero(w > 0):
+        return part(w)
+    total, rest = whole(), part(1.0 - w)
+    return WeightedEvaluation(total.energy - rest.energy, total.forces - rest.forces,
+                              total.strain_derivative - rest.strain_derivative,
+                              total.n_evaluated + rest.n_evaluated,
+                              total.n_levels + rest.n_levels)
+
+
+def direct_levels(w: np.ndarray, level: Callable[[np.ndarray], WeightedLevel]
+                  ) -> WeightedEvaluation:
+    """E_w, F and W as one ``level(mask)`` call per distinct non-zero weight."""
     n = len(w)
     energy, forces, strain, evaluated, levels = 0.0, np.zeros((n, 3)), np.zeros((3, 3)), 0, 0
     for q, mask in weight_levels(w):

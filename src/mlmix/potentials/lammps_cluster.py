@@ -1,0 +1,120 @@
+"""Weight levels of a LAMMPS potential on a carved cluster that follows the atoms.
+
+Energy mixing evaluates a LAMMPS potential once per distinct weight, each call with its
+list centres cut to one set S_l (:mod:`mlmix.potentials.weighted`). The pair style then
+computes only |S_l| centres, but every call still pays LAMMPS's work over the whole
+instance (clearing forces, ghost exchange, neighbour checks, per-atom tallies): at 4k
+atoms that is most of a level's cost, and it grows with N while the weighted set does
+not. So the levels run in a second instance that holds only the weighted atoms S plus
+every atom within ``cutoff + margin`` of them, carved as a finite cluster where it fits
+(:func:`mlmix.carving.carve_cluster`).
+
+Exact, not approximate: the terms owned by a centre in S read only atoms within one
+cutoff of it, and the cluster keeps every atom that can come that close until some
+atom has moved ``margin / 2`` since the cluster was built (the Verlet-skin argument:
+two atoms closing a gap of ``margin`` must together move that far). The cluster is
+rebuilt then, or when S leaves the set it was built for, or the cell, species or atom
+count change. For SW and Tersoff the terms a centre owns depend on atom ids, but the
+mean over an id order and its reverse (which the potential takes) does not, so the
+cluster's own ids give the same energy.
+
+Positions follow the atoms by minimum-image displacements, so atoms that an integrator
+wraps back into the cell stay where the cluster needs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms
+
+from ..carving import carve_cluster, within
+from ..neighbours import complete_cell
+from .weighted import WeightedEvaluation, WeightedLevel, sum_levels
+
+#: Use a cluster only when it holds at most this fraction of the atoms.
+MAX_FRACTION = 0.5
+
+
+@dataclass
+class _Cluster:
+    atoms: Atoms  # the cluster (positions kept current)
+    index: np.ndarray  # (n_c,) indices into the full structure
+    periodic: bool  # kept in the original cell (did not fit as a finite cluster)
+    built_for: np.ndarray  # (N,) bool, the weighted set it was carved around
+    reference: np.ndarray  # (N, 3) full positions when it was built
+    last: np.ndarray  # (N, 3) full positions at the last call
+    key: tuple  # cell, pbc and species of the full structure
+    frame: np.ndarray  # (3, 3) the full cell, completed along open directions
+    inverse: np.ndarray  # its inverse
+    pbc: np.ndarray  # (3,) bool
+
+    def min_image(self, d: np.ndarray) -> np.ndarray:
+        """``(n, 3)`` displacements in the full structure, by the minimum image."""
+        if not self.pbc.any():
+            return d
+        s = d @ self.inverse
+        s[:, self.pbc] -= np.round(s[:, self.pbc])
+        return s @ self.frame
+
+
+class ClusterLevels:
+    """The weight levels of one potential, on a cluster instance when that is smaller.
+
+    Args:
+        level: ``level(cluster_atoms, mask)`` of a second potential of the same kind
+            (its own LAMMPS instance), the terms owned by the centres ``mask``.
+        cutoff: Å, range of the terms a centre owns.
+        margin: Å, how far beyond the cutoff the cluster reaches.
+        close: closes that second potential.
+    """
+
+    def __init__(self, level: Callable[[Atoms, np.ndarray], WeightedLevel], cutoff: float,
+                 margin: float, close: Callable[[], None] = lambda: None):
+        self.level = level
+        self.close = close
+        self.cutoff = float(cutoff)
+        self.margin = float(margin)
+        self.cluster: _Cluster | None = None
+        self.n_builds = 0
+
+    def weighted(self, atoms: Atoms, w: np.ndarray,
+                 fallback: Callable[[np.ndarray], WeightedEvaluation]) -> WeightedEvaluation:
+        """sum_i w_i E_i by levels on the cluster of the atoms with w > 0, or
+        ``fallback(w)`` (the full instance) when that cluster is not small."""
+        weighted = w > 0
+        cluster = self._current(atoms, weighted) if weighted.any() else None
+        if cluster is None:
+            return fallback(w)
+        part = sum_levels(w[cluster.index], lambda mask: self.level(cluster.atoms, mask))
+        forces = np.zeros((len(atoms), 3))
+        forces[cluster.index] = part.forces
+        return WeightedEvaluation(part.energy, forces, part.strain_derivative,
+                                  part.n_evaluated, part.n_levels)
+
+    def _current(self, atoms: Atoms, weighted: np.ndarray) -> _Cluster | None:
+        cell, pbc = atoms.cell.array, np.asarray(atoms.pbc, dtype=bool)
+        key = (cell.tobytes(), pbc.tobytes(), atoms.numbers.tobytes())
+        c = self.cluster
+        if c is not None and c.key == key and not (weighted & ~c.built_for).any():
+            moved = c.min_image(atoms.positions - c.reference)
+            if np.einsum("ij,ij->i", moved, moved).max(initial=0.0) <= (0.5 * self.margin) ** 2:
+                if c.periodic:
+                    c.atoms.positions = atoms.positions[c.index]
+                else:
+                    step = c.min_image(atoms.positions[c.index] - c.last[c.index])
+                    c.atoms.positions = c.atoms.positions + step
+                c.last = atoms.positions.copy()
+                return c
+        keep = within(atoms.positions, cell, atoms.pbc, weighted, self.cutoff + self.margin)
+        if keep.sum() > MAX_FRACTION * len(atoms):
+            self.cluster = None
+            return None
+        sub, index, periodic = carve_cluster(atoms, keep, self.cutoff, self.cutoff + 1.0)
+        frame = complete_cell(cell, pbc)
+        self.cluster = _Cluster(sub, index, periodic, weighted.copy(), atoms.positions.copy(),
+                                atoms.positions.copy(), key, frame, np.linalg.inv(frame), pbc)
+        self.n_builds += 1
+        return self.cluster

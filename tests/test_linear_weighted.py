@@ -1,0 +1,142 @@
+"""Exact (unquantised) weights for mlmix's UF3 from its featuriser's descriptor rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+import mlmix
+from mlmix import ConfigurationError, IndexSeeds, MixedCalculator, RegionSpec, RegionTracker
+from mlmix.mixing import ShallowCoreWarning
+from mlmix.potentials import LammpsPotential
+from mlmix.potentials.factory import make_potential
+from mlmix.potentials.lammps_plugin import plugin_status
+from mlmix.potentials.linear_weighted import LinearWeighted
+from mlmix.potentials.weighted import quantise, stress_from_strain_derivative
+from mlmix.structures import vacancy_supercell
+from mlmix.testing import finite_difference_gradient, finite_difference_stress
+
+DEMO_UF3 = Path(mlmix.__file__).parent / "data" / "demo" / "Si_demo_uf3.uf3"
+ROOT = Path(__file__).resolve().parents[1]
+W_UF3 = ROOT / "studies" / "potentials" / "W_uf3" / "W_uf3.uf3"
+W_SEVENNET_UF3 = ROOT / "examples" / "fit-w-sevennet-uf3" / "W_uf3_7net0.uf3"
+
+needs_plugin = pytest.mark.skipif(not plugin_status().available,
+                                  reason="mlmix's LAMMPS plugin cannot be built here")
+
+
+def si_cell(repeat=2, rattle=0.08, seed=2):
+    atoms, seeds = vacancy_supercell("Si", "diamond", 5.431, repeat, 3.0)
+    atoms.rattle(rattle, seed=seed)
+    return atoms, seeds
+
+
+@pytest.fixture(scope="module")
+def uf3():
+    return LinearWeighted.uf3(DEMO_UF3, ["Si"])
+
+
+def test_rows_reproduce_lammps_and_are_the_gradient_of_any_weights(uf3):
+    atoms, _ = si_cell()
+    n = len(atoms)
+    assert uf3.weighting == "exact" and uf3.weighting_problem() is None
+    e, f, s = uf3.rows_gradient(atoms, np.ones(n))
+    lammps = uf3.potential.evaluate(atoms)
+    assert e == pytest.approx(lammps.energies.sum(), abs=1e-9)
+    assert_allclose(f, lammps.forces, atol=1e-10)
+    assert_allclose(stress_from_strain_derivative(s, atoms.get_volume()),
+                    uf3.potential.stress(atoms), atol=1e-12)
+
+    w = np.random.default_rng(0).uniform(0, 1, n)  # not quantised
+    e, f, s = uf3.rows_gradient(atoms, w)
+    assert abs(e - w @ lammps.energies) > 1e-3  # centred terms, not the per-atom tally
+
+    def energy(a):
+        return uf3.rows_gradient(a, w)[0]
+
+    k = [0, 5, 9, n - 1]
+    assert_allclose(finite_difference_gradient(energy, atoms, k, 1e-4), f[k], atol=1e-7)
+    assert np.abs(f[k] - lammps.forces[k]).max() > 0.1  # weighting changes the forces
+    assert_allclose(finite_difference_stress(energy, atoms, 1e-5),
+                    stress_from_strain_derivative(s, atoms.get_volume()), atol=1e-9)
+
+
+@needs_plugin
+def test_exact_weights_agree_with_the_plugins_levels_where_both_apply(uf3):
+    """Quantised weights: mlmix's featuriser and LAMMPS through the plugin (two
+    independent implementations) give the same weighted energy, forces and stress, on a
+    cell where the weighted atoms are carved as a cluster, and where most weights are 1
+    (the whole energy minus the complement)."""
+    atoms, seeds = si_cell(repeat=4, rattle=0.05)
+    d = atoms.get_distances(int(seeds[0]), range(len(atoms)), mic=True)
+    w = quantise(np.clip((9.0 - d) / 4.0, 0.0, 1.0), 8)
+    assert 0 < np.count_nonzero(w > 0) < len(atoms) / 2 and np.any((w > 0) & (w < 1))
+    for weights in (w, 1.0 - w):
+        exact = uf3.evaluate_weighted(atoms, weights)
+        levels = uf3.potential.evaluate_weighted(atoms, weights)
+        assert exact.energy == pytest.approx(levels.energy, abs=1e-8)
+        assert_allclose(exact.forces, levels.forces, atol=1e-9)
+        assert_allclose(exact.strain_derivative, levels.strain_derivative, atol=1e-8)
+    assert uf3.evaluate_weighted(atoms, w).n_evaluated < len(atoms)  # a carved cluster
+
+
+@needs_plugin
+def test_energy_mixing_with_unquantised_weights_is_one_gradient_and_conserves():
+    """Two W UF3 fits (distilled from SevenNet-0 and from the W SNAP), exact weights on
+    a 127-atom vacancy cell: forces and stress are the gradient of the mixed energy, and
+    NVE conserves it."""
+    from ase import units
+    from ase.build import bulk
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = bulk("W", "bcc", 3.18, cubic=True) * (4, 4, 4)
+    del atoms[0]
+    atoms.rattle(0.05, seed=3)
+    expensive = LinearWeighted.uf3(W_SEVENNET_UF3, ["W"])
+    cheap = LinearWeighted.uf3(W_UF3, ["W"])
+    tracker = RegionTracker(RegionSpec(3.0, 3.0, 0.0), IndexSeeds([0]), nevery=0)
+    with pytest.warns(ShallowCoreWarning):  # a thin core keeps the test small
+        calc = MixedCalculator(expensive, cheap, tracker, mixing="energy", n_levels=0)
+    atoms.calc = calc
+    forces, stress = atoms.get_forces(), atoms.get_stress()
+    p = calc.regions.p
+    blend = np.flatnonzero((p > 0) & (p < 1))
+    assert len(np.unique(np.round(p[blend], 12))) > 3  # not on a coarse level grid
+
+    def energy(a):
+        a.calc = calc
+        return a.get_potential_energy()
+
+    k = [int(blend[0]), 0, 100]
+    # LAMMPS's uf3 (the cheap whole energy) matches its own finite differences to ~1e-7
+    assert_allclose(finite_difference_gradient(energy, atoms, k, 1e-5), forces[k], atol=5e-7)
+    assert_allclose(finite_difference_stress(energy, atoms, 1e-5), stress, atol=1e-8)
+
+    MaxwellBoltzmannDistribution(atoms, temperature_K=1000, rng=np.random.default_rng(1))
+    atoms.calc = calc
+    md = VelocityVerlet(atoms, 1.0 * units.fs)
+    totals = []
+    for _ in range(10):
+        md.run(4)
+        totals.append(atoms.get_potential_energy() + atoms.get_kinetic_energy())
+    assert np.ptp(totals) < 5e-3  # 127 atoms, 1000 K, 1 fs: velocity Verlet's band
+
+
+def test_unquantised_weights_need_exact_backends_and_exact_needs_uf3(uf3):
+    atoms, seeds = si_cell()
+    tracker = RegionTracker(RegionSpec(4.0), IndexSeeds(seeds))
+    levels = LammpsPotential.tersoff("Si.tersoff", ["Si"])
+    with pytest.raises(ConfigurationError, match=r"n_levels = 0 .*cheap potential "
+                       r"tersoff.*weights by levels"):
+        MixedCalculator(uf3, levels, tracker, mixing="energy", n_levels=0)
+    built = make_potential({"backend": "lammps", "style": "uf3", "file": str(DEMO_UF3),
+                            "weighting": "exact"}, "potentials.cheap")
+    assert isinstance(built, LinearWeighted)
+    with pytest.raises(ConfigurationError,
+                       match=r"potentials.cheap.weighting: 'exact' .* style = 'uf3', not 'sw'"):
+        make_potential({"backend": "lammps", "style": "sw", "file": "Si.sw",
+                        "weighting": "exact"}, "potentials.cheap")
