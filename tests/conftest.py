@@ -41,6 +41,15 @@ def brute_force_distances(positions, cell, pbc, radius_hint: float) -> np.ndarra
     return best
 
 
+def si_vacancy(repeat=3, rattle=0.05, seed=1):
+    """A rattled Si vacancy supercell (a = 5.431 Å) and the vacancy's neighbours."""
+    from mlmix.structures import vacancy_supercell
+
+    atoms, seeds = vacancy_supercell("Si", "diamond", 5.431, repeat, 3.0)
+    atoms.rattle(rattle, seed=seed)
+    return atoms, seeds
+
+
 def random_triclinic(rng, n: int, pbc=True):
     """A random, well-conditioned triclinic cell of volume ~12 Å^3 per atom with n atoms."""
     from ase import Atoms

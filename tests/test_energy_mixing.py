@@ -15,6 +15,7 @@ from ase.md.verlet import VelocityVerlet
 from numpy.testing import assert_allclose
 
 import mlmix
+from conftest import si_vacancy
 from mlmix import ConfigurationError, IndexSeeds, MixedCalculator, RegionSpec, RegionTracker
 from mlmix.energy_mixing import correct_momenta, exact_core
 from mlmix.errors import PropertyNotDefinedError
@@ -23,19 +24,12 @@ from mlmix.potentials import AcePotential, LammpsPotential
 from mlmix.potentials.ase_cluster import AseClusterPotential
 from mlmix.potentials.lammps_plugin import plugin_status
 from mlmix.potentials.weighted import quantise, stress_from_strain_derivative, weight_levels
-from mlmix.structures import vacancy_supercell
 from mlmix.testing import finite_difference_gradient, finite_difference_stress
 
 DEMO_UF3 = Path(mlmix.__file__).parent / "data" / "demo" / "Si_demo_uf3.uf3"
 
 pytestmark = pytest.mark.skipif(not plugin_status().available,
                                 reason="mlmix's LAMMPS plugin cannot be built here")
-
-
-def si_cell(repeat=3, rattle=0.05, seed=1):
-    atoms, seeds = vacancy_supercell("Si", "diamond", 5.431, repeat, 3.0)
-    atoms.rattle(rattle, seed=seed)
-    return atoms, seeds
 
 
 def random_weights(n, n_levels=4, seed=0):
@@ -68,7 +62,7 @@ FD_TOLERANCE = {"uf3": 2e-7}
 @pytest.mark.parametrize("name", sorted(BACKENDS))
 def test_lammps_weighted_energy_is_the_sum_of_levels_and_its_gradient(name):
     pot = BACKENDS[name]()
-    atoms, _ = si_cell()
+    atoms, _ = si_vacancy()
     n = len(atoms)
     full = pot.evaluate(atoms)
     ones = pot.evaluate_weighted(atoms, np.ones(n))
@@ -115,7 +109,7 @@ def test_levels_on_the_cluster_instance_equal_the_full_instance(name):
     from mlmix.potentials.weighted import direct_levels
 
     pot = BACKENDS[name]()
-    atoms, seeds = si_cell(repeat=5)
+    atoms, seeds = si_vacancy(repeat=5)
     d = atoms.get_distances(int(seeds[0]), range(len(atoms)), mic=True)
     w = quantise(np.clip((7.0 - d) / 3.0, 0.0, 1.0), 4)
 
@@ -168,7 +162,7 @@ def test_pair_terms_are_split_evenly_between_their_atoms(name):
 def test_weighted_energy_does_not_depend_on_the_instance_history(name):
     """Booking by atom ids, never by positions: a long-lived instance that rebuilt its
     lists along a path gives the energy a fresh instance gives at the end of it."""
-    atoms, _ = si_cell(seed=4)
+    atoms, _ = si_vacancy(seed=4)
     w = random_weights(len(atoms), seed=3)
     walked = BACKENDS[name]()
     rng = np.random.default_rng(5)
@@ -208,7 +202,7 @@ def energy_calculator(atoms, seeds, *, r_core=6.0, r_blend=2.0, nevery=0, **kw):
 
 
 def test_mixed_energy_forces_and_stress_are_one_gradient():
-    atoms, seeds = si_cell(repeat=3)
+    atoms, seeds = si_vacancy(repeat=3)
     calc = energy_calculator(atoms, seeds, r_core=4.5, r_blend=3.0, n_levels=8)
     atoms.calc = calc
     forces, stress = atoms.get_forces(), atoms.get_stress()
@@ -230,7 +224,7 @@ def test_mixed_energy_forces_and_stress_are_one_gradient():
 
 
 def test_core_forces_are_expensive_only_deeper_than_the_reach():
-    atoms, seeds = si_cell(repeat=4, rattle=0.03)
+    atoms, seeds = si_vacancy(repeat=4, rattle=0.03)
     calc = energy_calculator(atoms, seeds, r_core=7.0, r_blend=0.0)
     atoms.calc = calc
     forces = atoms.get_forces()
@@ -245,7 +239,7 @@ def test_core_forces_are_expensive_only_deeper_than_the_reach():
 
 
 def test_a_core_thinner_than_the_reach_is_warned_about():
-    atoms, seeds = si_cell()
+    atoms, seeds = si_vacancy()
     with pytest.warns(ShallowCoreWarning, match="deeper than 3.77"):
         energy_calculator(atoms, seeds, r_core=3.0)
 
@@ -266,7 +260,7 @@ def md_energies(calc, atoms, steps, temperature=600.0):
 
 
 def test_nve_conserves_the_mixed_energy_between_and_across_rebuilds():
-    atoms, seeds = si_cell(repeat=4, rattle=0.0)
+    atoms, seeds = si_vacancy(repeat=4, rattle=0.0)
     fixed = md_energies(energy_calculator(atoms, seeds, nevery=0), atoms.copy(), 400)
     calc = energy_calculator(atoms, seeds, nevery=10, timestep=1.0)
     moving = md_energies(calc, atoms.copy(), 400)
@@ -325,7 +319,7 @@ def test_the_momentum_correction_moves_exactly_the_energy_and_keeps_momentum():
 
 
 def test_force_mixing_has_no_stress_and_energy_mixing_needs_a_periodic_cell():
-    atoms, seeds = si_cell()
+    atoms, seeds = si_vacancy()
     force = MixedCalculator(BACKENDS["sw"](), BACKENDS["tersoff"](),
                             RegionTracker(RegionSpec(6.0, 0.0, 4.0), IndexSeeds(seeds)))
     atoms.calc = force
@@ -350,7 +344,7 @@ def test_energy_mixing_runs_npt():
     from ase.md.nptberendsen import NPTBerendsen
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
-    atoms, seeds = si_cell(repeat=3, rattle=0.0)
+    atoms, seeds = si_vacancy(repeat=3, rattle=0.0)
     atoms.set_cell(atoms.cell * 0.99, scale_atoms=True)  # compressed: the cell must grow
     MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
     atoms.calc = energy_calculator(atoms, seeds)
@@ -365,7 +359,7 @@ def test_energy_mixing_relaxes_the_cell():
     from ase.filters import FrechetCellFilter
     from ase.optimize import BFGS
 
-    atoms, seeds = si_cell(repeat=3, rattle=0.02)
+    atoms, seeds = si_vacancy(repeat=3, rattle=0.02)
     atoms.set_cell(atoms.cell * 1.01, scale_atoms=True)
     atoms.calc = energy_calculator(atoms, seeds)
     BFGS(FrechetCellFilter(atoms), logfile=None).run(fmax=1e-3, steps=300)
@@ -376,7 +370,7 @@ def test_energy_mixing_relaxes_the_cell():
 
 
 def test_energy_mixing_refuses_what_it_cannot_do_before_any_work():
-    atoms, seeds = si_cell()
+    atoms, seeds = si_vacancy()
     tracker = RegionTracker(RegionSpec(6.0, 0.0, 4.0), IndexSeeds(seeds))
     eam = LammpsPotential.eam_alloy("W_zhou.eam.alloy", ["W"])
     from ase.calculators.emt import EMT

@@ -9,6 +9,7 @@ import pytest
 from numpy.testing import assert_allclose
 
 import mlmix
+from conftest import si_vacancy
 from mlmix import ConfigurationError, IndexSeeds, MixedCalculator, RegionSpec, RegionTracker
 from mlmix.mixing import ShallowCoreWarning
 from mlmix.potentials import LammpsPotential
@@ -16,7 +17,6 @@ from mlmix.potentials.factory import make_potential
 from mlmix.potentials.lammps_plugin import plugin_status
 from mlmix.potentials.linear_weighted import LinearWeighted
 from mlmix.potentials.weighted import quantise, stress_from_strain_derivative
-from mlmix.structures import vacancy_supercell
 from mlmix.testing import finite_difference_gradient, finite_difference_stress
 
 DEMO_UF3 = Path(mlmix.__file__).parent / "data" / "demo" / "Si_demo_uf3.uf3"
@@ -28,19 +28,13 @@ needs_plugin = pytest.mark.skipif(not plugin_status().available,
                                   reason="mlmix's LAMMPS plugin cannot be built here")
 
 
-def si_cell(repeat=2, rattle=0.08, seed=2):
-    atoms, seeds = vacancy_supercell("Si", "diamond", 5.431, repeat, 3.0)
-    atoms.rattle(rattle, seed=seed)
-    return atoms, seeds
-
-
 @pytest.fixture(scope="module")
 def uf3():
     return LinearWeighted.uf3(DEMO_UF3, ["Si"])
 
 
 def test_rows_reproduce_lammps_and_are_the_gradient_of_any_weights(uf3):
-    atoms, _ = si_cell()
+    atoms, _ = si_vacancy(repeat=2, rattle=0.08, seed=2)
     n = len(atoms)
     assert uf3.weighting == "exact" and uf3.weighting_problem() is None
     e, f, s = uf3.rows_gradient(atoms, np.ones(n))
@@ -70,7 +64,7 @@ def test_exact_weights_agree_with_the_plugins_levels_where_both_apply(uf3):
     independent implementations) give the same weighted energy, forces and stress, on a
     cell where the weighted atoms are carved as a cluster, and where most weights are 1
     (the whole energy minus the complement)."""
-    atoms, seeds = si_cell(repeat=4, rattle=0.05)
+    atoms, seeds = si_vacancy(repeat=4, rattle=0.05)
     d = atoms.get_distances(int(seeds[0]), range(len(atoms)), mic=True)
     w = quantise(np.clip((9.0 - d) / 4.0, 0.0, 1.0), 8)
     assert 0 < np.count_nonzero(w > 0) < len(atoms) / 2 and np.any((w > 0) & (w < 1))
@@ -127,7 +121,7 @@ def test_energy_mixing_with_unquantised_weights_is_one_gradient_and_conserves():
 
 
 def test_unquantised_weights_need_exact_backends_and_exact_needs_uf3(uf3):
-    atoms, seeds = si_cell()
+    atoms, seeds = si_vacancy(repeat=2, rattle=0.08, seed=2)
     tracker = RegionTracker(RegionSpec(4.0), IndexSeeds(seeds))
     levels = LammpsPotential.tersoff("Si.tersoff", ["Si"])
     with pytest.raises(ConfigurationError, match=r"n_levels = 0 .*cheap potential "
