@@ -4,6 +4,7 @@ relaxation, NEB on one energy surface, and the settings it refuses."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,3 +131,29 @@ def test_energy_mode_settings_that_do_not_fit_are_named_together(tmp_path):
     with pytest.raises(ConfigurationError, match="edip: not verified"):
         runner.run(write_config(tmp_path, cfg))
     assert not (tmp_path / "run-run").exists()
+
+
+def test_exact_uf3_weights_from_the_run_config(tmp_path):
+    """`weighting = "exact"` on the cheap UF3 runs energy mode through mlmix's UF3 rows,
+    and on quantised weights it is the same run as the plugin's levels (two independent
+    implementations); `n_levels = 0` (unquantised weights) is refused before any work
+    while the SW expensive potential weights by levels."""
+    import mlmix
+
+    uf3 = str(Path(mlmix.__file__).parent / "data" / "demo" / "Si_demo_uf3.uf3")
+    runs = {}
+    for weighting in ("exact", "levels"):
+        cfg = energy_config(ensemble="nve", temperature_K=600.0, steps=60)
+        cfg["potentials"]["cheap"] = {"backend": "lammps", "style": "uf3", "file": uf3,
+                                      "weighting": weighting}
+        runs[weighting] = runner.run(write_config(tmp_path, cfg, f"{weighting}.toml"),
+                                     output=tmp_path / weighting)
+    exact, levels = runs["exact"]["energy_mixing"], runs["levels"]["energy_mixing"]
+    assert exact["potential_energy_eV"] == pytest.approx(levels["potential_energy_eV"],
+                                                         abs=1e-8)
+    assert exact["energy_exchanged_at_rebuilds_eV"] > 0  # the weights did change
+    assert abs(runs["exact"]["drift_estimate_eV_per_ps"]) < 0.5
+    cfg["mixing"]["n_levels"] = 0
+    with pytest.raises(ConfigurationError, match=r"n_levels = 0 .*expensive potential sw"):
+        runner.run(write_config(tmp_path, cfg, "zero.toml"), output=tmp_path / "zero")
+    assert not (tmp_path / "zero").exists()
