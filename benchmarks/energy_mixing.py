@@ -20,7 +20,9 @@ the SW cutoff, for force mixing), dt = 1 fs, velocities drawn at 300 K.
   with the linear SNAP distilled from it (examples/fit-si) at r_blend 0, and quadratic
   SNAP with mlmix's demo UF3 at r_blend 3 Å, the UF3 weighted by the plugin's levels
   and by its own descriptor rows (``LinearWeighted``, the exact-weight route; here on
-  the same 16 levels, so both compute the same energy).
+  the same 16 levels, so both compute the same energy); and both exact
+  (``SnapWeighted``, one atom type per weight, and ``LinearWeighted``) with unquantised
+  weights (``n_levels = 0``).
 
 Run: ``python benchmarks/energy_mixing.py [--quick] [--only cost]``; writes
 ``benchmarks/energy_mixing.json`` (``--only cost`` re-measures the cost and keeps the
@@ -46,6 +48,7 @@ from mlmix.energy_mixing import exact_core
 from mlmix.potentials.base import PotentialCalculator
 from mlmix.potentials.lammps import LammpsPotential
 from mlmix.potentials.linear_weighted import LinearWeighted
+from mlmix.potentials.snap_weighted import SnapWeighted
 from mlmix.structures import vacancy_supercell
 from mlmix.testing import finite_difference_stress
 
@@ -227,6 +230,9 @@ def cost(repeats, steps=20):
             demo_uf3, ["Si"]))),
         ("qsnap_uf3_blend3_exact_route", dict(qsnap, cheap=lambda: LinearWeighted.uf3(
             demo_uf3, ["Si"]))),
+        ("qsnap_uf3_blend3_exact_both_unquantised", dict(
+            qsnap, expensive=lambda: SnapWeighted.snap(snap_file.removesuffix(".snap"), ["Si"]),
+            cheap=lambda: LinearWeighted.uf3(demo_uf3, ["Si"]), n_levels=0)),
     ]
     out = {}
     for name, kw in cases:

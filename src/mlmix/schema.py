@@ -321,8 +321,8 @@ POTENTIAL = Schema("potential table", (
         _k("truncation", "string", "auto", "the centre-truncation plugin route",
            choices_=("auto", "require", "off"), only=("lammps",)),
         _k("weighting", "string", "levels", "energy mode: levels (one plugin call per "
-           "quantised weight) or exact (any weight, from mlmix's UF3 featuriser; style uf3)",
-           choices_=("levels", "exact"), only=("lammps",)),
+           "quantised weight) or exact (any weight: uf3 from mlmix's UF3 rows, snap with "
+           "one atom type per weight)", choices_=("levels", "exact"), only=("lammps",)),
         _k("model", "string", DERIVED, "MACE model file or shipped name (required); "
            "SevenNet model name", only=("mace", "sevennet", "chgnet")),
         _k("device", "string", "cpu", "torch device: cpu, cuda, cuda:K",

@@ -6,8 +6,9 @@
 - :class:`~.ase_cluster.AseClusterPotential`: any ASE calculator (SevenNet, CHGNet)
   on a carved cluster (:class:`~.sevennet.SevenNetPotential` and
   :class:`~.chgnet.ChgnetPotential` add exact weighted energies for energy mixing);
-- :class:`~.linear_weighted.LinearWeighted`: exact weighted energies of mlmix's UF3
-  from its descriptor rows, around its LAMMPS potential.
+- :class:`~.linear_weighted.LinearWeighted` and :class:`~.snap_weighted.SnapWeighted`:
+  exact weighted energies of a UF3 (from mlmix's descriptor rows) and of a SNAP (one
+  atom type per weight), around their LAMMPS potentials.
 """
 
 from .ace import AcePotential
@@ -15,6 +16,7 @@ from .ase_cluster import AseClusterPotential
 from .base import Evaluation, Potential, PotentialCalculator
 from .lammps import LammpsPotential
 from .linear_weighted import LinearWeighted
+from .snap_weighted import SnapWeighted
 
 __all__ = [
     "AcePotential",
@@ -24,4 +26,5 @@ __all__ = [
     "LinearWeighted",
     "Potential",
     "PotentialCalculator",
+    "SnapWeighted",
 ]

@@ -42,6 +42,7 @@ LAMMPS_STYLES = {
 }
 BACKENDS = choices(POTENTIAL, "potential", "backend")
 DEVICE_BACKENDS = {"mace", "sevennet", "chgnet"}
+EXACT_STYLES = ("uf3", "snap")  # lammps styles with weighting = "exact"
 TRUNCATION = ("auto", "require", "off")
 
 
@@ -61,10 +62,10 @@ def check_potential_spec(spec, where: str, problems: Problems) -> None:
         if "truncation" in spec:
             problems.choice(spec, where, "truncation", set(TRUNCATION))
         weighting = problems.choice(spec, where, "weighting", {"levels", "exact"}, "levels")
-        if weighting == "exact" and spec.get("style") != "uf3":
-            problems.add(f"{where}.weighting", f"'exact' weights come from mlmix's UF3 "
-                         f"featuriser, so they need style = 'uf3', not {spec.get('style')!r}; "
-                         "drop the key (weights by levels)")
+        if weighting == "exact" and spec.get("style") not in EXACT_STYLES:
+            problems.add(f"{where}.weighting", f"'exact' weights exist for style = 'uf3' "
+                         f"(mlmix's UF3 rows) and 'snap' (one atom type per weight), not "
+                         f"{spec.get('style')!r}; drop the key (weights by levels)")
         problems.unknown_keys(spec, where, _keys("lammps"))
     elif backend == "ace":
         problems.unknown_keys(spec, where, _keys("ace"))
@@ -135,6 +136,17 @@ def ase_calculator(target: str, kwargs: Mapping, where: str):
     return calculator
 
 
+def exact_weights_builder(style: str):
+    """The constructor of a LAMMPS style with exact weighted energies (EXACT_STYLES)."""
+    if style == "uf3":
+        from .linear_weighted import LinearWeighted
+
+        return LinearWeighted.uf3
+    from .snap_weighted import SnapWeighted
+
+    return SnapWeighted.snap
+
+
 def make_potential(spec: Mapping, where: str = "potential") -> Potential:
     """The potential a description names (checked first; files are looked up)."""
     problems = Problems(where)
@@ -146,9 +158,7 @@ def make_potential(spec: Mapping, where: str = "potential") -> Potential:
 
         build = getattr(LammpsPotential, LAMMPS_STYLES[spec["style"]])
         if spec.get("weighting") == "exact":
-            from .linear_weighted import LinearWeighted
-
-            build = LinearWeighted.uf3
+            build = exact_weights_builder(spec["style"])
         return build(spec["file"], spec.get("species"),
                      truncation=spec.get("truncation", "auto"))
     if backend == "ace":

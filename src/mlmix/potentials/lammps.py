@@ -156,6 +156,17 @@ def _lammps_error(exc: Exception, what: str) -> str:
     return f"LAMMPS failed while {what}: {msg[0] if msg else exc!r}"
 
 
+def snap_files(coeff: str | os.PathLike, param: str | os.PathLike | None = None
+               ) -> tuple[Path, Path]:
+    """The ``.snapcoeff`` and ``.snapparam`` files of a SNAP stem or coefficient file
+    (``param`` names another parameter file), looked up like every potential file."""
+    c = str(coeff)
+    c_path = resolve_potential_file(c if c.endswith(".snapcoeff") else c + ".snapcoeff")
+    p_path = resolve_potential_file(param if param is not None
+                                    else c_path.with_suffix(".snapparam"))
+    return c_path, p_path
+
+
 class LammpsPotential(Potential):
     """A LAMMPS pair style with exact, cheap masked evaluation (see module docstring).
 
@@ -416,12 +427,7 @@ class LammpsPotential(Potential):
         c = str(coeff)
         if c.endswith(".snap"):
             return cls.from_include(c, species, **kw)
-        if not c.endswith(".snapcoeff"):
-            c_path = resolve_potential_file(c + ".snapcoeff")
-        else:
-            c_path = resolve_potential_file(c)
-        p_path = resolve_potential_file(param) if param is not None else resolve_potential_file(
-            c_path.with_suffix(".snapparam"))
+        c_path, p_path = snap_files(coeff, param)
         sp = _check_species(species, snapcoeff_elements(c_path), c_path)
         line = _Coeff(("*", "*"), (str(c_path), str(p_path), *sp), True)
         kw.setdefault("name", f"snap:{c_path.stem}")

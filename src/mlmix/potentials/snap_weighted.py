@@ -1,0 +1,175 @@
+"""Exact weights for SNAP in one LAMMPS call: one atom type per weight.
+
+SNAP's energy is a sum of per-centre energies E_i = E(beta_{e(i)}, B_i), linear in the
+coefficients beta of the centre's element e(i) (quadratic SNAP too: every term carries
+one coefficient). Without ``chemflag``, a neighbour enters B_i only through its
+element's radius and neighbour weight. So an element copied under another name, with
+the same radius and weight and its coefficients scaled by q, leaves every bispectrum
+as it was and scales the energy of each centre of that copy, and that centre's force
+contributions, by q. Giving the atoms of each distinct weight w their own copy (scaled
+by w), one force computation with the centres cut to w > 0 is the exact gradient of
+sum_i w_i E_i, any weights, no levels: measured against the levels route to 1e-13 eV.
+
+The copies are named by element symbols the structure does not use (LAMMPS and mlmix
+map atoms to types by element); the structure handed to LAMMPS carries those symbols,
+and the original element stays as it is for atoms with w = 0 (neighbours, never
+centres). A coefficient file with one block per copy is written into a private
+temporary directory whenever the set of distinct weights changes (at region rebuilds).
+At most about a hundred distinct weights fit; more is refused with the fix named.
+Refused, before any work: ``chemflag`` (neighbour elements enter the bispectrum) and
+``switchinnerflag`` (per-element inner cutoffs in the parameter file) SNAP.
+
+Units: eV, Å, eV/Å; strain derivative in eV.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.data import atomic_numbers, chemical_symbols
+
+from ..errors import CalculationError, ConfigurationError
+from .lammps import LammpsPotential, snap_files
+from .lammps_files import _data_lines
+from .linear_weighted import WeightedWrapper
+from .weighted import WeightedEvaluation, whole_minus_complement
+
+#: SNAP parameters that make a neighbour's element (not just its radius and weight)
+#: matter, or that are listed per element.
+UNSUPPORTED_PARAMETERS = ("chemflag", "switchinnerflag")
+
+
+def snap_blocks(path: Path) -> tuple[int, dict[str, tuple[str, list[str]]]]:
+    """``(ncoeff, {element: (header line 'El R w', [coefficient lines])})`` of a
+    ``.snapcoeff`` file."""
+    lines = _data_lines(path)
+    nelem, ncoeff = (int(t) for t in lines[0].split()[:2])
+    blocks = {}
+    for k in range(nelem):
+        start = 1 + k * (ncoeff + 1)
+        header = lines[start]
+        blocks[header.split()[0]] = (header, lines[start + 1: start + 1 + ncoeff])
+    return ncoeff, blocks
+
+
+def snap_parameter_problem(path: Path) -> str | None:
+    """Why a ``.snapparam`` file cannot weight by element copies, or None."""
+    for line in _data_lines(path):
+        key, *value = line.split()
+        if key in UNSUPPORTED_PARAMETERS and value and float(value[0]) != 0:
+            return (f"{path.name} sets {key} {value[0]}: neighbour elements (or "
+                    "per-element parameters) enter SNAP, so copies of an element would "
+                    "change it; use weighting = 'levels'")
+    return None
+
+
+class SnapWeighted(WeightedWrapper):
+    """A SNAP potential with exact weighted energies (module docstring).
+
+    Build it with :meth:`snap`; masked evaluations, stress and whole energies go to the
+    plain :class:`~mlmix.potentials.lammps.LammpsPotential`.
+    """
+
+    def __init__(self, potential: LammpsPotential, coeff: Path, param: Path):
+        super().__init__(potential)
+        self.coeff_file, self.param_file = Path(coeff), Path(param)
+        problem = snap_parameter_problem(self.param_file)
+        if problem is not None:
+            raise ConfigurationError(f"{potential.name}: exact weights: {problem}")
+        self._ncoeff, self._blocks = snap_blocks(self.coeff_file)
+        self._elements = tuple(potential.type_species)
+        taken = set(self._elements)
+        # spare symbols for the copies, lightest first (masses never matter: no
+        # integration runs in these instances)
+        self._spare = [s for s in chemical_symbols[1:] if s not in taken]
+        self._dir: str | None = None
+        self._copies: tuple | None = None  # (element index, weight) of each copy
+        self._twin: LammpsPotential | None = None
+        self._lut = np.zeros(len(chemical_symbols), dtype=np.int64)
+        self._lut[[atomic_numbers[s] for s in self._elements]] = np.arange(len(self._elements))
+
+    @classmethod
+    def snap(cls, coeff: str | os.PathLike, species: Sequence[str] | None = None, *,
+             param: str | os.PathLike | None = None, **kw) -> SnapWeighted:
+        """As :meth:`LammpsPotential.snap` (a stem or ``.snapcoeff``, not an include
+        file), with exact weights."""
+        if str(coeff).endswith(".snap"):
+            raise ConfigurationError(
+                f"exact weights need a .snapcoeff/.snapparam pair, not the include file "
+                f"{coeff}; use weighting = 'levels'")
+        c_path, p_path = snap_files(coeff, param)
+        return cls(LammpsPotential.snap(c_path, species, param=p_path, **kw), c_path, p_path)
+
+    @property
+    def max_weights(self) -> int:
+        """The most distinct (element, weight) pairs one evaluation can hold."""
+        return len(self._spare)
+
+    def _twin_for(self, copies: tuple) -> LammpsPotential:
+        """The LAMMPS potential over the original elements plus one scaled copy per
+        (element index, weight) in ``copies``; rewritten only when they change."""
+        if copies == self._copies and self._twin is not None:
+            return self._twin
+        if self._twin is not None:
+            self._twin.close()
+        if self._dir is None:
+            self._dir = tempfile.mkdtemp(prefix="mlmix-snap-weights-")
+        names = list(self._elements) + self._spare[: len(copies)]
+        out = [f"{len(names)} {self._ncoeff}"]
+        for name in self._elements:
+            header, coefficients = self._blocks[name]
+            out += [header, *coefficients]
+        for (element, weight), name in zip(copies, names[len(self._elements):]):
+            header, coefficients = self._blocks[self._elements[element]]
+            out.append(" ".join([name, *header.split()[1:]]))
+            out += [repr(weight * float(c.split()[0])) for c in coefficients]
+        stem = Path(self._dir) / f"weights{len(copies)}"
+        stem.with_suffix(".snapcoeff").write_text("\n".join(out) + "\n")
+        shutil.copyfile(self.param_file, stem.with_suffix(".snapparam"))
+        potential = self.potential
+        assert isinstance(potential, LammpsPotential)
+        self._twin = LammpsPotential.snap(stem, names, skin=potential.skin,
+                                          margin=potential.margin,
+                                          truncation=potential.truncation,
+                                          name=f"{potential.name}:weights")
+        self._copies = copies
+        return self._twin
+
+    def _by_copies(self, atoms: Atoms, w: np.ndarray) -> WeightedEvaluation:
+        """sum_i w_i E_i in one call: centres w > 0, each the copy of its weight."""
+        centres = w > 0
+        element = self._lut[atoms.numbers]
+        pairs, which = np.unique(np.stack([element[centres], w[centres]], axis=1),
+                                 axis=0, return_inverse=True)
+        if len(pairs) > self.max_weights:
+            raise CalculationError(
+                f"{self.name}: {len(pairs)} distinct weights, more than the "
+                f"{self.max_weights} element copies one evaluation can hold; quantise "
+                "the weights (n_levels >= 1)")
+        copies = tuple((int(e), float(q)) for e, q in pairs)
+        twin = self._twin_for(copies)
+        symbols = np.array(self._elements + tuple(self._spare[: len(copies)]))
+        kinds = element.copy()
+        kinds[centres] = len(self._elements) + np.asarray(which).ravel()
+        stand_in = Atoms(symbols=symbols[kinds].tolist(), positions=atoms.positions,
+                         cell=atoms.cell, pbc=atoms.pbc)
+        energy, forces, strain, computed = twin._level(stand_in, centres)
+        return WeightedEvaluation(energy, forces, strain, computed, 1)
+
+    def _weighted(self, atoms: Atoms, weights: np.ndarray) -> WeightedEvaluation:
+        return whole_minus_complement(weights, lambda: self._whole(atoms),
+                                      lambda v: self._by_copies(atoms, v))
+
+    def close(self) -> None:
+        super().close()
+        if self._twin is not None:
+            self._twin.close()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
