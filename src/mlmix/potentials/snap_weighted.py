@@ -173,3 +173,10 @@ class SnapWeighted(WeightedWrapper):
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+    def __del__(self):  # pragma: no cover - interpreter shutdown order varies
+        try:
+            if self._dir is not None:
+                shutil.rmtree(self._dir, ignore_errors=True)
+        except Exception:
+            pass
