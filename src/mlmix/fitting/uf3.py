@@ -409,7 +409,7 @@ class Uf3Model(LinearModel):
         energy = np.zeros((len(frames), self._n))
         f_rows = []
         for f, at in enumerate(frames):
-            e, fr = self._frame_rows(at, self.species_index(at), forces)
+            e, fr, _ = self._frame_rows(at, self.species_index(at), forces)
             energy[f] = e.sum(axis=0)
             if forces:
                 f_rows.append(fr)
@@ -449,10 +449,10 @@ class Uf3Model(LinearModel):
 
     def _frame_rows(self, at: Atoms, types: np.ndarray, forces: bool,
                     weights: np.ndarray | None = None):
-        """``(N, nc)`` per-atom energy rows and ``(3N, nc)`` force rows (or None); with
-        ``weights``, energy rows of the terms centred on each atom, the force rows of
-        sum_i w_i E_i and a third item, the ``(3, 3, nc)`` strain-derivative rows of
-        that sum (see :meth:`weighted_rows`)."""
+        """``(N, nc)`` per-atom energy rows, ``(3N, nc)`` force rows (or None) and
+        ``(3, 3, nc)`` strain-derivative rows (with ``weights`` only, else None); with
+        ``weights`` the energy rows are those of the terms centred on each atom and the
+        force and strain rows those of sum_i w_i E_i (see :meth:`weighted_rows`)."""
         n, nc = len(at), self._n
         i, j, d, vec = neighbour_pairs(at.positions, at.cell.array, at.pbc, self.cutoff, "ijdD")
         e = np.zeros(n * nc)  # flat (atom, column)
@@ -509,7 +509,7 @@ class Uf3Model(LinearModel):
 
         per_atom = e.reshape(n, nc)
         if not forces:
-            return per_atom, None
+            return per_atom, None, None
         frows = np.zeros((n, 3, nc))
         strain = np.zeros((3, 3, nc))
         if n_terms:
@@ -525,9 +525,7 @@ class Uf3Model(LinearModel):
                 b = np.vstack(bonds)
                 outer = b[:, :, None] * b[:, None, :] / np.linalg.norm(b, axis=1)[:, None, None]
                 strain = (g_all.T @ outer.reshape(-1, 9)).T.reshape(3, 3, nc)
-        if weights is None:
-            return per_atom, frows.reshape(3 * n, nc)
-        return per_atom, frows.reshape(3 * n, nc), strain
+        return per_atom, frows.reshape(3 * n, nc), None if weights is None else strain
 
     def _three_body(self, i, j, d, vec, types, forces, centred: bool = False):
         """``(N, nc)`` per-atom energy rows (a third of each triplet to each of its
@@ -584,10 +582,10 @@ class Uf3Model(LinearModel):
             flat = cols[ok]
             per_triplet = ok.reshape(len(ok), -1).sum(axis=1)
             owners = (centre[sel],) if centred else (centre[sel], j[p[sel]], j[q[sel]])
+            share = prod[ok] / len(owners)
             for atom in owners:
                 owner = np.repeat(atom * nc, per_triplet)
-                e += np.bincount(owner + flat, weights=prod[ok] / len(owners),
-                                 minlength=n * nc)
+                e += np.bincount(owner + flat, weights=share, minlength=n * nc)
             if not forces:
                 continue
             m = len(rij)

@@ -142,8 +142,8 @@ from .weighted import (
     WeightedLevel,
     direct_levels,
     stress_from_strain_derivative,
+    sum_levels,
     voigt_to_matrix,
-    whole_minus_complement,
 )
 
 __all__ = ["LammpsFrame", "LammpsPotential", "format_number", "lammps_frame",
@@ -243,9 +243,9 @@ class LammpsPotential(Potential):
             raise ConfigurationError(f"skin must be > 0 Å, got {skin}")
         self.pair_style = " ".join(pair_style.split())
         self.type_species = species
-        #: atomic number -> index of its species in ``type_species``
-        self._type_index = np.zeros(len(chemical_symbols), dtype=np.int64)
-        self._type_index[[atomic_numbers[s] for s in species]] = np.arange(len(species))
+        #: ``(119,)``: atomic number -> index of its species in ``type_species``
+        self.type_index = np.zeros(len(chemical_symbols), dtype=np.int64)
+        self.type_index[[atomic_numbers[s] for s in species]] = np.arange(len(species))
         self.species = frozenset(species)
         self.pre_commands = tuple(pre_commands)
         if _coeffs is None:
@@ -352,7 +352,7 @@ class LammpsPotential(Potential):
         if self._uf3_knots is None:  # pragma: no cover - called for uf3 styles only
             return
         knots, files = self._uf3_knots
-        types = self._type_index[atoms.numbers]
+        types = self.type_index[atoms.numbers]
         # vesin's cell list is ~3x slower for radii far below the atomic spacing
         # (8k W atoms: 17 ms at 0.5 Å, 5 ms at 2 Å), so search at least that far.
         radius = max(float(knots.max()), _UF3_MIN_SEARCH)
@@ -779,7 +779,7 @@ class LammpsPotential(Potential):
                 f"{self.name} does not cover every type pair; use it inside "
                 "LammpsPotential.hybrid_overlay(...)"
             )
-        types = (self._type_index[atoms.numbers] + 1).astype(np.int32)  # LAMMPS types
+        types = (self.type_index[atoms.numbers] + 1).astype(np.int32)  # LAMMPS types
         cell = np.array(atoms.cell.array, dtype=float)
         pbc = tuple(bool(p) for p in atoms.pbc)
         key = (len(atoms), types.tobytes(), cell.tobytes(), pbc)
@@ -861,13 +861,13 @@ class LammpsPotential(Potential):
                                                  close=twin.close)
         cluster = self._cluster_levels
 
-        def whole() -> WeightedEvaluation:
-            return WeightedEvaluation(*self._level(atoms, np.ones(len(atoms), dtype=bool)))
+        def level(mask: np.ndarray) -> WeightedLevel:
+            return self._level(atoms, mask)
 
         def here(v: np.ndarray) -> WeightedEvaluation:
-            return direct_levels(v, lambda mask: self._level(atoms, mask))
+            return direct_levels(v, level)
 
-        return whole_minus_complement(w, whole, lambda v: cluster.weighted(atoms, v, here))
+        return sum_levels(w, level, lambda v: cluster.weighted(atoms, v, here))
 
     def _owned(self, atoms: Atoms, mask: np.ndarray) -> WeightedLevel:
         """The terms LAMMPS computes with centres ``mask``: their energy (every atom's

@@ -32,6 +32,7 @@ from ase import Atoms
 
 from ..carving import carve_cluster, within
 from ..neighbours import complete_cell
+from .lammps_frame import minimum_image
 from .weighted import WeightedEvaluation, WeightedLevel, sum_levels
 
 #: Use a cluster only when it holds at most this fraction of the atoms.
@@ -53,11 +54,7 @@ class _Cluster:
 
     def min_image(self, d: np.ndarray) -> np.ndarray:
         """``(n, 3)`` displacements in the full structure, by the minimum image."""
-        if not self.pbc.any():
-            return d
-        s = d @ self.inverse
-        s[:, self.pbc] -= np.round(s[:, self.pbc])
-        return s @ self.frame
+        return minimum_image(d, self.frame, self.inverse, self.pbc)
 
 
 class ClusterLevels:

@@ -47,11 +47,22 @@ def _is_number(tok: str) -> bool:
     return True
 
 
-def snapcoeff_elements(path: Path) -> list[str]:
-    """Element names of a ``.snapcoeff`` file, in file order."""
+def snap_blocks(path: Path) -> tuple[int, dict[str, tuple[str, list[str]]]]:
+    """``(ncoeff, {element: (header line 'El R w', [coefficient lines])})`` of a
+    ``.snapcoeff`` file, in file order."""
     lines = _data_lines(path)
     nelem, ncoeff = (int(t) for t in lines[0].split()[:2])
-    return [lines[1 + k * (ncoeff + 1)].split()[0] for k in range(nelem)]
+    blocks = {}
+    for k in range(nelem):
+        start = 1 + k * (ncoeff + 1)
+        header = lines[start]
+        blocks[header.split()[0]] = (header, lines[start + 1: start + 1 + ncoeff])
+    return ncoeff, blocks
+
+
+def snapcoeff_elements(path: Path) -> list[str]:
+    """Element names of a ``.snapcoeff`` file, in file order."""
+    return list(snap_blocks(path)[1])
 
 
 def setfl_elements(path: Path) -> list[str]:

@@ -32,30 +32,17 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import chemical_symbols
 
 from ..errors import CalculationError, ConfigurationError
 from .lammps import LammpsPotential, snap_files
-from .lammps_files import _data_lines
+from .lammps_files import _data_lines, snap_blocks
 from .linear_weighted import WeightedWrapper
 from .weighted import WeightedEvaluation, whole_minus_complement
 
 #: SNAP parameters that make a neighbour's element (not just its radius and weight)
 #: matter, or that are listed per element.
 UNSUPPORTED_PARAMETERS = ("chemflag", "switchinnerflag")
-
-
-def snap_blocks(path: Path) -> tuple[int, dict[str, tuple[str, list[str]]]]:
-    """``(ncoeff, {element: (header line 'El R w', [coefficient lines])})`` of a
-    ``.snapcoeff`` file."""
-    lines = _data_lines(path)
-    nelem, ncoeff = (int(t) for t in lines[0].split()[:2])
-    blocks = {}
-    for k in range(nelem):
-        start = 1 + k * (ncoeff + 1)
-        header = lines[start]
-        blocks[header.split()[0]] = (header, lines[start + 1: start + 1 + ncoeff])
-    return ncoeff, blocks
 
 
 def snap_parameter_problem(path: Path) -> str | None:
@@ -78,6 +65,7 @@ class SnapWeighted(WeightedWrapper):
 
     def __init__(self, potential: LammpsPotential, coeff: Path, param: Path):
         super().__init__(potential)
+        self._lammps = potential
         self.coeff_file, self.param_file = Path(coeff), Path(param)
         problem = snap_parameter_problem(self.param_file)
         if problem is not None:
@@ -91,8 +79,6 @@ class SnapWeighted(WeightedWrapper):
         self._dir: str | None = None
         self._copies: tuple | None = None  # (element index, weight) of each copy
         self._twin: LammpsPotential | None = None
-        self._lut = np.zeros(len(chemical_symbols), dtype=np.int64)
-        self._lut[[atomic_numbers[s] for s in self._elements]] = np.arange(len(self._elements))
 
     @classmethod
     def snap(cls, coeff: str | os.PathLike, species: Sequence[str] | None = None, *,
@@ -132,8 +118,7 @@ class SnapWeighted(WeightedWrapper):
         stem = Path(self._dir) / f"weights{len(copies)}"
         stem.with_suffix(".snapcoeff").write_text("\n".join(out) + "\n")
         shutil.copyfile(self.param_file, stem.with_suffix(".snapparam"))
-        potential = self.potential
-        assert isinstance(potential, LammpsPotential)
+        potential = self._lammps
         self._twin = LammpsPotential.snap(stem, names, skin=potential.skin,
                                           margin=potential.margin,
                                           truncation=potential.truncation,
@@ -144,7 +129,7 @@ class SnapWeighted(WeightedWrapper):
     def _by_copies(self, atoms: Atoms, w: np.ndarray) -> WeightedEvaluation:
         """sum_i w_i E_i in one call: centres w > 0, each the copy of its weight."""
         centres = w > 0
-        element = self._lut[atoms.numbers]
+        element = self._lammps.type_index[atoms.numbers]
         pairs, which = np.unique(np.stack([element[centres], w[centres]], axis=1),
                                  axis=0, return_inverse=True)
         if len(pairs) > self.max_weights:

@@ -115,16 +115,18 @@ def weight_levels(w: np.ndarray) -> list[tuple[float, np.ndarray]]:
     return levels
 
 
-def sum_levels(w: np.ndarray, level: Callable[[np.ndarray], WeightedLevel]
+def sum_levels(w: np.ndarray, level: Callable[[np.ndarray], WeightedLevel],
+               part: Callable[[np.ndarray], WeightedEvaluation] | None = None
                ) -> WeightedEvaluation:
     """E_w, F and W of a ``"levels"`` backend from one call of ``level(mask)`` per
     distinct weight, or the whole minus the complement's levels where that computes
-    fewer centres (module docstring)."""
+    fewer centres (module docstring). ``part(v)`` evaluates the levels of a few
+    weighted atoms another way (default: :func:`direct_levels` with ``level``)."""
     def whole() -> WeightedEvaluation:
         e, f, s, computed = level(np.ones(len(w), dtype=bool))
         return WeightedEvaluation(e, f, s, computed)
 
-    return whole_minus_complement(w, whole, lambda v: direct_levels(v, level))
+    return whole_minus_complement(w, whole, part or (lambda v: direct_levels(v, level)))
 
 
 def whole_minus_complement(w: np.ndarray, whole: Callable[[], WeightedEvaluation],
