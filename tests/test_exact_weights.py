@@ -133,6 +133,11 @@ def test_unquantised_weights_need_exact_backends_and_exact_needs_uf3(uf3):
                             "weighting": "exact"}, "potentials.cheap")
     assert isinstance(built, LinearWeighted)
     with pytest.raises(ConfigurationError,
+                       match=r"potentials.cheap.weighting: must be one of \['exact', "
+                             r"'levels'\], got 'exakt'"):
+        make_potential({"backend": "lammps", "style": "uf3", "file": str(DEMO_UF3),
+                        "weighting": "exakt"}, "potentials.cheap")
+    with pytest.raises(ConfigurationError,
                        match=r"potentials.cheap.weighting: 'exact' .* not 'sw'"):
         make_potential({"backend": "lammps", "style": "sw", "file": "Si.sw",
                         "weighting": "exact"}, "potentials.cheap")
