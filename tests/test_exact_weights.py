@@ -1,5 +1,6 @@
 """Exact (unquantised) weights: mlmix's UF3 from its featuriser's descriptor rows, SNAP
-with one atom type per weight."""
+with one atom type per weight, ACE (python-ace, incl. mlmix's linear ACE) with one set
+of centres and force sinks per weight in one call."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import pytest
 from numpy.testing import assert_allclose
 
 import mlmix
-from conftest import si_vacancy
+from conftest import energies_and_forces, si_vacancy
 from mlmix import ConfigurationError, IndexSeeds, MixedCalculator, RegionSpec, RegionTracker
 from mlmix.mixing import ShallowCoreWarning
-from mlmix.potentials import LammpsPotential
+from mlmix.potentials import AcePotential, LammpsPotential
 from mlmix.potentials.factory import make_potential
 from mlmix.potentials.lammps_plugin import plugin_status
 from mlmix.potentials.linear_weighted import LinearWeighted
@@ -227,3 +228,98 @@ def test_energy_mixing_of_snap_and_uf3_with_unquantised_weights():
     k = [int(blend[0]), int(seeds[0])]
     assert_allclose(finite_difference_gradient(energy, atoms, k, 1e-5), forces[k], atol=5e-7)
     assert_allclose(finite_difference_stress(energy, atoms, 1e-5), stress, atol=1e-8)
+
+
+def test_ace_weights_in_one_call_equal_the_weighted_sum_of_single_centres():
+    """Any weights (here every weighted atom its own), one python-ace call: the energy,
+    forces and strain derivative equal sum_i w_i of single-centre masked evaluations,
+    and the stress their finite differences; only the weighted atoms' energies are
+    computed."""
+    from ase.build import bulk
+
+    pot = AcePotential("Cu-PBE-core-rep.ace", forces_outside_mask=True)
+    atoms = bulk("Cu", "fcc", 3.6, cubic=True) * (3, 3, 3)
+    del atoms[0]
+    atoms.set_cell(atoms.cell.array @ [[1, 0.03, 0], [0, 1, 0.02], [0, 0, 1]],
+                   scale_atoms=True)  # triclinic: images seen through the tilt
+    atoms.rattle(0.05, seed=2)
+    rng = np.random.default_rng(3)
+    w = np.zeros(len(atoms))
+    picked = rng.choice(len(atoms), 25, replace=False)
+    w[picked] = rng.uniform(0.05, 1.0, 25)
+    w[picked[:5]] = 1.0
+    builds = pot.n_builds
+    result = pot.evaluate_weighted(atoms, w)
+    assert pot.n_builds == builds + 1 and result.n_levels == 1  # one environment, one call
+    assert result.n_evaluated == 25
+    energy, forces = 0.0, np.zeros((len(atoms), 3))
+    for i in picked:
+        single = pot.evaluate(atoms, np.arange(len(atoms)) == i)
+        energy += w[i] * single.energies[i]
+        forces += w[i] * single.forces
+    assert result.energy == pytest.approx(energy, abs=1e-10)
+    assert_allclose(result.forces, forces, atol=1e-12)
+    assert np.abs(result.forces - pot.evaluate(atoms, w > 0).forces).max() > 0.05
+
+    def weighted(a):
+        return pot.evaluate_weighted(a, w).energy
+
+    # python-ace's energies carry ~1e-11 relative round-off: h = 1e-4
+    assert_allclose(finite_difference_stress(weighted, atoms, 1e-4),
+                    stress_from_strain_derivative(result.strain_derivative,
+                                                  atoms.get_volume()), atol=1e-7)
+    k = [int(picked[7]), int(np.flatnonzero(w == 0)[0])]  # weighted, and a neighbour
+    assert_allclose(finite_difference_gradient(weighted, atoms, k, 1e-4), result.forces[k],
+                    atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def si_linear_ace(tmp_path_factory):
+    """mlmix's linear ACE for Si, least squares on SW energies and forces of rattled
+    vacancy cells, loaded from its .yace."""
+    from mlmix.fitting.ace_linear import AceLinearModel
+
+    frames = [si_vacancy(repeat=2, rattle=0.1, seed=s)[0] for s in range(4)]
+    e_ref, f_ref = energies_and_forces(LammpsPotential.sw("Si.sw", ["Si"]), frames)
+    model = AceLinearModel(["Si"], cutoff=4.5, nradmax_by_orders=(6, 3),
+                           lmax_by_orders=(0, 2))
+    dm = model.design_matrix(frames)
+    a = np.vstack([dm.energy / dm.n_atoms[:, None], dm.forces])
+    c = np.linalg.lstsq(a, np.concatenate([e_ref / dm.n_atoms, f_ref]), rcond=None)[0]
+    return model.potential(c, tmp_path_factory.mktemp("ace"), "si_linear_ace")
+
+
+def test_energy_mixing_of_linear_ace_with_unquantised_weights(si_linear_ace, uf3):
+    """mlmix's linear ACE expensive, the demo UF3 cheap, both exact: p itself weights
+    the energies, forces and stress are its gradient, and NVE conserves it."""
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    assert si_linear_ace.weighting == "exact"
+    atoms, seeds = si_vacancy(repeat=3, rattle=0.05, seed=1)
+    tracker = RegionTracker(RegionSpec(4.5, 3.0, 0.0), IndexSeeds(seeds), nevery=0)
+    with pytest.warns(ShallowCoreWarning):
+        calc = MixedCalculator(si_linear_ace, uf3, tracker, mixing="energy", n_levels=0)
+    atoms.calc = calc
+    forces, stress = atoms.get_forces(), atoms.get_stress()
+    p = calc.regions.p
+    blend = np.flatnonzero((p > 0) & (p < 1))
+    assert len(np.unique(np.round(p[blend], 12))) > 8  # unquantised
+
+    def energy(a):
+        a.calc = calc
+        return a.get_potential_energy()
+
+    k = [int(blend[0]), int(seeds[0]), 100]
+    assert_allclose(finite_difference_gradient(energy, atoms, k, 1e-4), forces[k], atol=2e-6)
+    assert_allclose(finite_difference_stress(energy, atoms, 1e-4), stress, atol=1e-8)
+
+    MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(1))
+    atoms.calc = calc
+    md = VelocityVerlet(atoms, 1.0 * units.fs)
+    totals = []
+    for _ in range(8):
+        md.run(5)
+        totals.append(atoms.get_potential_energy() + atoms.get_kinetic_energy())
+    assert np.ptp(totals) < 1e-2

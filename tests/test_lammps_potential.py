@@ -211,6 +211,10 @@ def test_lammps_frame_wraps_into_the_box_and_maps_vectors_back(pbc):
     assert np.allclose(((y[1:] - y[:-1] - d) @ np.linalg.inv(fr.box))[:, ~p], 0, atol=1e-9)
     if p.any():
         assert (np.abs((d @ np.linalg.inv(fr.box))[:, p]) <= 0.5 + 1e-9).all()
+    near = rng.normal(0, 0.3, (50, 3))  # shorter than half a plane spacing: their own image
+    both = fr.min_image(np.vstack([near, y[1:] - y[:-1]]))
+    assert np.array_equal(both[:50], near)
+    assert np.allclose(both[50:], d, atol=1e-12)
 
 
 def test_hybrid_overlay_of_parts_equals_the_include_file():

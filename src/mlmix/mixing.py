@@ -207,10 +207,10 @@ class MixedCalculator(Calculator):
             expensive ones only on core atoms deeper than the larger receptive
             field (counted as ``"exact_core"`` in each report).
         n_levels: energy mixing: weights are multiples of 1/n_levels (default 16);
-            a LAMMPS or ACE potential costs one call per distinct weight. 0: the
+            a LAMMPS potential costs one call per distinct weight. 0: the
             weights are p itself, unquantised, for potentials that weight exactly
-            (``weighting == "exact"``: MACE, SevenNet, CHGNet, ``LinearWeighted``,
-            ``SnapWeighted``).
+            (``weighting == "exact"``: ACE, MACE, SevenNet, CHGNet,
+            ``LinearWeighted``, ``SnapWeighted``).
         energy_correction: energy mixing: at a rebuild that changes the weights,
             scale the momenta of the atoms whose weight changed and of the atoms
             within the larger receptive field of them so that E + K is conserved

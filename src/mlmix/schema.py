@@ -238,8 +238,8 @@ RUN = Schema("mlmix run", (
            "relaxation; ASE engine, backends that weight per-atom energies)",
            choices_=("force", "energy")),
         _k("n_levels", "int", 16, "energy mode: weights are multiples of 1/n_levels (a "
-           "LAMMPS or ACE potential costs one call per distinct weight); 0: unquantised "
-           "weights, for potentials that weight exactly (mace, sevennet, chgnet, "
+           "LAMMPS potential costs one call per distinct weight); 0: unquantised "
+           "weights, for potentials that weight exactly (ace, mace, sevennet, chgnet, "
            "weighting = 'exact')"),
         _k("energy_correction", "bool", True, "energy mode: at a rebuild, rescale the momenta "
            "of the atoms whose weight changed so E + K is conserved"),

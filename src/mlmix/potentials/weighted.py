@@ -10,14 +10,16 @@ to every position and to the cell:
 of two ways (``Potential.weighting``):
 
 ``"exact"``
-    The backend weights each atom's energy itself: autograd of ``sum_i w_i E_i``
-    (MACE, SevenNet), on the atoms with w > 0 plus one receptive field
-    (:func:`weighted_on_cluster`).
+    The backend weights each atom's energy itself, for any weights: autograd of
+    ``sum_i w_i E_i`` (MACE, SevenNet, CHGNet) on the atoms with w > 0 plus one
+    receptive field (:func:`weighted_on_cluster`); descriptor rows (mlmix's UF3); one
+    atom type per weight (SNAP); one python-ace call with a separate set of centres
+    and force sinks per weight (ACE, :mod:`.ace`).
 
 ``"levels"``
     The backend can compute the energy of the terms *owned by* a set S of centre atoms,
     sum_{i in S} E_i, with its exact gradient on every atom (a per-centre evaluation:
-    LAMMPS styles through mlmix's list-truncation plugin, python-ace). The atoms are
+    LAMMPS styles through mlmix's list-truncation plugin). The atoms are
     grouped by their weight value, one disjoint set S_l per distinct value q_l, and
 
         E_w = sum_l q_l sum_{i in S_l} E_i,     F = sum_l q_l F_l,     W = sum_l q_l W_l.
