@@ -184,6 +184,7 @@ def test_snap_with_one_type_per_weight_is_the_levels_energy_in_one_call():
 
 
 def test_snap_exact_weights_refuse_what_copies_cannot_do(tmp_path):
+    """chemflag and include files refused before any work; the TOML route builds it."""
     from mlmix._lammps_runtime import potentials_dir
 
     source = Path(potentials_dir())
@@ -194,11 +195,6 @@ def test_snap_exact_weights_refuse_what_copies_cannot_do(tmp_path):
         SnapWeighted.snap(tmp_path / "chem", ["Si"])
     with pytest.raises(ConfigurationError, match="include file"):
         SnapWeighted.snap("W_2940_2017_2_He_JW2013.snap", ["W", "He"])
-    atoms, _ = si_vacancy(repeat=3, rattle=0.05, seed=1)
-    exact = SnapWeighted.snap(QSNAP, ["Si"])
-    many = np.linspace(0.001, 0.5, len(atoms))  # every atom its own weight
-    with pytest.raises(mlmix.CalculationError, match=r"distinct weights.*n_levels >= 1"):
-        exact.evaluate_weighted(atoms, many)
     built = make_potential({"backend": "lammps", "style": "snap", "file": QSNAP,
                             "weighting": "exact"}, "potentials.expensive")
     assert isinstance(built, SnapWeighted)
@@ -323,3 +319,23 @@ def test_energy_mixing_of_linear_ace_with_unquantised_weights(si_linear_ace, uf3
         md.run(5)
         totals.append(atoms.get_potential_energy() + atoms.get_kinetic_energy())
     assert np.ptp(totals) < 1e-2
+
+
+@needs_plugin
+def test_snap_with_more_weights_than_copies_runs_in_batches():
+    """Every atom its own weight, more than one instance's element copies: one call per
+    batch of copies, the same energy, forces and strain derivative as one plugin call
+    per weight."""
+    atoms, _ = si_vacancy(repeat=3, rattle=0.05, seed=1)
+    exact = SnapWeighted.snap(QSNAP, ["Si"])
+    many = np.linspace(0.001, 0.5, len(atoms))
+    assert len(atoms) > exact.max_weights
+    got = exact.evaluate_weighted(atoms, many)
+    assert got.n_levels == -(-len(atoms) // exact.max_weights) == 2
+    ref = exact.potential.evaluate_weighted(atoms, many)  # 215 levels through the plugin
+    assert ref.n_levels == len(atoms)
+    assert got.energy == pytest.approx(ref.energy, abs=1e-9)
+    assert_allclose(got.forces, ref.forces, atol=1e-10)
+    assert_allclose(got.strain_derivative, ref.strain_derivative, atol=1e-9)
+    again = exact.evaluate_weighted(atoms, many)  # both batches' instances kept
+    assert again.energy == got.energy and len(exact._twins) == 2

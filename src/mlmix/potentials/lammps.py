@@ -111,6 +111,7 @@ from ..neighbours import neighbour_pairs
 from .base import Evaluation, Potential, check_finite_positions
 from .files import resolve_potential_file
 from .lammps_cluster import ClusterLevels
+from .lammps_copies import TypedCopies, copies_source
 from .lammps_files import (
     _NULL,
     _check_species,
@@ -264,6 +265,7 @@ class LammpsPotential(Potential):
         self.masses = tuple(float(masses.get(s, atomic_masses[atomic_numbers[s]])) for s in species)
         self._lmp: Any = None  # the LAMMPS instance, made on first use
         self._key: tuple | None = None
+        self._types: np.ndarray | None = None  # (N,) LAMMPS types in the instance
         self._frame: LammpsFrame | None = None
         self._mode: str | None = None  # "all" or "masked": the restrictions now set
         self._mask: np.ndarray | None = None
@@ -288,6 +290,7 @@ class LammpsPotential(Potential):
         self._mirror_ids = bool(_mirror_ids)
         self._mirror: LammpsPotential | None = None
         self._cluster_levels: ClusterLevels | None = None  # energy mixing's level instance
+        self._copies: tuple[TypedCopies, TypedCopies] | None = None  # sw/tersoff levels
         self._thermo = "energy"  # what the thermo line computes: "energy" or "virial"
         self._setup_needed = False
         self._sent: np.ndarray | None = None  # structure positions last sent to LAMMPS
@@ -782,8 +785,14 @@ class LammpsPotential(Potential):
         types = (self.type_index[atoms.numbers] + 1).astype(np.int32)  # LAMMPS types
         cell = np.array(atoms.cell.array, dtype=float)
         pbc = tuple(bool(p) for p in atoms.pbc)
-        key = (len(atoms), types.tobytes(), cell.tobytes(), pbc)
+        key = (len(atoms), cell.tobytes(), pbc)
         fresh = key != self._key or self._lmp is None
+        if not fresh and (self._types is None or not np.array_equal(types, self._types)):
+            # new species on the same atoms (type copies of energy mixing change at
+            # rebuilds): retyped in place, lists rebuilt by a full setup
+            self._scatter("type", types, 0, 1)
+            self._setup_needed = True
+        self._types = types
         # Positions are handed over wrapped into the box, so the numbers LAMMPS sees
         # depend on the structure alone, not on the instance's history (results repeat
         # bit for bit). An atom that crosses a box face jumps by a box vector and makes
@@ -825,6 +834,8 @@ class LammpsPotential(Potential):
                     "sub-style among snap, mliap, sw, tersoff, uf3; use force mixing")
         if self.partial:
             return f"{self.name} does not cover every type pair; weight the hybrid instead"
+        if self._type_copies_problem() is None:
+            return None  # one call with type copies: no plugin needed
         if self._resolve_route() != "centres":
             return (f"{self.name}: weighted energies need mlmix's LAMMPS plugin (list "
                     f"centres cut to a set), which this potential cannot use: "
@@ -851,15 +862,35 @@ class LammpsPotential(Potential):
             masses=dict(zip(self.type_species, self.masses)),
             truncation=self.truncation, _coeffs=self._coeffs, _mirror_ids=mirror_ids)
 
+    def _type_copies_problem(self) -> str | None:
+        """Why the weight levels cannot run as type copies in one call
+        (:mod:`mlmix.potentials.lammps_copies`: plain sw and tersoff), or None."""
+        try:
+            copies_source(self)
+        except ConfigurationError as exc:
+            return str(exc)
+        return None
+
     def _sum_levels(self, atoms: Atoms, w: np.ndarray) -> WeightedEvaluation:
         """The levels of the few weighted atoms run on a cluster instance around them
         when that is smaller (:mod:`mlmix.potentials.lammps_cluster`); the whole energy,
-        where most weights are 1, on this instance."""
+        where most weights are 1, on this instance. Plain sw and tersoff run all levels
+        in one call, as type copies (:mod:`mlmix.potentials.lammps_copies`), on that
+        cluster or on the whole structure."""
         if self._cluster_levels is None:
-            twin = self._twin("cluster")
-            self._cluster_levels = ClusterLevels(twin._level, self.cutoff, self.margin,
-                                                 close=twin.close)
+            if self._type_copies_problem() is None:
+                self._copies = (TypedCopies(self), TypedCopies(self))  # cluster, whole
+                self._cluster_levels = ClusterLevels(self._copies[0].evaluate, self.cutoff,
+                                                     self.margin)
+            else:
+                twin = self._twin("cluster")
+                self._cluster_levels = ClusterLevels(
+                    lambda a, v: sum_levels(v, lambda mask: twin._level(a, mask)),
+                    self.cutoff, self.margin, close=twin.close)
         cluster = self._cluster_levels
+        if self._copies is not None:
+            whole = self._copies[1]
+            return cluster.weighted(atoms, w, lambda v: whole.evaluate(atoms, v))
 
         def level(mask: np.ndarray) -> WeightedLevel:
             return self._level(atoms, mask)
@@ -940,6 +971,8 @@ class LammpsPotential(Potential):
             self._mirror.close()
         if self._cluster_levels is not None:
             self._cluster_levels.close()
+        for copies in self._copies or ():
+            copies.close()
         if self._lmp is not None:
             try:
                 self._lmp.close()

@@ -1,13 +1,13 @@
-"""Weight levels of a LAMMPS potential on a carved cluster that follows the atoms.
+"""The weighted energy of a LAMMPS potential on a carved cluster that follows the atoms.
 
 Energy mixing evaluates a LAMMPS potential once per distinct weight, each call with its
-list centres cut to one set S_l (:mod:`mlmix.potentials.weighted`). The pair style then
-computes only |S_l| centres, but every call still pays LAMMPS's work over the whole
-instance (clearing forces, ghost exchange, neighbour checks, per-atom tallies): at 4k
-atoms that is most of a level's cost, and it grows with N while the weighted set does
-not. So the levels run in a second instance that holds only the weighted atoms S plus
-every atom within ``cutoff + margin`` of them, carved as a finite cluster where it fits
-(:func:`mlmix.carving.carve_cluster`).
+list centres cut to one set S_l (:mod:`mlmix.potentials.weighted`), or once for all
+weights as type copies (SW, Tersoff: :mod:`mlmix.potentials.lammps_copies`). Either way
+every call pays LAMMPS's work over the whole instance (clearing forces, ghost exchange,
+neighbour checks, per-atom tallies): at 4k atoms that is most of a level's cost, and it
+grows with N while the weighted set does not. So the weighted atoms S are evaluated in
+a second instance that holds only S plus every atom within ``cutoff + margin`` of them,
+carved as a finite cluster where it fits (:func:`mlmix.carving.carve_cluster`).
 
 Exact, not approximate: the terms owned by a centre in S read only atoms within one
 cutoff of it, and the cluster keeps every atom that can come that close until some
@@ -33,7 +33,7 @@ from ase import Atoms
 from ..carving import carve_cluster, within
 from ..neighbours import complete_cell
 from .lammps_frame import minimum_image
-from .weighted import WeightedEvaluation, WeightedLevel, sum_levels
+from .weighted import WeightedEvaluation
 
 #: Use a cluster only when it holds at most this fraction of the atoms.
 MAX_FRACTION = 0.5
@@ -58,19 +58,20 @@ class _Cluster:
 
 
 class ClusterLevels:
-    """The weight levels of one potential, on a cluster instance when that is smaller.
+    """The weighted energy of one potential, on a cluster instance when that is smaller.
 
     Args:
-        level: ``level(cluster_atoms, mask)`` of a second potential of the same kind
-            (its own LAMMPS instance), the terms owned by the centres ``mask``.
+        evaluate: ``evaluate(cluster_atoms, w)``, sum_i w_i E_i on the cluster by a
+            second potential of the same kind (its own LAMMPS instance): its levels
+            through the plugin, or its type copies.
         cutoff: Å, range of the terms a centre owns.
         margin: Å, how far beyond the cutoff the cluster reaches.
         close: closes that second potential.
     """
 
-    def __init__(self, level: Callable[[Atoms, np.ndarray], WeightedLevel], cutoff: float,
-                 margin: float, close: Callable[[], None] = lambda: None):
-        self.level = level
+    def __init__(self, evaluate: Callable[[Atoms, np.ndarray], WeightedEvaluation],
+                 cutoff: float, margin: float, close: Callable[[], None] = lambda: None):
+        self.evaluate = evaluate
         self.close = close
         self.cutoff = float(cutoff)
         self.margin = float(margin)
@@ -79,13 +80,16 @@ class ClusterLevels:
 
     def weighted(self, atoms: Atoms, w: np.ndarray,
                  fallback: Callable[[np.ndarray], WeightedEvaluation]) -> WeightedEvaluation:
-        """sum_i w_i E_i by levels on the cluster of the atoms with w > 0, or
-        ``fallback(w)`` (the full instance) when that cluster is not small."""
+        """sum_i w_i E_i on the cluster of the atoms with w > 0, or ``fallback(w)``
+        (the full structure) when that cluster is not small."""
         weighted = w > 0
-        cluster = self._current(atoms, weighted) if weighted.any() else None
+        count = np.count_nonzero(weighted)
+        # (a cluster of more than MAX_FRACTION of the atoms is never used: no search)
+        small = 0 < count <= MAX_FRACTION * len(atoms)
+        cluster = self._current(atoms, weighted) if small else None
         if cluster is None:
             return fallback(w)
-        part = sum_levels(w[cluster.index], lambda mask: self.level(cluster.atoms, mask))
+        part = self.evaluate(cluster.atoms, w[cluster.index])
         forces = np.zeros((len(atoms), 3))
         forces[cluster.index] = part.forces
         return WeightedEvaluation(part.energy, forces, part.strain_derivative,

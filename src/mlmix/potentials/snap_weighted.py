@@ -15,7 +15,9 @@ map atoms to types by element); the structure handed to LAMMPS carries those sym
 and the original element stays as it is for atoms with w = 0 (neighbours, never
 centres). A coefficient file with one block per copy is written into a private
 temporary directory whenever the set of distinct weights changes (at region rebuilds).
-At most about a hundred distinct weights fit; more is refused with the fix named.
+About a hundred copies fit in one instance (:attr:`SnapWeighted.max_weights`); more
+distinct weights are split into batches, one call each with the centres cut to that
+batch's atoms, and summed: still exact, at one call per hundred weights.
 Refused, before any work: ``chemflag`` (neighbour elements enter the bispectrum) and
 ``switchinnerflag`` (per-element inner cutoffs in the parameter file) SNAP.
 
@@ -34,7 +36,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from ..errors import CalculationError, ConfigurationError
+from ..errors import ConfigurationError
 from .lammps import LammpsPotential, snap_files
 from .lammps_files import _data_lines, snap_blocks
 from .linear_weighted import WeightedWrapper
@@ -77,8 +79,9 @@ class SnapWeighted(WeightedWrapper):
         # integration runs in these instances)
         self._spare = [s for s in chemical_symbols[1:] if s not in taken]
         self._dir: str | None = None
-        self._copies: tuple | None = None  # (element index, weight) of each copy
-        self._twin: LammpsPotential | None = None
+        # copies ((element index, weight) of each) -> the instance over them; one per
+        # batch of distinct weights
+        self._twins: dict[tuple, LammpsPotential] = {}
 
     @classmethod
     def snap(cls, coeff: str | os.PathLike, species: Sequence[str] | None = None, *,
@@ -97,13 +100,17 @@ class SnapWeighted(WeightedWrapper):
         """The most distinct (element, weight) pairs one evaluation can hold."""
         return len(self._spare)
 
-    def _twin_for(self, copies: tuple) -> LammpsPotential:
+    def _twin_for(self, copies: tuple, batches: int) -> LammpsPotential:
         """The LAMMPS potential over the original elements plus one scaled copy per
-        (element index, weight) in ``copies``; rewritten only when they change."""
-        if copies == self._copies and self._twin is not None:
-            return self._twin
-        if self._twin is not None:
-            self._twin.close()
+        (element index, weight) in ``copies``; written only when new. Instances of
+        batches no longer in use are closed (``batches``: how many are in use)."""
+        twin = self._twins.get(copies)
+        if twin is not None:
+            return twin
+        if len(self._twins) >= batches:  # the weights changed: the old batches are stale
+            for old in self._twins.values():
+                old.close()
+            self._twins = {}
         if self._dir is None:
             self._dir = tempfile.mkdtemp(prefix="mlmix-snap-weights-")
         names = list(self._elements) + self._spare[: len(copies)]
@@ -115,37 +122,43 @@ class SnapWeighted(WeightedWrapper):
             header, coefficients = self._blocks[self._elements[element]]
             out.append(" ".join([name, *header.split()[1:]]))
             out += [repr(weight * float(c.split()[0])) for c in coefficients]
-        stem = Path(self._dir) / f"weights{len(copies)}"
+        stem = Path(self._dir) / f"weights{len(self._twins)}"
         stem.with_suffix(".snapcoeff").write_text("\n".join(out) + "\n")
         shutil.copyfile(self.param_file, stem.with_suffix(".snapparam"))
         potential = self._lammps
-        self._twin = LammpsPotential.snap(stem, names, skin=potential.skin,
-                                          margin=potential.margin,
-                                          truncation=potential.truncation,
-                                          name=f"{potential.name}:weights")
-        self._copies = copies
-        return self._twin
+        twin = LammpsPotential.snap(stem, names, skin=potential.skin, margin=potential.margin,
+                                    truncation=potential.truncation,
+                                    name=f"{potential.name}:weights")
+        self._twins[copies] = twin
+        return twin
 
     def _by_copies(self, atoms: Atoms, w: np.ndarray) -> WeightedEvaluation:
-        """sum_i w_i E_i in one call: centres w > 0, each the copy of its weight."""
+        """sum_i w_i E_i: centres w > 0, each the copy of its weight; one call per batch
+        of at most :attr:`max_weights` distinct weights."""
         centres = w > 0
         element = self._lammps.type_index[atoms.numbers]
         pairs, which = np.unique(np.stack([element[centres], w[centres]], axis=1),
                                  axis=0, return_inverse=True)
-        if len(pairs) > self.max_weights:
-            raise CalculationError(
-                f"{self.name}: {len(pairs)} distinct weights, more than the "
-                f"{self.max_weights} element copies one evaluation can hold; quantise "
-                "the weights (n_levels >= 1)")
-        copies = tuple((int(e), float(q)) for e, q in pairs)
-        twin = self._twin_for(copies)
-        symbols = np.array(self._elements + tuple(self._spare[: len(copies)]))
-        kinds = element.copy()
-        kinds[centres] = len(self._elements) + np.asarray(which).ravel()
-        stand_in = Atoms(symbols=symbols[kinds].tolist(), positions=atoms.positions,
-                         cell=atoms.cell, pbc=atoms.pbc)
-        energy, forces, strain, computed = twin._level(stand_in, centres)
-        return WeightedEvaluation(energy, forces, strain, computed, 1)
+        which = np.asarray(which).ravel()
+        index = np.flatnonzero(centres)
+        size = self.max_weights
+        batches = -(-len(pairs) // size)
+        energy, forces, strain, computed = 0.0, np.zeros((len(atoms), 3)), np.zeros((3, 3)), 0
+        for b in range(batches):
+            chunk = pairs[b * size : (b + 1) * size]
+            copies = tuple((int(e), float(q)) for e, q in chunk)
+            twin = self._twin_for(copies, batches)
+            here = (which >= b * size) & (which < (b + 1) * size)
+            symbols = np.array(self._elements + tuple(self._spare[: len(copies)]))
+            kinds = element.copy()
+            kinds[index[here]] = len(self._elements) + which[here] - b * size
+            mask = np.zeros(len(atoms), bool)
+            mask[index[here]] = True
+            stand_in = Atoms(symbols=symbols[kinds].tolist(), positions=atoms.positions,
+                             cell=atoms.cell, pbc=atoms.pbc)
+            e, f, s, c = twin._level(stand_in, mask)
+            energy, forces, strain, computed = energy + e, forces + f, strain + s, computed + c
+        return WeightedEvaluation(energy, forces, strain, computed, batches)
 
     def _weighted(self, atoms: Atoms, weights: np.ndarray) -> WeightedEvaluation:
         return whole_minus_complement(weights, lambda: self._whole(atoms),
@@ -153,8 +166,9 @@ class SnapWeighted(WeightedWrapper):
 
     def close(self) -> None:
         super().close()
-        if self._twin is not None:
-            self._twin.close()
+        for twin in self._twins.values():
+            twin.close()
+        self._twins = {}
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
