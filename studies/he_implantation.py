@@ -55,8 +55,8 @@ HE_W_CUTOFF = 3.25  # Å, last nonzero distance of W_He_JW2013.table
 FULL = {"nx": 20, "ny": 15, "nz": 7, "energies_eV": (10.0, 20.0, 40.0, 60.0, 80.0, 100.0),
         "impacts": 200, "t_max_fs": 200.0, "paired_energies_eV": (20.0, 80.0),
         "paired_impacts": 3, "paired_t_max_fs": 150.0}
-QUICK = {"nx": 4, "ny": 3, "nz": 2, "energies_eV": (20.0, 100.0), "impacts": 2, "t_max_fs": 25.0,
-         "paired_energies_eV": (100.0,), "paired_impacts": 1, "paired_t_max_fs": 25.0}
+QUICK = {"nx": 4, "ny": 3, "nz": 2, "energies_eV": (20.0, 60.0), "impacts": 2, "t_max_fs": 25.0,
+         "paired_energies_eV": (20.0,), "paired_impacts": 1, "paired_t_max_fs": 25.0}
 REGIONS = {"r_core": 4.0, "r_blend": 2.0}  # Å; rebuilt every step
 TEMPERATURE_K = 300.0
 DX_MAX = 0.05  # Å per step, largest displacement of any atom (adaptive time step)

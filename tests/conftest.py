@@ -93,3 +93,22 @@ def emt_without_energies():
         implemented_properties = ["energy", "free_energy", "forces"]
 
     return _EMTNoEnergies()
+
+
+def nve_totals(atoms, calc, temperature_K, blocks, every=1, seed=1, dt_fs=1.0):
+    """``(blocks,)`` E + K (eV) of velocity-Verlet NVE with ``calc``, from Maxwell-
+    Boltzmann velocities at ``temperature_K``, after each block of ``every`` steps.
+    ``atoms`` is moved."""
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K,
+                                 rng=np.random.default_rng(seed))
+    atoms.calc = calc
+    dyn = VelocityVerlet(atoms, dt_fs * units.fs)
+    totals = []
+    for _ in range(blocks):
+        dyn.run(every)
+        totals.append(atoms.get_potential_energy() + atoms.get_kinetic_energy())
+    return np.array(totals)

@@ -11,7 +11,7 @@ import pytest
 from numpy.testing import assert_allclose
 
 import mlmix
-from conftest import energies_and_forces, si_vacancy
+from conftest import energies_and_forces, nve_totals, si_vacancy
 from mlmix import ConfigurationError, IndexSeeds, MixedCalculator, RegionSpec, RegionTracker
 from mlmix.mixing import ShallowCoreWarning
 from mlmix.potentials import AcePotential, LammpsPotential
@@ -85,10 +85,7 @@ def test_energy_mixing_with_unquantised_weights_is_one_gradient_and_conserves():
     """Two W UF3 fits (distilled from SevenNet-0 and from the W SNAP), exact weights on
     a 127-atom vacancy cell: forces and stress are the gradient of the mixed energy, and
     NVE conserves it."""
-    from ase import units
     from ase.build import bulk
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-    from ase.md.verlet import VelocityVerlet
 
     atoms = bulk("W", "bcc", 3.18, cubic=True) * (4, 4, 4)
     del atoms[0]
@@ -113,13 +110,7 @@ def test_energy_mixing_with_unquantised_weights_is_one_gradient_and_conserves():
     assert_allclose(finite_difference_gradient(energy, atoms, k, 1e-5), forces[k], atol=5e-7)
     assert_allclose(finite_difference_stress(energy, atoms, 1e-5), stress, atol=1e-8)
 
-    MaxwellBoltzmannDistribution(atoms, temperature_K=1000, rng=np.random.default_rng(1))
-    atoms.calc = calc
-    md = VelocityVerlet(atoms, 1.0 * units.fs)
-    totals = []
-    for _ in range(10):
-        md.run(4)
-        totals.append(atoms.get_potential_energy() + atoms.get_kinetic_energy())
+    totals = nve_totals(atoms, calc, 1000, 10, every=4)
     assert np.ptp(totals) < 5e-3  # 127 atoms, 1000 K, 1 fs: velocity Verlet's band
 
 
@@ -180,7 +171,7 @@ def test_snap_with_one_type_per_weight_is_the_levels_energy_in_one_call():
                     stress_from_strain_derivative(result.strain_derivative,
                                                   atoms.get_volume()), atol=1e-9)
     exact.close()
-    assert exact._dir is None  # its temporary coefficient files are gone
+    assert not exact._scratch.exists  # its temporary coefficient files are gone
 
 
 def test_snap_exact_weights_refuse_what_copies_cannot_do(tmp_path):
@@ -288,9 +279,6 @@ def si_linear_ace(tmp_path_factory):
 def test_energy_mixing_of_linear_ace_with_unquantised_weights(si_linear_ace, uf3):
     """mlmix's linear ACE expensive, the demo UF3 cheap, both exact: p itself weights
     the energies, forces and stress are its gradient, and NVE conserves it."""
-    from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-    from ase.md.verlet import VelocityVerlet
 
     assert si_linear_ace.weighting == "exact"
     atoms, seeds = si_vacancy(repeat=3, rattle=0.05, seed=1)
@@ -311,14 +299,7 @@ def test_energy_mixing_of_linear_ace_with_unquantised_weights(si_linear_ace, uf3
     assert_allclose(finite_difference_gradient(energy, atoms, k, 1e-4), forces[k], atol=2e-6)
     assert_allclose(finite_difference_stress(energy, atoms, 1e-4), stress, atol=1e-8)
 
-    MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(1))
-    atoms.calc = calc
-    md = VelocityVerlet(atoms, 1.0 * units.fs)
-    totals = []
-    for _ in range(8):
-        md.run(5)
-        totals.append(atoms.get_potential_energy() + atoms.get_kinetic_energy())
-    assert np.ptp(totals) < 1e-2
+    assert np.ptp(nve_totals(atoms, calc, 600, 8, every=5)) < 1e-2
 
 
 @needs_plugin

@@ -14,6 +14,7 @@ from ase import Atoms
 from ase.build import bulk
 from numpy.testing import assert_allclose
 
+from conftest import nve_totals
 from mlmix import ConfigurationError, IndexSeeds, MixedCalculator, RegionSpec, RegionTracker
 from mlmix.mixing import ShallowCoreWarning
 from mlmix.potentials import AseClusterPotential, LammpsPotential
@@ -101,20 +102,9 @@ def test_carved_cluster_equals_the_whole_system_beyond_one_receptive_field(model
 
 
 def _nve_totals(calc, steps=20):
-    from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-    from ase.md.verlet import VelocityVerlet
-
     atoms = _si(rattle=0.0)
     del atoms[0]
-    MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(4))
-    atoms.calc = calc
-    dyn = VelocityVerlet(atoms, 1.0 * units.fs)
-    totals = []
-    for _ in range(steps):
-        dyn.run(1)
-        totals.append(atoms.get_potential_energy() + atoms.get_kinetic_energy())
-    return np.array(totals)
+    return nve_totals(atoms, calc, 600, steps, seed=4)
 
 
 @pytest.mark.slow

@@ -107,6 +107,8 @@ def test_new_weights_retype_the_instance_in_place():
     assert_allclose(got.forces, fresh.evaluate_weighted(atoms, moved).forces, atol=1e-12)
     pot.evaluate_weighted(atoms, quantise(w, 2))  # other values: other copies
     assert pot._copies[1]._twin is not twin
+    pot.close()
+    assert not pot._copies[1]._scratch.exists  # the generated files are gone
 
 
 def test_too_many_distinct_weights_and_bad_files_are_refused(tmp_path):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,3 +41,32 @@ def resolve_potential_file(name: str | os.PathLike, extra_dirs: Sequence[Path] =
         f"potential file {str(name)!r} not found; looked at it as a path (relative to "
         f"{Path.cwd()}) and in {', '.join(str(d) for d in dirs)}{hint}"
     )
+
+
+class ScratchDir:
+    """A private temporary directory for generated potential files: made on first use
+    (:meth:`path`), removed by :meth:`close` or when garbage-collected."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self._path: str | None = None
+
+    @property
+    def exists(self) -> bool:
+        return self._path is not None
+
+    def path(self) -> Path:
+        if self._path is None:
+            self._path = tempfile.mkdtemp(prefix=self.prefix)
+        return Path(self._path)
+
+    def close(self) -> None:
+        if self._path is not None:
+            shutil.rmtree(self._path, ignore_errors=True)
+            self._path = None
+
+    def __del__(self):  # pragma: no cover - interpreter shutdown order varies
+        try:
+            self.close()
+        except Exception:
+            pass

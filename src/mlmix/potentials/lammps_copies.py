@@ -36,8 +36,6 @@ Units: eV, Å, eV/Å; strain derivative in eV.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +45,7 @@ from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
 
 from ..errors import CalculationError, ConfigurationError
+from .files import ScratchDir
 from .lammps_files import _data_lines
 from .weighted import WeightedEvaluation
 
@@ -136,7 +135,7 @@ class TypedCopies:
                                      "triplet of the species is needed")
         self._elements = elements
         self._spare = [s for s in chemical_symbols[1:] if s not in elements]
-        self._dir: str | None = None
+        self._scratch = ScratchDir("mlmix-type-copies-")
         self._types: tuple | None = None
         self._twin: LammpsPotential | None = None
 
@@ -148,10 +147,8 @@ class TypedCopies:
 
         if self._twin is not None:
             self._twin.close()
-        if self._dir is None:
-            self._dir = tempfile.mkdtemp(prefix="mlmix-type-copies-")
         names = self._spare[: len(types)]
-        file = Path(self._dir) / f"copies{len(types)}.{self.style}"
+        file = self._scratch.path() / f"copies{len(types)}.{self.style}"
         file.write_text(copies_file(self.style, self.entries, list(types), names))
         base = self.base
         build = LammpsPotential.sw if self.style == "sw" else LammpsPotential.tersoff
@@ -183,16 +180,7 @@ class TypedCopies:
         if self._twin is not None:
             self._twin.close()
             self._twin = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-
-    def __del__(self):  # pragma: no cover - interpreter shutdown order varies
-        try:
-            if self._dir is not None:
-                shutil.rmtree(self._dir, ignore_errors=True)
-        except Exception:
-            pass
+        self._scratch.close()
 
 
 def copies_source(potential: LammpsPotential) -> tuple[str, Path]:

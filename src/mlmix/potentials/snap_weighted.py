@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from ase import Atoms
 from ase.data import chemical_symbols
 
 from ..errors import ConfigurationError
+from .files import ScratchDir
 from .lammps import LammpsPotential, snap_files
 from .lammps_files import _data_lines, snap_blocks
 from .linear_weighted import WeightedWrapper
@@ -78,7 +78,7 @@ class SnapWeighted(WeightedWrapper):
         # spare symbols for the copies, lightest first (masses never matter: no
         # integration runs in these instances)
         self._spare = [s for s in chemical_symbols[1:] if s not in taken]
-        self._dir: str | None = None
+        self._scratch = ScratchDir("mlmix-snap-weights-")
         # copies ((element index, weight) of each) -> the instance over them; one per
         # batch of distinct weights
         self._twins: dict[tuple, LammpsPotential] = {}
@@ -111,8 +111,6 @@ class SnapWeighted(WeightedWrapper):
             for old in self._twins.values():
                 old.close()
             self._twins = {}
-        if self._dir is None:
-            self._dir = tempfile.mkdtemp(prefix="mlmix-snap-weights-")
         names = list(self._elements) + self._spare[: len(copies)]
         out = [f"{len(names)} {self._ncoeff}"]
         for name in self._elements:
@@ -122,7 +120,7 @@ class SnapWeighted(WeightedWrapper):
             header, coefficients = self._blocks[self._elements[element]]
             out.append(" ".join([name, *header.split()[1:]]))
             out += [repr(weight * float(c.split()[0])) for c in coefficients]
-        stem = Path(self._dir) / f"weights{len(self._twins)}"
+        stem = self._scratch.path() / f"weights{len(self._twins)}"
         stem.with_suffix(".snapcoeff").write_text("\n".join(out) + "\n")
         shutil.copyfile(self.param_file, stem.with_suffix(".snapparam"))
         potential = self._lammps
@@ -169,13 +167,4 @@ class SnapWeighted(WeightedWrapper):
         for twin in self._twins.values():
             twin.close()
         self._twins = {}
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-
-    def __del__(self):  # pragma: no cover - interpreter shutdown order varies
-        try:
-            if self._dir is not None:
-                shutil.rmtree(self._dir, ignore_errors=True)
-        except Exception:
-            pass
+        self._scratch.close()
