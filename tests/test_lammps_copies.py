@@ -124,3 +124,23 @@ def test_too_many_distinct_weights_and_bad_files_are_refused(tmp_path):
     with pytest.raises(ConfigurationError, match=r"short.sw: 13 words is not a whole "
                                                  r"number of sw entries \(3 elements \+ 11"):
         read_entries(bad, "sw")
+
+
+@pytest.mark.skipif(not plugin_status().available,
+                    reason="mlmix's LAMMPS plugin cannot be built here")
+def test_two_elements_copy_every_element_weight_pair():
+    """SiC Tersoff: one type per (element, weight), every triplet of them in the file,
+    the plugin's levels to round-off."""
+    from ase.build import bulk
+
+    atoms = bulk("SiC", "zincblende", a=4.36, cubic=True).repeat(4)
+    atoms.rattle(0.05, seed=1)
+    w = np.random.default_rng(0).integers(0, 5, len(atoms)) / 4
+    copies = LammpsPotential.tersoff("SiC.tersoff", ["Si", "C"])
+    levels = LammpsPotential.tersoff("SiC.tersoff", ["Si", "C"])
+    got = copies.evaluate_weighted(atoms, w)
+    ref = sum_levels(w, lambda mask: levels._level(atoms, mask))
+    assert len(copies._copies[1]._types) == 2 * 5
+    assert got.energy == pytest.approx(ref.energy, abs=1e-9)
+    assert_allclose(got.forces, ref.forces, atol=1e-12)
+    assert_allclose(got.strain_derivative, ref.strain_derivative, atol=1e-10)
