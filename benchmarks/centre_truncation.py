@@ -138,11 +138,17 @@ def main() -> None:
     rows = [row for name in args.cases for row in run_case(name, args.sizes, args.steps)]
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.exists() else {}
-    # cases not re-run keep their rows (and the note of when they were measured)
-    rows = [r for r in previous.get("rows", []) if r["case"] not in args.cases] + rows
-    measured = {k: v for k, v in previous.get("measured_by_case", {}).items()
-                if k not in args.cases}
-    measured.update({name: time.strftime("%Y-%m-%d") for name in args.cases})
+    # rows (case, size) not re-run are kept, with the note of when they were measured
+    rerun = {(name, size) for name in args.cases for size in args.sizes}
+    kept = [r for r in previous.get("rows", []) if (r["case"], r["size"]) not in rerun]
+    rows = sorted(kept + rows, key=lambda r: (r["case"], r["n_atoms"], r["r_blend_A"]))
+    measured = {}  # "case size" -> when (older files note a date per case)
+    for r in kept:
+        old = previous.get("measured_by_case", {})
+        key = f"{r['case']} {r['size']}"
+        measured[key] = old.get(key, old.get(r["case"], "unknown"))
+    measured.update({f"{name} {size}": time.strftime("%Y-%m-%d")
+                     for name, size in sorted(rerun)})
     result = {
         "machine": platform.platform(),
         "cores_used": 1,
