@@ -179,7 +179,7 @@ def run_case(name: str, steps: int, sizes) -> dict:
             try:
                 res = md(atoms, expensive, cheap, seeds, R_BLEND, steps, r_buff=r_buff,
                          r_core=case["r_core"], allow_approximate=True)
-            except ConfigurationError as exc:  # e.g. a UF3 cheap lacking He, LAMMPS engine
+            except ConfigurationError as exc:  # an engine that cannot run this case
                 row[engine] = {"refused": str(exc)}
                 print(f"{name} {size} {engine}: refused: {exc}", flush=True)
                 continue

@@ -404,15 +404,60 @@ def test_species_the_cheap_potential_lacks_must_be_seeds():
         LammpsEngine(atoms, expensive, cheap, spec, LammpsClassifier("coord/atom", "3.0"))
 
 
-def test_a_cheap_uf3_that_lacks_a_species_is_refused_before_work():
-    """LAMMPS's pair uf3 cannot take NULL for a species (He in W): refused with the
-    fix named, not a LAMMPS error at set-up."""
+def test_a_cheap_uf3_that_lacks_a_species_runs_as_the_ase_engine_does():
+    """LAMMPS's pair uf3 cannot take NULL for a species (He in W): the engine's instance
+    gets a copy of the file in which He interacts with nothing (zero 2B and 3B blocks),
+    which is what the ASE engine does by leaving He out of the cheap call. The two
+    engines then follow the same trajectory; the copy is removed with the engine."""
     atoms, expensive, _, spec = w_with_he(4)
     uf3 = Path(__file__).resolve().parents[1] / "examples/fit-w-sevennet-uf3/W_uf3_7net0.uf3"
     cheap = LammpsPotential.uf3(uf3, ["W"])
-    with pytest.raises(ConfigurationError, match="cannot leave a species out") as info:
-        LammpsEngine(atoms, expensive, cheap, spec, SpeciesSeeds(["He"]))
-    assert "ASE engine" in str(info.value)
+    rng = np.random.default_rng(3)
+    atoms.set_velocities(rng.normal(0.0, 0.01, (len(atoms), 3)))  # Å/fs-scale kicks
+    ref = atoms.copy()
+    velocities = ref.get_velocities()
+    ref.set_masses(ref.get_masses() * LAMMPS_MVV2E / ASE_MVV2E)
+    ref.set_velocities(velocities)
+    ref.calc = MixedCalculator(expensive, cheap,
+                               RegionTracker(spec, SpeciesSeeds(["He"]), nevery=5))
+    VelocityVerlet(ref, 1.0 * units.fs).run(20)
+    frames = []
+    with LammpsEngine(atoms, expensive, cheap, spec, SpeciesSeeds(["He"]), nevery=5,
+                      timestep=1.0) as engine:
+        engine.run(20, callback=lambda a, e: frames.append(a), every=20)
+        written = engine._scratch.path()
+        assert [f.name for f in written.iterdir()] == ["W_uf3_7net0+He.uf3"]
+    assert not written.exists()
+    assert np.abs(ref.positions - atoms.positions).max() > 0.01  # they moved
+    assert_allclose(frames[-1].positions, ref.positions, rtol=0, atol=1e-10)
+    assert_allclose(frames[-1].get_forces(), ref.get_forces(), rtol=0, atol=1e-9)
+
+
+def test_uf3_covering_adds_species_that_interact_with_nothing(tmp_path):
+    """Zero blocks for every pair and triplet with He: W forces and energies are the
+    W-only file's with He removed, He feels nothing, and the file lists each new
+    block once."""
+    from mlmix.potentials.lammps import uf3_covering_potential
+
+    uf3 = Path(__file__).resolve().parents[1] / "examples/fit-w-sevennet-uf3/W_uf3_7net0.uf3"
+    w_only = LammpsPotential.uf3(uf3, ["W"])
+    covering = uf3_covering_potential(w_only, ["He"], tmp_path)
+    assert covering.species == {"W", "He"}
+    blocks = [line.split()[:4] for line in (tmp_path / "W_uf3_7net0+He.uf3").read_text()
+              .splitlines() if line.startswith(("2B", "3B"))]
+    assert sorted(" ".join(b[1:] if b[0] == "3B" else b[1:3]) for b in blocks) == sorted(
+        ["W W", "W W W", "W He", "He He", "W W He", "W He He", "He W W", "He W He",
+         "He He He"])
+    atoms, _, _, _ = w_with_he(3)
+    atoms.rattle(0.05, seed=1)
+    full = covering.evaluate(atoms)
+    ref = w_only.evaluate(atoms[:-1])
+    assert_allclose(full.forces[:-1], ref.forces, rtol=0, atol=1e-12)
+    assert full.energies[:-1].sum() == pytest.approx(ref.energies.sum(), abs=1e-10)
+    assert not full.forces[-1].any() and full.energies[-1] == 0.0
+    with pytest.raises(ConfigurationError, match="not a plain pair_style uf3"):
+        uf3_covering_potential(LammpsPotential.eam_alloy("W_zhou.eam.alloy", ["W"]), ["He"],
+                               tmp_path)
 
 
 ERROR_JOBS = {

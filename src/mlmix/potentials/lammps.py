@@ -125,6 +125,7 @@ from .lammps_files import (
     manybody_file_elements,
     setfl_elements,
     snapcoeff_elements,
+    uf3_covering,
     uf3_elements,
     uf3_first_knots,
 )
@@ -148,7 +149,7 @@ from .weighted import (
 )
 
 __all__ = ["LammpsFrame", "LammpsPotential", "format_number", "lammps_frame",
-           "snapcoeff_elements"]
+           "snapcoeff_elements", "uf3_covering_potential"]
 
 _UF3_MIN_SEARCH = 2.0  # Å, smallest radius of the below-first-knot pair search
 
@@ -989,3 +990,26 @@ class LammpsPotential(Potential):
 
     def __repr__(self) -> str:
         return f"LammpsPotential({self.name!r}, species={list(self.type_species)}, cutoff={self.cutoff:.4g} Å)"
+
+
+def uf3_covering_potential(potential: LammpsPotential, absent: Sequence[str],
+                           directory: Path) -> LammpsPotential:
+    """A plain ``pair_style uf3`` potential over its species plus ``absent``, which
+    interact with nothing (:func:`~mlmix.potentials.lammps_files.uf3_covering`), from a
+    file written into ``directory``: what ``NULL`` in ``pair_coeff`` gives other styles.
+
+    Raises:
+        ConfigurationError: ``potential`` is not one ``pair_coeff * * FILE elements``
+            line of ``pair_style uf3``.
+    """
+    coeffs = potential._coeffs
+    if potential.pair_style.split()[0] != "uf3" or len(coeffs) != 1 \
+            or not coeffs[0].element_map:
+        raise ConfigurationError(f"{potential.name}: not a plain pair_style uf3 potential")
+    source = Path(coeffs[0].args[0])
+    species = [*potential.type_species, *absent]
+    file = Path(directory) / f"{source.stem}+{'+'.join(absent)}.uf3"
+    file.write_text(uf3_covering(source, species))
+    return LammpsPotential._manybody(
+        potential.pair_style, file, species, uf3_elements, skin=potential.skin,
+        margin=potential.margin, name=f"{potential.name} ({', '.join(absent)}: no terms)")

@@ -3,6 +3,7 @@ UF3 knots, and coefficient lines that can be re-rendered for another type order.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,3 +228,47 @@ def _resolve_args(args: Sequence[str], dirs: Sequence[Path]) -> tuple[str, ...]:
 # ----------------------------------------------------------------------------------
 # geometry: ASE cell -> LAMMPS lower-triangular box
 # ----------------------------------------------------------------------------------
+
+
+def uf3_covering(path: Path, species: Sequence[str]) -> str:
+    """The text of the UF3 file ``path`` with a zero 2B block for every pair and a zero
+    3B block for every triplet (centre, j <= k in ``species`` order) of ``species``
+    that it lacks, each shaped as the file's first block of its kind.
+
+    The added species are then present for LAMMPS but interact with nothing: what
+    ``pair_coeff ... NULL`` gives other styles, which ``pair uf3`` refuses ("Interaction
+    1-1-2 was mapped to 1-1-0, but potential interaction for 1-1-0 was not found").
+
+    Raises:
+        ConfigurationError: the file has no 2B block to copy the shape from.
+    """
+    blocks = [b.strip("\n").split("\n") for b in
+              path.read_text(errors="replace").split("#UF3 POT") if b.strip()]
+    # block: header tail, "2B a b ..." / "3B a b c ...", sizes, knot lines, coefficient
+    # count line, coefficient lines, "#"
+    kinds = {(b[1].split()[0], tuple(b[1].split()[1:3 if b[1].startswith("2B") else 4]))
+             for b in blocks}
+    first = {kind: next((b for b in blocks if b[1].startswith(kind)), None)
+             for kind in ("2B", "3B")}
+    if first["2B"] is None:
+        raise ConfigurationError(f"{path.name} has no 2B block")
+
+    def zero(template: list[str], elements: tuple[str, ...]) -> list[str]:
+        knots = 1 if template[1].startswith("2B") else 3
+        head = template[1].split()
+        head[1 : 1 + len(elements)] = elements
+        numbers = template[4 + knots:]
+        return [template[0], " ".join(head), *template[2 : 4 + knots],
+                *(line if line.strip() == "#" else " ".join("0.0" for _ in line.split())
+                  for line in numbers)]
+
+    added = []
+    for a, b in itertools.combinations_with_replacement(species, 2):
+        if ("2B", (a, b)) not in kinds and ("2B", (b, a)) not in kinds:
+            added.append(zero(first["2B"], (a, b)))
+    if first["3B"] is not None:
+        for i in species:
+            for j, k in itertools.combinations_with_replacement(species, 2):
+                if ("3B", (i, j, k)) not in kinds and ("3B", (i, k, j)) not in kinds:
+                    added.append(zero(first["3B"], (i, j, k)))
+    return "".join("#UF3 POT" + "\n".join(b) + "\n" for b in blocks + added)

@@ -109,14 +109,6 @@ def check_inputs(atoms: Atoms, expensive: Potential, cheap: LammpsPotential, spe
                 f"the cheap potential {cheap.name} does not describe {undescribed}, "
                 f"so those atoms must always be in the core: use "
                 f"SpeciesSeeds({undescribed!r}) (or seed indices covering them)")
-        if cheap.pair_style.split()[0] == "uf3":
-            # LAMMPS: "UF3: Interaction 1-1-2 was mapped to 1-1-0, but potential
-            # interaction for 1-1-0 was not found" for pair_coeff ... W NULL
-            raise ConfigurationError(
-                f"the cheap UF3 {cheap.name} does not describe {undescribed}, and "
-                "LAMMPS's pair uf3 cannot leave a species out (NULL in pair_coeff); "
-                "run this system on the ASE engine, or use a cheap potential that "
-                "covers every species")
         if any(s.startswith("hybrid") for s in cheap.pair_style.split()[:1]):
             raise ConfigurationError(
                 f"{undescribed} are not described by the hybrid cheap style "

@@ -85,7 +85,8 @@ from ...identity import ID_ARRAY
 from ...mixing import undescribed_outside_core
 from ...mts import check_correction_every, is_outer_step, schedule_problem, undescribed_problem
 from ...potentials.base import Potential
-from ...potentials.lammps import LammpsPotential, lammps_frame
+from ...potentials.files import ScratchDir
+from ...potentials.lammps import LammpsPotential, lammps_frame, uf3_covering_potential
 from ...regions import Hysteresis, Regions, RegionSpec, RegionTracker
 from ...seeds import ClassifierSeeds, Seeds
 from .checks import check_count, check_inputs, check_positive, held_atoms, lammps_cheap
@@ -266,7 +267,14 @@ class LammpsEngine:
         self.n_atoms = len(atoms)
         self._symbols = atoms.get_chemical_symbols()
         self._numbers = atoms.numbers.copy()
-        self._type_species = type_order(atoms, cheap)
+        # pair uf3 cannot leave a species out with NULL: the instance gets a copy of the
+        # file in which the species it lacks interact with nothing
+        self._scratch = ScratchDir("mlmix-engine-")
+        native = cheap
+        absent = sorted(set(self._symbols) - described)
+        if absent and cheap.pair_style.split()[0] == "uf3":
+            native = uf3_covering_potential(cheap, absent, self._scratch.path())
+        self._type_species = type_order(atoms, native)
         self._undescribed = ~np.isin(atoms.numbers, [atomic_numbers[s] for s in described])
         masses = type_masses(atoms, self._type_species)
 
@@ -297,7 +305,7 @@ class LammpsEngine:
                     f"thermostat_force must be a finite ({len(atoms)}, 3) array of an NVT "
                     f"run, got shape {thermostat_force.shape} for ensemble {ensemble!r}")
         self._fixed = held_atoms(atoms)
-        self._lmp = start_instance(atoms, self.frame, cheap, self._type_species, masses,
+        self._lmp = start_instance(atoms, self.frame, native, self._type_species, masses,
                                    self._fixed, self.timestep, self._classifier,
                                    ensemble == "nvt", thermostat_force, self.comm)
         self._lmp.set_fix_external_callback(FIX_EXT, self._callback)
@@ -627,6 +635,7 @@ class LammpsEngine:
                 self._lmp.close()
             finally:
                 self._lmp = None
+                self._scratch.close()
 
     def __enter__(self):
         return self
