@@ -74,6 +74,15 @@ STYLES = {
 }
 
 
+def weight_types(element: np.ndarray, w: np.ndarray) -> tuple[list[tuple[int, float]], np.ndarray]:
+    """The distinct (element index, weight) pairs of some atoms, in increasing order,
+    and the index of each atom's pair ``(n,)``. ``element``, ``w``: ``(n,)``."""
+    values, by_value = np.unique(w, return_inverse=True)  # integer codes: fast
+    codes, which = np.unique(element * len(values) + by_value.ravel(), return_inverse=True)
+    pairs = [(int(c) // len(values), float(values[int(c) % len(values)])) for c in codes]
+    return pairs, np.asarray(which).ravel()
+
+
 def read_entries(path: Path, style: str) -> dict[tuple[str, str, str], list[float]]:
     """The entries of an SW or Tersoff file: element triplet -> its numbers.
 
@@ -159,19 +168,16 @@ class TypedCopies:
 
     def evaluate(self, atoms: Atoms, w: np.ndarray) -> WeightedEvaluation:
         """sum_i w_i E_i on ``atoms`` in one call, every atom a centre."""
-        element = self.base.type_index[atoms.numbers]
-        values, by_value = np.unique(w, return_inverse=True)  # integer codes: fast
-        codes, which = np.unique(element * len(values) + by_value.ravel(), return_inverse=True)
-        if len(codes) > MAX_TYPES:
+        pairs, which = weight_types(self.base.type_index[atoms.numbers], w)
+        if len(pairs) > MAX_TYPES:
             raise CalculationError(
-                f"{self.base.name}: {len(codes)} distinct (element, weight) pairs, more "
+                f"{self.base.name}: {len(pairs)} distinct (element, weight) pairs, more "
                 f"than the {MAX_TYPES} type copies one evaluation holds; quantise the "
                 f"weights more coarsely (n_levels <= {MAX_TYPES - 1})")
-        types = tuple((self._elements[int(c) // len(values)], float(values[int(c) % len(values)]))
-                      for c in codes)
+        types = tuple((self._elements[e], q) for e, q in pairs)
         twin = self._twin_for(types)
         numbers = np.array([atomic_numbers[s] for s in self._spare[: len(types)]])
-        stand_in = Atoms(numbers=numbers[np.asarray(which).ravel()], positions=atoms.positions,
+        stand_in = Atoms(numbers=numbers[which], positions=atoms.positions,
                          cell=atoms.cell, pbc=atoms.pbc)
         energy, forces, strain, _ = twin._owned(stand_in, np.ones(len(atoms), bool))
         return WeightedEvaluation(energy, forces, strain, len(atoms), 1)  # all centres

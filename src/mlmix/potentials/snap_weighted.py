@@ -38,6 +38,7 @@ from ase.data import chemical_symbols
 from ..errors import ConfigurationError
 from .files import ScratchDir
 from .lammps import LammpsPotential, snap_files
+from .lammps_copies import weight_types
 from .lammps_files import _data_lines, snap_blocks
 from .linear_weighted import WeightedWrapper
 from .weighted import WeightedEvaluation, whole_minus_complement
@@ -135,19 +136,16 @@ class SnapWeighted(WeightedWrapper):
         of at most :attr:`max_weights` distinct weights."""
         centres = w > 0
         element = self._lammps.type_index[atoms.numbers]
-        pairs, which = np.unique(np.stack([element[centres], w[centres]], axis=1),
-                                 axis=0, return_inverse=True)
-        which = np.asarray(which).ravel()
+        pairs, which = weight_types(element[centres], w[centres])
         index = np.flatnonzero(centres)
         size = self.max_weights
         batches = -(-len(pairs) // size)
+        symbols = np.array(self._elements + tuple(self._spare[:size]))
         energy, forces, strain, computed = 0.0, np.zeros((len(atoms), 3)), np.zeros((3, 3)), 0
         for b in range(batches):
-            chunk = pairs[b * size : (b + 1) * size]
-            copies = tuple((int(e), float(q)) for e, q in chunk)
+            copies = tuple(pairs[b * size : (b + 1) * size])
             twin = self._twin_for(copies, batches)
             here = (which >= b * size) & (which < (b + 1) * size)
-            symbols = np.array(self._elements + tuple(self._spare[: len(copies)]))
             kinds = element.copy()
             kinds[index[here]] = len(self._elements) + which[here] - b * size
             mask = np.zeros(len(atoms), bool)
