@@ -177,25 +177,37 @@ class AseClusterPotential(Potential):
 
     @classmethod
     def sevennet(cls, model: str = "7net-0", *, buffer: float | None = None,
-                 device: str = "cpu", **kwargs) -> AseClusterPotential:
+                 device: str = "cpu", dtype: str = "float32", **kwargs
+                 ) -> AseClusterPotential:
         """A SevenNet model (pretrained name or checkpoint path): carved clusters for
         masked evaluations, exact autograd weighting for energy mixing
         (:class:`~mlmix.potentials.sevennet.SevenNetPotential`).
 
-        Needs the ``sevenn`` extra. SevenNet's warning that no tensor-product
-        accelerator is enabled is silenced: none exists for CPU runs.
+        ``dtype``: ``"float32"`` (the model as trained) or ``"float64"`` (the same
+        weights in float64, for energies smooth enough to label elastic constants;
+        about twice the time and memory). Needs the ``sevenn`` extra. SevenNet's
+        warning that no tensor-product accelerator is enabled is silenced: none
+        exists for CPU runs.
         """
-        from .sevennet import SevenNetPotential  # it subclasses this class
+        from .sevennet import DTYPES, SevenNetPotential, load_float64_model
         try:
             from sevenn.calculator import SevenNetCalculator
         except ImportError as exc:
             raise missing_dependency("sevenn", "sevenn") from exc
+        if dtype not in DTYPES:
+            raise ConfigurationError(f"SevenNet dtype must be one of {DTYPES}, got {dtype!r}")
         check_device(device)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="No tensor product accelerator")
-            calculator = SevenNetCalculator(model, device=device)
-        kwargs.setdefault("name", f"sevennet:{model}")
-        return SevenNetPotential(calculator, buffer=buffer, **kwargs)
+            if dtype == "float64":
+                net, config = load_float64_model(model)
+                calculator = SevenNetCalculator(net, file_type="model_instance",
+                                                device=device, sevennet_config=config)
+            else:
+                calculator = SevenNetCalculator(model, device=device)
+        kwargs.setdefault("name", f"sevennet:{model}" + ("" if dtype == "float32"
+                                                          else f":{dtype}"))
+        return SevenNetPotential(calculator, buffer=buffer, dtype=dtype, **kwargs)
 
     @classmethod
     def chgnet(cls, model: str | None = None, *, buffer: float | None = None,
