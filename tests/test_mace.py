@@ -120,6 +120,46 @@ def test_masked_evaluation_equals_the_whole_system_on_the_interior(mace):
     assert np.isnan(ev.energies[~mask]).all()
 
 
+def test_the_cluster_graph_is_reused_within_the_skin_and_stays_exact(mace):
+    """A skin of 1 Å against carving anew at every call (skin 0), along small moves
+    (graph kept), an atom wrapped by a lattice vector (kept), a move past skin/2, a
+    changed mask and a changed cell (each rebuilt): forces and energies agree to
+    round-off, and the reused graph evaluates the same atoms and edges."""
+    fresh = MacePotential(MODEL, skin=0.0)
+    reused = MacePotential(MODEL, skin=1.0)
+    atoms = _si(5)
+    mask = np.zeros(len(atoms), bool)
+    mask[:10] = True
+    rng = np.random.default_rng(5)
+    builds = []
+
+    def check(a, m):
+        ev_f, ev_r = fresh.evaluate(a, m), reused.evaluate(a, m)
+        assert np.abs(ev_r.forces).max() > 0.1
+        assert_allclose(ev_r.forces, ev_f.forces, rtol=0, atol=1e-10)
+        assert_allclose(ev_r.energies[m], ev_f.energies[m], rtol=0, atol=1e-10)
+        assert ev_r.n_evaluated == ev_f.n_evaluated and reused.last_edges == fresh.last_edges
+        builds.append(reused.graph_builds)
+
+    check(atoms, mask)
+    for _ in range(3):
+        atoms.positions += rng.normal(0.0, 0.02, atoms.positions.shape)
+        check(atoms, mask)
+    atoms.positions[40] += atoms.cell[0]  # the same structure
+    check(atoms, mask)
+    assert builds == [1] * 5
+    atoms.positions[200] += [0.6, 0.0, 0.0]  # past skin/2
+    check(atoms, mask)
+    mask[10] = True
+    check(atoms, mask)
+    atoms.set_cell(atoms.cell.array * 1.001, scale_atoms=True)
+    check(atoms, mask)
+    assert builds[5:] == [2, 3, 4]
+    assert fresh.graph_builds == len(builds)
+    with pytest.raises(ConfigurationError, match="skin"):
+        MacePotential(MODEL, skin=-1.0)
+
+
 def _mixed(mace, atoms, r_buff, **kw):
     cheap = LammpsPotential.tersoff("Si.tersoff", ["Si"])
     spec = RegionSpec(r_core=2.5, r_blend=0.0, r_buff=r_buff)
@@ -148,11 +188,14 @@ def test_mixed_forces_are_exact_at_r_buff_of_one_receptive_field_and_the_error_f
 
 def test_from_a_toml_table_and_bad_input():
     pot = make_potential({"backend": "mace", "model": MODEL, "dtype": "float64"})
-    assert isinstance(pot, MacePotential) and pot.device == "cpu"
+    assert isinstance(pot, MacePotential) and pot.device == "cpu" and pot.skin == 1.0
+    assert make_potential({"backend": "mace", "model": MODEL, "skin": 0.5}).skin == 0.5
     with pytest.raises(ConfigurationError) as err:
-        make_potential({"backend": "mace", "dtype": "float16", "devise": "cpu"}, "expensive")
+        make_potential({"backend": "mace", "dtype": "float16", "devise": "cpu",
+                        "skin": -0.1}, "expensive")
     text = str(err.value)
     assert "expensive.model" in text and "float16" in text and "devise" in text
+    assert "expensive.skin" in text
     import torch
 
     if not torch.cuda.is_available():
@@ -254,7 +297,7 @@ def test_weighted_energy_forces_and_stress_by_autograd(mace):
     w[:4] = [1.0, 0.5, 0.25, 1.0]
     part = mace.evaluate_weighted(big, w)
     assert part.n_evaluated < len(big)
-    whole_e, whole_f, whole_s = mace._weighted_graph(big, w, None, strain=True)
+    whole_e, whole_f, whole_s = mace._pass(mace._graph(big), w, strain=True)
     assert part.energy == pytest.approx(float(w @ whole_e), abs=1e-9)
     assert_allclose(part.forces, whole_f, atol=1e-9)
     assert_allclose(part.strain_derivative, whole_s, atol=1e-8)

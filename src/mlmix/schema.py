@@ -327,7 +327,12 @@ POTENTIAL = Schema("potential table", (
            "SevenNet model name", only=("mace", "sevennet", "chgnet")),
         _k("device", "string", "cpu", "torch device: cpu, cuda, cuda:K",
            only=("mace", "sevennet", "chgnet")),
-        _k("dtype", "string", "float64", "MACE precision", choices_=("float64", "float32"),
+        _k("dtype", "string", DERIVED, "precision: MACE float64 (default) or float32; "
+           "SevenNet float32 (default, as trained) or float64 (smooth energies for "
+           "labelling elastic constants, 2x the cost)", choices_=("float64", "float32"),
+           only=("mace", "sevennet")),
+        _k("skin", "float", 1.0, "a masked evaluation's cluster graph is reused while no "
+           "atom has moved skin/2 (0: rebuilt every call; exact either way)", "Å",
            only=("mace",)),
         _k("buffer", "float", DERIVED, "carved-cluster buffer (default: one receptive field)",
            "Å", only=("sevennet", "chgnet", "ase")),

@@ -6,7 +6,7 @@ Descriptions::
     {backend = "lammps", style = "tersoff", file = "Si.tersoff", species = ["Si"]}
     {backend = "ace", file = "Cu-PBE-core-rep.ace"}
     {backend = "mace", model = "Si_snap_mace", device = "cpu", dtype = "float64"}
-    {backend = "sevennet", model = "7net-0", buffer = 10.0, device = "cpu"}
+    {backend = "sevennet", model = "7net-0", buffer = 10.0, device = "cpu", dtype = "float32"}
     {backend = "chgnet", buffer = 10.0}
     {backend = "ase", calculator = "package.module:factory", kwargs = {...},
      buffer = 6.0, cutoff = 5.0, receptive_field = 10.0, species = ["Si"]}
@@ -70,8 +70,8 @@ def check_potential_spec(spec, where: str, problems: Problems) -> None:
     elif backend == "ace":
         problems.unknown_keys(spec, where, _keys("ace"))
     elif backend == "mace":
-        if "dtype" in spec:
-            problems.choice(spec, where, "dtype", {"float64", "float32"})
+        if "skin" in spec:
+            problems.number(spec, where, "skin", minimum=0)
         problems.unknown_keys(spec, where, _keys("mace"))
         if not isinstance(spec.get("model"), str):
             problems.add(f"{where}.model", "missing: a MACE model file or the name of one "
@@ -82,6 +82,8 @@ def check_potential_spec(spec, where: str, problems: Problems) -> None:
         problems.unknown_keys(spec, where, _keys(backend))
     elif backend == "ase":
         check_ase_spec(spec, where, problems)
+    if backend in ("mace", "sevennet") and "dtype" in spec:
+        problems.choice(spec, where, "dtype", {"float64", "float32"})
     if backend in DEVICE_BACKENDS and "device" in spec and not is_device_name(spec["device"]):
         problems.add(f"{where}.device", f"must be 'cpu' or 'cuda' (or 'cuda:K'), got "
                      f"{spec['device']!r}")
@@ -166,16 +168,18 @@ def make_potential(spec: Mapping, where: str = "potential") -> Potential:
 
         return AcePotential(spec["file"])
     if backend == "mace":
-        from .mace import MacePotential
+        from .mace import DEFAULT_SKIN, MacePotential
 
         return MacePotential(spec["model"], device=spec.get("device", "cpu"),
-                             dtype=spec.get("dtype", "float64"), **_name(spec))
+                             dtype=spec.get("dtype", "float64"),
+                             skin=spec.get("skin", DEFAULT_SKIN), **_name(spec))
     from .ase_cluster import AseClusterPotential, model_ranges
 
     device = spec.get("device", "cpu")
     if backend == "sevennet":
         return AseClusterPotential.sevennet(spec.get("model", "7net-0"), buffer=spec.get("buffer"),
-                                            device=device, **_name(spec))
+                                            device=device, dtype=spec.get("dtype", "float32"),
+                                            **_name(spec))
     if backend == "chgnet":
         return AseClusterPotential.chgnet(spec.get("model"), buffer=spec.get("buffer"),
                                           device=device, **_name(spec))

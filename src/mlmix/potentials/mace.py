@@ -5,10 +5,11 @@ the atoms within its receptive field R = ``r_max * num_interactions`` (Å) of at
 The masked evaluation of the interface, forces ``-d(sum_{i in M} E_i)/dx_j``, is
 therefore computed exactly on a cluster: the mask M plus every atom within R of it
 (minimum image), one graph over that cluster, autograd of the sum of the node
-energies of M. Messages are computed only into atoms within ``(num_interactions - 1)
-* r_max`` of M (the outer halo only sends), which drops about half the edges and
+energies of M. Messages are computed only into atoms at most ``num_interactions - 1``
+edges from M (the outer halo only sends), which drops about half the edges and
 changes nothing in the energies of M. Atoms outside the cluster get zero force: the
-sum does not depend on them. So:
+sum does not depend on them. The cluster and its edges are reused between calls
+within a skin (:mod:`mlmix.potentials.graph_skin`), exactly. So:
 
 - the contract holds to round-off at any size of M (``Evaluation.exact`` is True);
 - in force mixing the forces on weighted atoms equal the whole-system MACE forces
@@ -30,16 +31,19 @@ from ase import Atoms
 from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from ..carving import carve_cluster, within
 from ..errors import CalculationError, ConfigurationError, missing_dependency
 from .base import Evaluation, Potential, bare_copy
 from .devices import check_device
 from .files import resolve_potential_file
+from .graph_skin import SkinGraph, active_graph, build_skin_graph
 from .weighted import WeightedEvaluation, weighted_on_cluster
 
 # Models trained and shipped by mlmix (each with the script that made it).
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "mace"
 DTYPES = ("float64", "float32")
+DEFAULT_SKIN = 1.0  # Å
+# the fields of a MACE graph with one row per edge (the others per node or per graph)
+_EDGE_FIELDS = ("shifts", "unit_shifts")
 
 
 def _import_mace():
@@ -83,6 +87,9 @@ class MacePotential(Potential):
             work when torch sees no GPU.
         dtype: ``"float64"`` (default; forces reproducible to round-off) or
             ``"float32"``.
+        skin: Å, >= 0: a masked evaluation's cluster and edges are kept while the
+            mask is the same and no atom has moved ``skin / 2`` or more (0: carved
+            anew at every call). Exact at any skin.
         name: label used in messages.
 
     Attributes:
@@ -91,13 +98,16 @@ class MacePotential(Potential):
         species: the elements of the model's atomic-number table.
         last_edges: directed edges of the last graph evaluated (the cost, with
             ``Evaluation.n_evaluated`` = atoms in the graph).
+        graph_builds: clusters carved so far by masked evaluations.
     """
 
     def __init__(self, model, *, device: str = "cpu", dtype: str = "float64",
-                 name: str | None = None):
+                 skin: float = DEFAULT_SKIN, name: str | None = None):
         torch, self._data, self._geometric, utils = _import_mace()
         if dtype not in DTYPES:
             raise ConfigurationError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if not (np.isfinite(skin) and skin >= 0):
+            raise ConfigurationError(f"skin must be >= 0 Å, got {skin!r}")
         check_device(device)
         self.path: Path | None = None  # the model file, when loaded from one
         if isinstance(model, torch.nn.Module):
@@ -135,53 +145,46 @@ class MacePotential(Potential):
         self.species = frozenset(chemical_symbols[z] for z in numbers)
         self._z_table = utils.AtomicNumberTable(numbers)
         self._heads = list(getattr(self.model, "heads", None) or ["Default"])
+        self.skin = float(skin)
         self.last_edges = 0
+        self.graph_builds = 0
+        self._skin_graph: SkinGraph | None = None
 
     def __repr__(self) -> str:
         return (f"MacePotential({self.name}, cutoff={self.cutoff:g}, "
                 f"receptive_field={self.receptive_field:g}, device={self.device!r})")
 
-    def _graph(self, atoms: Atoms, receivers: np.ndarray | None = None) -> dict:
-        """MACE's own graph of ``atoms`` (its neighbour list at ``r_max``), on the device;
-        with ``receivers`` ((n,) bool), only the edges that end on one of them."""
+    def _graph(self, atoms: Atoms, cutoff: float | None = None) -> dict:
+        """MACE's own graph of ``atoms`` (its neighbour list at ``cutoff``, default
+        ``r_max``), on the device."""
         from mace.tools import torch_tools
 
         with torch_tools.default_dtype(self.dtype):
             config = self._data.config_from_atoms(bare_copy(atoms))
             graph = self._data.AtomicData.from_config(
-                config, z_table=self._z_table, cutoff=self.cutoff, heads=self._heads)
+                config, z_table=self._z_table, cutoff=cutoff or self.cutoff,
+                heads=self._heads)
         data = self._geometric.Batch.from_data_list([graph]).to_dict()
-        if receivers is not None:
-            keep = self._torch.as_tensor(receivers)[data["edge_index"][1]]
-            data["edge_index"] = data["edge_index"][:, keep]
-            for key in ("shifts", "unit_shifts"):
-                data[key] = data[key][keep]
         return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in data.items()}
 
-    def node_energies_and_forces(self, atoms: Atoms, weights: np.ndarray | None = None,
-                                 receivers: np.ndarray | None = None):
+    def node_energies_and_forces(self, atoms: Atoms, weights: np.ndarray | None = None):
         """Per-atom energies of ``atoms`` and ``-d(sum_i w_i E_i)/dx`` by autograd.
 
         Args:
             atoms: the structure (periodic or a finite cluster).
             weights: ``(n,)`` weights w_i; None = all ones (the total energy).
-            receivers: ``(n,)`` bool, the atoms whose messages are computed; None = all.
-                Energies of the others are wrong; exact for atoms with w_i != 0 when
-                every atom within ``(num_interactions - 1) * r_max`` of them is a
-                receiver (see :meth:`_evaluate`).
 
         Returns:
             ``(energies (n,) eV, forces (n, 3) eV/Å)``.
         """
-        e, f, _ = self._weighted_graph(atoms, weights, receivers, strain=False)
+        e, f, _ = self._pass(self._graph(atoms), weights, strain=False)
         return e, f
 
-    def _weighted_graph(self, atoms: Atoms, weights: np.ndarray | None,
-                        receivers: np.ndarray | None, strain: bool):
-        """Node energies, ``-d(sum_i w_i E_i)/dx`` and (``strain``) its derivative with
-        respect to a homogeneous strain of positions and cell, ``(3, 3)`` eV."""
+    def _pass(self, data: dict, weights: np.ndarray | None, strain: bool):
+        """The model on graph ``data``: node energies, ``-d(sum_i w_i E_i)/dx`` and
+        (``strain``) its derivative with respect to a homogeneous strain of positions
+        and cell, ``(3, 3)`` eV."""
         torch = self._torch
-        data = self._graph(atoms, receivers)
         self.last_edges = int(data["edge_index"].shape[1])
         try:
             positions = data["positions"].requires_grad_(True)
@@ -200,7 +203,8 @@ class MacePotential(Potential):
             total = node.sum() if w is None else (w * node).sum()
             grads = torch.autograd.grad(total, inputs)
         except RuntimeError as exc:
-            raise CalculationError(f"{self.name} failed on {len(atoms)} atoms: {exc}") from exc
+            n = int(data["positions"].shape[0])
+            raise CalculationError(f"{self.name} failed on {n} atoms: {exc}") from exc
         numpy = [g.detach().cpu().double().numpy() for g in grads]
         return (node.detach().cpu().double().numpy(), -numpy[0],
                 numpy[1] if strain else None)
@@ -210,7 +214,7 @@ class MacePotential(Potential):
     def _weighted(self, atoms: Atoms, weights: np.ndarray) -> WeightedEvaluation:
         """Autograd of sum_i w_i E_i over the atoms with w > 0 plus one receptive field."""
         def gradient(cluster: Atoms, w: np.ndarray, periodic: bool):
-            node, f, strain = self._weighted_graph(cluster, w, None, strain=periodic)
+            node, f, strain = self._pass(self._graph(cluster), w, strain=periodic)
             return float(w @ node), f, strain
 
         return weighted_on_cluster(atoms, weights, self.receptive_field, self.cutoff,
@@ -233,20 +237,54 @@ class MacePotential(Potential):
         if mask.all():
             e, f = self.node_energies_and_forces(atoms)
             return Evaluation(f, e, n_evaluated=n, exact=True)
-        keep = within(atoms.positions, atoms.cell.array, atoms.pbc, mask, self.receptive_field)
-        cluster, index, _ = carve_cluster(atoms, keep, self.cutoff, self.cutoff + 1.0)
-        inside = mask[index]
-        # Messages into an atom matter only while its features can still reach M: layer
-        # l's receivers within (L - l) r_max of M. One edge set serves every layer, so
-        # keep the edges into atoms within (L - 1) r_max of M; the outer halo is then
-        # a sender only (about half the cluster's edges dropped for L = 2, exactly).
-        # (searched in the cluster, which keeps every distance up to R: O(cluster), not O(N))
-        receivers = within(cluster.positions, cluster.cell.array, cluster.pbc, inside,
-                           (self.n_interactions - 1) * self.cutoff + 1e-6
-                           ) if self.n_interactions > 1 else inside
-        e, f = self.node_energies_and_forces(cluster, inside.astype(float), receivers)
+        graph = self._skin_graph
+        moved = None if graph is None else graph.displacement(atoms, mask)
+        if graph is None or moved is None:
+            graph = build_skin_graph(atoms, mask, self.receptive_field, self.cutoff,
+                                     self.skin, self.cutoff + 1.0, self._edges)
+            self._skin_graph, self.graph_builds = graph, self.graph_builds + 1
+            moved = np.zeros((n, 3))
+        positions = graph.cluster.positions + moved[graph.index]
+        nodes, edges, senders, receivers = active_graph(positions, graph, self.cutoff,
+                                                        self.n_interactions - 1)
+        inside = graph.inside[nodes]
+        e, f, _ = self._pass(self._subgraph(graph, positions, nodes, edges, senders,
+                                            receivers), inside.astype(float), strain=False)
         forces = np.zeros((n, 3))
-        forces[index] = f
+        forces[graph.index[nodes]] = f
         energies = np.full(n, np.nan)
-        energies[index[inside]] = e[inside]
-        return Evaluation(forces, energies, n_evaluated=len(cluster), exact=True)
+        energies[graph.index[nodes[inside]]] = e[inside]
+        return Evaluation(forces, energies, n_evaluated=len(nodes), exact=True)
+
+    def _edges(self, cluster: Atoms, radius: float):
+        """MACE's neighbour list of ``cluster`` within ``radius``: ``(senders,
+        receivers, shifts Å)`` as numpy, and MACE's whole graph (kept on the
+        :class:`SkinGraph`, its per-node and per-edge fields cut per call)."""
+        data = self._graph(cluster, cutoff=radius)
+        senders, receivers = data["edge_index"].cpu().numpy()
+        return senders, receivers, data["shifts"].cpu().numpy(), data
+
+    def _subgraph(self, graph: SkinGraph, positions: np.ndarray, nodes: np.ndarray,
+                  edges: np.ndarray, senders: np.ndarray, receivers: np.ndarray) -> dict:
+        """MACE's graph of the cluster cut to ``nodes`` and ``edges`` (renumbered ends
+        ``senders``, ``receivers``), at cluster ``positions`` (Å)."""
+        torch = self._torch
+        full: dict = graph.model_data  # type: ignore[assignment]  # what _edges kept
+        n_c = len(graph.index)
+        node_index = torch.as_tensor(nodes, device=self.device)
+        edge_index = torch.as_tensor(edges, device=self.device)
+        data = {}
+        for key, value in full.items():
+            if key in _EDGE_FIELDS:
+                data[key] = value[edge_index]
+            elif hasattr(value, "shape") and value.ndim and value.shape[0] == n_c \
+                    and key not in ("edge_index", "ptr"):
+                data[key] = value[node_index]
+            else:
+                data[key] = value
+        data["edge_index"] = torch.as_tensor(np.stack([senders, receivers]),
+                                             device=self.device)
+        data["ptr"] = torch.as_tensor([0, len(nodes)], device=self.device)
+        data["positions"] = torch.as_tensor(positions[nodes], dtype=self.dtype,
+                                            device=self.device)
+        return data
