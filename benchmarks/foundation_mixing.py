@@ -15,7 +15,7 @@ Cases (``--cases``):
 
 Per case, side by side in one process, one core (torch and BLAS on one thread):
 
-1. the buffer: :func:`mlmix.buffer.scan_buffers` on the ~4k-atom cell, thermally
+1. the buffer: :func:`mlmix.buffer.scan_buffers` on the ~4k-atom cell (W + He: ~7k), thermally
    displaced (Gaussian, 0.05 Å per component): the smallest ``r_buff`` whose error
    (max p |F - F_whole| over weighted atoms) is <= 0.05 eV/Å, with the core error;
 2. all-expensive: the whole-system evaluation, measured at ~8k atoms for MACE and at
@@ -25,7 +25,9 @@ Per case, side by side in one process, one core (torch and BLAS on one thread):
 3. mixed MD at ~8k, ~64k and ~256k atoms on both engines (ASE velocity Verlet with
    :class:`~mlmix.mixing.MixedCalculator`; :class:`~mlmix.engines.lammps.LammpsEngine`
    on one rank), NVE 1 fs from 300 K, ``--steps`` steps after one warm-up step;
-4. all-cheap: the cheap potential on all atoms through mlmix (one call per size).
+4. all-cheap: the cheap potential on all atoms through mlmix (one call per size);
+5. MACE only: its cluster graph reused within a 1 Å skin against carved at every call,
+   100 mixed steps each on the ~8k cell (``skin`` in the JSON), with the carves counted.
 
 Speed-up = all-expensive s/step / mixed s/step, in wall time (``speedup``) and in CPU
 time (``speedup_cpu``: less sensitive to a busy second core). Targets (issue 12): >= 100x over
@@ -67,6 +69,11 @@ R_BLEND = 2.0  # Å
 # for W + He, 4 Å around the He atom.
 R_CORE = {"si": 2.5, "whe": 4.0}
 BUFFERS = (4.0, 6.0, 8.0, 10.0, 12.0)  # Å, r_buff values scanned
+# W + He needs more than 12 Å. A 14 Å cluster (radius r_core + r_blend + 14 = 20 Å) would
+# nearly fill the 4k cell's 41 Å box, where the atoms it leaves out are only the corners
+# and its error reads too small; so W + He is scanned in 15^3 cells (6,751 atoms, 47.5 Å),
+# the largest whose whole-system SevenNet-0 reference fits here (20.5 GB measured).
+WHE_BUFFERS = (4.0, 6.0, 8.0, 10.0, 12.0, 13.0, 14.0)
 TOLERANCE = 0.05  # eV/Å
 SIZES = ("8k", "64k", "256k")
 
@@ -108,15 +115,16 @@ def mace():
 
 
 SI_REPEATS = {"4k": 8, "8k": 10, "64k": 20, "256k": 32}  # diamond cells per side
-W_REPEATS = {"4k": 13, "8k": 16, "64k": 32, "256k": 50}  # bcc cells per side
+W_REPEATS = {"4k": 13, "7k": 15, "8k": 16, "64k": 32, "256k": 50}  # bcc cells per side
 
 
 def case(cell, r_core: float, fit: str, stem: str, species, a_guess: float, repeats: dict,
-         expensive, name: str, measure_at: str) -> dict:
-    """One case; its cheap UF3 and lattice parameter come from the fit folder ``fit``."""
+         expensive, name: str, measure_at: str, buffers=BUFFERS, scan_at: str = "4k") -> dict:
+    """One case; its cheap UF3 and lattice parameter come from the fit folder ``fit``;
+    the buffer is scanned over ``buffers`` in the cell of size ``scan_at``."""
     return {"cell": cell, "r_core": r_core, "a": lambda: report_a0(fit, a_guess),
             "repeats": repeats, "expensive": expensive, "expensive_name": name,
-            "measure_at": measure_at,
+            "measure_at": measure_at, "buffers": buffers, "scan_at": scan_at,
             "cheap": lambda: LammpsPotential.uf3(ROOT / "examples" / fit / f"{stem}.uf3",
                                                  species)}
 
@@ -125,7 +133,8 @@ CASES = {
     "si_7net": case(si_cell, R_CORE["si"], "fit-si-sevennet-uf3", "Si_uf3_7net0", ["Si"],
                     5.46, SI_REPEATS, sevennet, "SevenNet-0 (carved clusters)", "4k"),
     "whe_7net": case(whe_cell, R_CORE["whe"], "fit-w-sevennet-uf3", "W_uf3_7net0", ["W"],
-                     3.17, W_REPEATS, sevennet, "SevenNet-0 (carved clusters)", "4k"),
+                     3.17, W_REPEATS, sevennet, "SevenNet-0 (carved clusters)", "4k",
+                     buffers=WHE_BUFFERS, scan_at="7k"),
     "si_mace": case(si_cell, R_CORE["si"], "fit-si-mace-uf3", "Si_uf3_mace", ["Si"], 5.468,
                     SI_REPEATS, mace, "shipped MACE Si_snap_mace (masked, exact)", "8k"),
 }
@@ -138,10 +147,10 @@ def timed(fn, *args):
 
 
 def choose_buffer(case: dict, a: float, expensive) -> dict:
-    atoms, seeds = case["cell"](case["repeats"]["4k"], a)
+    atoms, seeds = case["cell"](case["repeats"][case["scan_at"]], a)
     atoms.positions += np.random.default_rng(2).normal(0.0, 0.05, atoms.positions.shape)
     scan = scan_buffers(atoms, expensive, RegionSpec(case["r_core"], R_BLEND, 0.0),
-                        IndexSeeds(seeds), buffers=BUFFERS, tolerance=TOLERANCE)
+                        IndexSeeds(seeds), buffers=case["buffers"], tolerance=TOLERANCE)
     chosen = scan.recommended
     return {"n_atoms": len(atoms), "all_expensive_seconds": scan.reference_seconds,
             "scan": scan.to_dict(), "r_buff_A": chosen,
@@ -150,13 +159,34 @@ def choose_buffer(case: dict, a: float, expensive) -> dict:
                 p.core_error for p in scan.points if p.r_buff == chosen)}
 
 
+def skin_comparison(case: dict, a: float, expensive, cheap, r_buff: float,
+                    steps: int = 100) -> list[dict]:
+    """The MACE cluster graph reused within a skin against carved at every call: mixed
+    MD on the ~8k cell, ``steps`` steps each (regions rebuilt every 10 steps), side by
+    side; the carves counted."""
+    atoms, seeds = case["cell"](case["repeats"]["8k"], a)
+    rows = []
+    for skin in (0.0, expensive.skin, 0.0, expensive.skin):  # twice, interleaved
+        expensive.skin, expensive._skin_graph = skin, None
+        builds = expensive.graph_builds
+        res = ase_md(atoms, expensive, cheap, seeds, R_BLEND, steps, r_buff=r_buff,
+                     r_core=case["r_core"], allow_approximate=True)
+        res.update(skin_A=skin, steps=steps,
+                   graph_builds_per_step=(expensive.graph_builds - builds - 1) / steps)
+        rows.append(res)
+        print(f"skin {skin:.1f} Å: {res['seconds_per_step']:.4f} s/step, expensive "
+              f"{res['breakdown_seconds']['expensive']:.4f} s, carves per step "
+              f"{res['graph_builds_per_step']:.2f}", flush=True)
+    return rows
+
+
 def run_case(name: str, steps: int, sizes) -> dict:
     case = CASES[name]
     a = case["a"]()
     expensive = case["expensive"]()
     cheap = case["cheap"]()
     buffer = choose_buffer(case, a, expensive)
-    r_buff = buffer["r_buff_A"] if buffer["r_buff_A"] is not None else BUFFERS[-1]
+    r_buff = buffer["r_buff_A"] if buffer["r_buff_A"] is not None else case["buffers"][-1]
     atoms_m, _ = case["cell"](case["repeats"][case["measure_at"]], a)
     _, wall_m, cpu_m = timed(expensive.evaluate, atoms_m)
     per_atom = wall_m / len(atoms_m)
@@ -191,11 +221,14 @@ def run_case(name: str, steps: int, sizes) -> dict:
                   f"{res['speedup']:.1f}x, counts {res['counts']}", flush=True)
         rows.append(row)
         cheap.close()
-    return {"expensive": case["expensive_name"], "cheap": cheap.name,
-            "lattice_parameter_A": a, "r_core_A": case["r_core"], "r_blend_A": R_BLEND,
-            "buffer": buffer, "all_expensive_per_atom_ms": per_atom * 1e3,
-            "all_expensive_measured_atoms": len(atoms_m),
-            "steps": steps, "rows": rows}
+    out = {"expensive": case["expensive_name"], "cheap": cheap.name,
+           "lattice_parameter_A": a, "r_core_A": case["r_core"], "r_blend_A": R_BLEND,
+           "buffer": buffer, "all_expensive_per_atom_ms": per_atom * 1e3,
+           "all_expensive_measured_atoms": len(atoms_m),
+           "steps": steps, "rows": rows}
+    if hasattr(expensive, "graph_builds"):  # MACE: what the skin saves
+        out["skin"] = skin_comparison(case, a, expensive, cheap, r_buff)
+    return out
 
 
 def main() -> None:
