@@ -98,3 +98,9 @@ def test_sevennet_dtype_from_toml_and_bad_dtype_named():
         make_potential({"backend": "sevennet", "dtype": "double", "buffer": -1},
                        "potentials.expensive")
     assert "potentials.expensive.buffer" in str(err.value)  # every mistake at once
+
+
+def test_bad_dtype_from_python_refused_before_the_model_loads():
+    with pytest.raises(ConfigurationError, match=r"dtype must be one of \('float64', "
+                                                 r"'float32'\), got 'double'"):
+        AseClusterPotential.sevennet("7net-0", dtype="double")

@@ -108,6 +108,7 @@ LATTICE = ("bulk", "vacancy", "interstitial", "substitution")
 SEED_KINDS = ("defect", "indices", "species", "classifier", "lammps_compute")
 AVERAGED = ("classifier", "lammps_compute")
 TASKS = ("md", "relax", "neb")
+DTYPES = ("float64", "float32")  # torch precisions (mace, sevennet)
 BACKENDS = ("lammps", "ace", "mace", "ase", "sevennet", "chgnet")
 
 
@@ -329,7 +330,7 @@ POTENTIAL = Schema("potential table", (
            only=("mace", "sevennet", "chgnet")),
         _k("dtype", "string", DERIVED, "precision: MACE float64 (default) or float32; "
            "SevenNet float32 (default, as trained) or float64 (smooth energies for "
-           "labelling elastic constants, 2x the cost)", choices_=("float64", "float32"),
+           "labelling elastic constants, 2x the cost)", choices_=DTYPES,
            only=("mace", "sevennet")),
         _k("skin", "float", 1.0, "a masked evaluation's cluster graph is reused while no "
            "atom has moved skin/2 (0: rebuilt every call; exact either way)", "Å",

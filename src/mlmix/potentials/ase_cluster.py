@@ -54,7 +54,7 @@ from ..errors import (
     missing_dependency,
 )
 from .base import Evaluation, Potential, bare_copy
-from .devices import check_device
+from .devices import check_device, check_dtype
 from .weighted import WeightedEvaluation, weighted_on_cluster
 
 
@@ -189,13 +189,12 @@ class AseClusterPotential(Potential):
         warning that no tensor-product accelerator is enabled is silenced: none
         exists for CPU runs.
         """
-        from .sevennet import DTYPES, SevenNetPotential, load_float64_model
+        from .sevennet import SevenNetPotential, load_float64_model
         try:
             from sevenn.calculator import SevenNetCalculator
         except ImportError as exc:
             raise missing_dependency("sevenn", "sevenn") from exc
-        if dtype not in DTYPES:
-            raise ConfigurationError(f"SevenNet dtype must be one of {DTYPES}, got {dtype!r}")
+        check_dtype(dtype)
         check_device(device)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="No tensor product accelerator")

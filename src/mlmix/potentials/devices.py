@@ -1,8 +1,16 @@
-"""Torch devices named in configs: refused before any work when this machine lacks them."""
+"""Torch devices and precisions named in configs: refused before any work when this
+machine lacks them or they are not one of the choices."""
 
 from __future__ import annotations
 
 from ..errors import ConfigurationError
+from ..schema import DTYPES
+
+
+def check_dtype(dtype) -> None:
+    """Refuse a precision that is not one of ``mlmix.schema.DTYPES``."""
+    if dtype not in DTYPES:
+        raise ConfigurationError(f"dtype must be one of {DTYPES}, got {dtype!r}")
 
 
 def is_device_name(device) -> bool:

@@ -83,7 +83,7 @@ def check_potential_spec(spec, where: str, problems: Problems) -> None:
     elif backend == "ase":
         check_ase_spec(spec, where, problems)
     if backend in ("mace", "sevennet") and "dtype" in spec:
-        problems.choice(spec, where, "dtype", {"float64", "float32"})
+        problems.choice(spec, where, "dtype", choices(POTENTIAL, "potential", "dtype"))
     if backend in DEVICE_BACKENDS and "device" in spec and not is_device_name(spec["device"]):
         problems.add(f"{where}.device", f"must be 'cpu' or 'cuda' (or 'cuda:K'), got "
                      f"{spec['device']!r}")

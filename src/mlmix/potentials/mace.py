@@ -33,14 +33,13 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from ..errors import CalculationError, ConfigurationError, missing_dependency
 from .base import Evaluation, Potential, bare_copy
-from .devices import check_device
+from .devices import check_device, check_dtype
 from .files import resolve_potential_file
 from .graph_skin import SkinGraph, active_graph, build_skin_graph
 from .weighted import WeightedEvaluation, weighted_on_cluster
 
 # Models trained and shipped by mlmix (each with the script that made it).
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "mace"
-DTYPES = ("float64", "float32")
 DEFAULT_SKIN = 1.0  # Å
 # the fields of a MACE graph with one row per edge (the others per node or per graph)
 _EDGE_FIELDS = ("shifts", "unit_shifts")
@@ -104,8 +103,7 @@ class MacePotential(Potential):
     def __init__(self, model, *, device: str = "cpu", dtype: str = "float64",
                  skin: float = DEFAULT_SKIN, name: str | None = None):
         torch, self._data, self._geometric, utils = _import_mace()
-        if dtype not in DTYPES:
-            raise ConfigurationError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        check_dtype(dtype)
         if not (np.isfinite(skin) and skin >= 0):
             raise ConfigurationError(f"skin must be >= 0 Å, got {skin!r}")
         check_device(device)
@@ -243,8 +241,9 @@ class MacePotential(Potential):
             graph = build_skin_graph(atoms, mask, self.receptive_field, self.cutoff,
                                      self.skin, self.cutoff + 1.0, self._edges)
             self._skin_graph, self.graph_builds = graph, self.graph_builds + 1
-            moved = np.zeros((n, 3))
-        positions = graph.cluster.positions + moved[graph.index]
+        positions = graph.cluster.positions
+        if moved is not None:  # a kept graph: its atoms where they are now
+            positions = positions + moved[graph.index]
         nodes, edges, senders, receivers = active_graph(positions, graph, self.cutoff,
                                                         self.n_interactions - 1)
         inside = graph.inside[nodes]

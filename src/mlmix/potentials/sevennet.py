@@ -32,8 +32,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from ..errors import CalculationError
 from .ase_cluster import AseClusterPotential
 from .base import bare_copy
-
-DTYPES = ("float32", "float64")
+from .devices import check_dtype
 
 
 @contextmanager
@@ -106,8 +105,7 @@ class SevenNetPotential(AseClusterPotential):
 
     def __init__(self, calculator, *args, dtype: str = "float32", **kwargs):
         super().__init__(calculator, *args, **kwargs)
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        check_dtype(dtype)
         self.dtype = dtype
 
     def __repr__(self) -> str:
