@@ -8,11 +8,12 @@ from mlmix._lammps_runtime import new_lammps
 from mlmix.potentials.lammps import LammpsPotential
 
 
-def native_lammps_seconds_per_step(potential: LammpsPotential, lattice: str, a: float,
-                                   repeat: int, steps: int) -> float:
-    """Seconds per step of plain LAMMPS NVE ``run N`` on the same vacancy cell."""
-    lmp = new_lammps()
-    try:
+class NativeRun:
+    """Plain LAMMPS NVE on a vacancy cell, kept alive so that it can be timed in blocks
+    between other measurements (``run N pre no post no`` continues it)."""
+
+    def __init__(self, potential: LammpsPotential, lattice: str, a: float, repeat: int):
+        self.lmp = new_lammps()
         for cmd in [
             "units metal", "atom_style atomic",
             f"lattice {lattice} {a}",
@@ -23,9 +24,23 @@ def native_lammps_seconds_per_step(potential: LammpsPotential, lattice: str, a: 
             "velocity all create 300 1 mom yes", "fix nve all nve", "timestep 0.001",
             "thermo 0", "run 1",
         ]:
-            lmp.command(cmd)
+            self.lmp.command(cmd)
+        self.n_atoms = int(self.lmp.get_natoms())
+
+    def seconds_per_step(self, steps: int) -> float:
         t = time.perf_counter()
-        lmp.command(f"run {steps} pre no post no")
+        self.lmp.command(f"run {steps} pre no post no")
         return (time.perf_counter() - t) / steps
+
+    def close(self) -> None:
+        self.lmp.close()
+
+
+def native_lammps_seconds_per_step(potential: LammpsPotential, lattice: str, a: float,
+                                   repeat: int, steps: int) -> float:
+    """Seconds per step of plain LAMMPS NVE ``run N`` on the same vacancy cell."""
+    run = NativeRun(potential, lattice, a, repeat)
+    try:
+        return run.seconds_per_step(steps)
     finally:
-        lmp.close()
+        run.close()

@@ -29,6 +29,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from _common import native_lammps_seconds_per_step
 from ase import Atoms, units
@@ -91,35 +92,80 @@ def all_expensive_seconds_per_step(expensive, case: dict, atoms: Atoms,
             "python-ace, all atoms (mlmix all-atom path)")
 
 
+class MdBlocks:
+    """MD timed in blocks of steps that continue one trajectory. Subclasses set
+    ``history`` (the per-step reports) and ``advance(steps)``."""
+
+    history: Any
+    steps, wall, cpu = 0, 0.0, 0.0
+
+    def advance(self, steps: int) -> None:
+        raise NotImplementedError
+
+    def block(self, steps: int) -> float:
+        """Run ``steps`` steps; their wall seconds per step."""
+        t, c = time.perf_counter(), time.process_time()
+        self.advance(steps)
+        wall = time.perf_counter() - t
+        self.steps, self.wall, self.cpu = (self.steps + steps, self.wall + wall,
+                                           self.cpu + time.process_time() - c)
+        return wall / steps
+
+    def block_sets(self, steps: int) -> tuple[float, float]:
+        """Mean sizes of the expensive and cheap sets over the last ``steps`` steps."""
+        reports = list(self.history)[-steps:]
+        return (statistics.mean(r.counts["expensive"] for r in reports),
+                statistics.mean(r.counts["cheap"] for r in reports))
+
+
+class AseBlocks(MdBlocks):
+    """Mixed velocity-Verlet MD (ASE engine) in blocks; ``r_buff`` (Å) defaults to the
+    expensive cutoff."""
+
+    def __init__(self, atoms: Atoms, expensive, cheap, seeds, r_blend: float,
+                 nevery: int = 10, correction_every: int = 1, r_buff: float | None = None,
+                 r_core: float = 6.0, allow_approximate: bool = False):
+        r_buff = expensive.cutoff if r_buff is None else r_buff
+        spec = RegionSpec(r_core=r_core, r_blend=r_blend, r_buff=r_buff)
+        self.calc = MixedCalculator(expensive, cheap,
+                                    RegionTracker(spec, IndexSeeds(seeds), nevery=nevery),
+                                    correction_every=correction_every,
+                                    allow_approximate=allow_approximate)
+        self.correction_every = correction_every
+        self.atoms = atoms.copy()
+        self.atoms.calc = self.calc
+        self.atoms.get_forces()  # first build and instance set-up are not MD steps
+        self.md = VelocityVerlet(self.atoms, timestep=1.0 * units.fs)
+        self.history = self.calc.history
+
+    def advance(self, steps: int) -> None:
+        self.md.run(steps)
+
+    def summary(self) -> dict:
+        """Per-step means over every block (region rebuilds included)."""
+        reports = list(self.calc.history)[-self.steps:]
+        k = self.correction_every
+        return {
+            "seconds_per_step": self.wall / self.steps,
+            "cpu_seconds_per_step": self.cpu / self.steps,
+            "counts": reports[-1].counts,
+            "n_expensive_evaluated": max(r.n_expensive for r in reports[-k:]),
+            "breakdown_seconds": {
+                key: statistics.mean(r.seconds[key] for r in reports)
+                for key in ("regions", "expensive", "cheap", "total")
+            },
+        }
+
+
 def mixed_md(atoms: Atoms, expensive, cheap, seeds, r_blend: float, steps: int,
              nevery: int = 10, correction_every: int = 1, r_buff: float | None = None,
              r_core: float = 6.0, allow_approximate: bool = False) -> dict:
     """Time mixed velocity-Verlet MD; per-step mean includes the region rebuilds.
     ``r_buff`` (Å) defaults to the expensive cutoff."""
-    r_buff = expensive.cutoff if r_buff is None else r_buff
-    spec = RegionSpec(r_core=r_core, r_blend=r_blend, r_buff=r_buff)
-    calc = MixedCalculator(expensive, cheap, RegionTracker(spec, IndexSeeds(seeds), nevery=nevery),
-                           correction_every=correction_every,
-                           allow_approximate=allow_approximate)
-    atoms = atoms.copy()
-    atoms.calc = calc
-    atoms.get_forces()  # first build and instance set-up are not MD steps
-    md = VelocityVerlet(atoms, timestep=1.0 * units.fs)
-    t, c = time.perf_counter(), time.process_time()
-    md.run(steps)
-    per_step = (time.perf_counter() - t) / steps
-    cpu_per_step = (time.process_time() - c) / steps
-    reports = list(calc.history)[1:]
-    return {
-        "seconds_per_step": per_step,
-        "cpu_seconds_per_step": cpu_per_step,
-        "counts": reports[-1].counts,
-        "n_expensive_evaluated": max(r.n_expensive for r in reports[-correction_every:]),
-        "breakdown_seconds": {
-            k: statistics.mean(r.seconds[k] for r in reports)
-            for k in ("regions", "expensive", "cheap", "total")
-        },
-    }
+    run = AseBlocks(atoms, expensive, cheap, seeds, r_blend, nevery, correction_every,
+                    r_buff, r_core, allow_approximate)
+    run.block(steps)
+    return run.summary()
 
 
 def run_case(name: str, sizes: list[str], mixed_steps: int) -> list[dict]:

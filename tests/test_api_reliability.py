@@ -26,6 +26,7 @@ from mlmix import (
     SpeciesSeeds,
     coordination,
 )
+from mlmix.contacts import ContactWatch, contact_problem
 from mlmix.errors import CalculationError, ConfigurationError
 from mlmix.structures import thermalize, vacancy_supercell
 from test_mixing import w_he_pair, w_with_he  # noqa: F401 (a fixture)
@@ -324,6 +325,37 @@ def test_atoms_that_collide_are_caught_at_the_next_rebuild(sw_tersoff_pair):
     a.positions[30] = a.positions[31] + [0.2, 0.0, 0.0]  # step 2 rebuilds
     with pytest.raises(ConfigurationError, match=r"atoms 30 and 31 \(Si-Si\) are 0.2 Å apart"):
         a.get_forces()
+
+
+def test_the_contact_watch_agrees_with_a_full_search_at_every_call():
+    """Two atoms walked towards each other through a hot crystal: at each call the
+    watch gives exactly the full search's answer, searching only when the recorded
+    nearest-neighbour distances minus the displacements could reach the threshold."""
+    a, _ = si_structure()
+    rng = np.random.default_rng(3)
+    watch = ContactWatch()
+    target = a.positions[31] + [0.3, 0.0, 0.0]
+    for step in range(60):
+        a.positions += rng.normal(0.0, 0.01, a.positions.shape)
+        a.positions[30] += (target - a.positions[30]) * 0.05
+        assert watch.problem(a) == contact_problem(a), step
+    assert contact_problem(a) is not None  # the pair ends too close
+    assert 2 <= watch.n_searches < 40  # most calls needed no search
+    quiet = ContactWatch()
+    for _ in range(20):  # thermal motion alone: one search
+        a.positions[:30] += rng.normal(0.0, 0.005, (30, 3))
+        quiet.problem(a[:30])
+    assert quiet.n_searches == 1
+
+
+def test_the_contact_watch_searches_again_after_a_cell_change():
+    a, _ = si_structure()
+    watch = ContactWatch(min_distance=1.5)
+    assert watch.problem(a) is None and watch.n_searches == 1
+    a.set_cell(a.cell.array * 0.6, scale_atoms=True)  # bonds 2.35 -> 1.41 Å
+    assert "closer than the minimum distance 1.5 Å" in watch.problem(a)
+    assert watch.n_searches == 2
+    assert ContactWatch(min_distance=0).problem(a) is None
 
 
 def test_forces_that_are_not_finite_raise_instead_of_being_returned(sw_tersoff_pair):

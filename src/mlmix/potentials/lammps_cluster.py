@@ -32,6 +32,7 @@ from ase import Atoms
 
 from ..carving import carve_cluster, within
 from ..neighbours import complete_cell
+from .base import Evaluation
 from .lammps_frame import minimum_image
 from .weighted import WeightedEvaluation
 
@@ -57,6 +58,56 @@ class _Cluster:
         return minimum_image(d, self.frame, self.inverse, self.pbc)
 
 
+class FollowingCluster:
+    """The cluster of a set of atoms S (S plus every atom within ``cutoff + margin``),
+    carved once and then moved with the atoms while it stays exact (module docstring).
+
+    Args:
+        cutoff: Å, range of the terms a centre owns.
+        margin: Å, how far beyond the cutoff the cluster reaches.
+    """
+
+    def __init__(self, cutoff: float, margin: float):
+        self.cutoff = float(cutoff)
+        self.margin = float(margin)
+        self.cluster: _Cluster | None = None
+        self.n_builds = 0
+        self._declined: tuple | None = None  # (key, members) whose cluster was too big
+
+    def current(self, atoms: Atoms, members: np.ndarray) -> _Cluster | None:
+        """The cluster of ``members`` (``(N,)`` bool) at the positions of ``atoms``, or
+        None when it would hold more than :data:`MAX_FRACTION` of the atoms."""
+        count = np.count_nonzero(members)
+        if not 0 < count <= MAX_FRACTION * len(atoms):  # never small: no search
+            return None
+        cell, pbc = atoms.cell.array, np.asarray(atoms.pbc, dtype=bool)
+        key = (cell.tobytes(), pbc.tobytes(), atoms.numbers.tobytes())
+        c = self.cluster
+        if c is not None and c.key == key and not (members & ~c.built_for).any():
+            moved = c.min_image(atoms.positions - c.reference)
+            if np.einsum("ij,ij->i", moved, moved).max(initial=0.0) <= (0.5 * self.margin) ** 2:
+                if c.periodic:
+                    c.atoms.positions = atoms.positions[c.index]
+                else:
+                    step = c.min_image(atoms.positions[c.index] - c.last[c.index])
+                    c.atoms.positions = c.atoms.positions + step
+                c.last = atoms.positions.copy()
+                return c
+        d = self._declined
+        if d is not None and d[0] == key and np.array_equal(d[1], members):
+            return None  # (tried again only for another set: a search per call costs)
+        keep = within(atoms.positions, cell, atoms.pbc, members, self.cutoff + self.margin)
+        if keep.sum() > MAX_FRACTION * len(atoms):
+            self.cluster, self._declined = None, (key, members.copy())
+            return None
+        sub, index, periodic = carve_cluster(atoms, keep, self.cutoff, self.cutoff + 1.0)
+        frame = complete_cell(cell, pbc)
+        self.cluster = _Cluster(sub, index, periodic, members.copy(), atoms.positions.copy(),
+                                atoms.positions.copy(), key, frame, np.linalg.inv(frame), pbc)
+        self.n_builds += 1
+        return self.cluster
+
+
 class ClusterLevels:
     """The weighted energy of one potential, on a cluster instance when that is smaller.
 
@@ -73,20 +124,23 @@ class ClusterLevels:
                  cutoff: float, margin: float, close: Callable[[], None] = lambda: None):
         self.evaluate = evaluate
         self.close = close
-        self.cutoff = float(cutoff)
-        self.margin = float(margin)
-        self.cluster: _Cluster | None = None
-        self.n_builds = 0
+        self.following = FollowingCluster(cutoff, margin)
+
+    @property
+    def n_builds(self) -> int:
+        """Clusters carved so far."""
+        return self.following.n_builds
+
+    @property
+    def cluster(self) -> _Cluster | None:
+        """The cluster of the last call (None: it ran on the whole structure)."""
+        return self.following.cluster
 
     def weighted(self, atoms: Atoms, w: np.ndarray,
                  fallback: Callable[[np.ndarray], WeightedEvaluation]) -> WeightedEvaluation:
         """sum_i w_i E_i on the cluster of the atoms with w > 0, or ``fallback(w)``
         (the full structure) when that cluster is not small."""
-        weighted = w > 0
-        count = np.count_nonzero(weighted)
-        # (a cluster of more than MAX_FRACTION of the atoms is never used: no search)
-        small = 0 < count <= MAX_FRACTION * len(atoms)
-        cluster = self._current(atoms, weighted) if small else None
+        cluster = self.following.current(atoms, w > 0)
         if cluster is None:
             return fallback(w)
         part = self.evaluate(cluster.atoms, w[cluster.index])
@@ -95,27 +149,14 @@ class ClusterLevels:
         return WeightedEvaluation(part.energy, forces, part.strain_derivative,
                                   part.n_evaluated, part.n_levels)
 
-    def _current(self, atoms: Atoms, weighted: np.ndarray) -> _Cluster | None:
-        cell, pbc = atoms.cell.array, np.asarray(atoms.pbc, dtype=bool)
-        key = (cell.tobytes(), pbc.tobytes(), atoms.numbers.tobytes())
-        c = self.cluster
-        if c is not None and c.key == key and not (weighted & ~c.built_for).any():
-            moved = c.min_image(atoms.positions - c.reference)
-            if np.einsum("ij,ij->i", moved, moved).max(initial=0.0) <= (0.5 * self.margin) ** 2:
-                if c.periodic:
-                    c.atoms.positions = atoms.positions[c.index]
-                else:
-                    step = c.min_image(atoms.positions[c.index] - c.last[c.index])
-                    c.atoms.positions = c.atoms.positions + step
-                c.last = atoms.positions.copy()
-                return c
-        keep = within(atoms.positions, cell, atoms.pbc, weighted, self.cutoff + self.margin)
-        if keep.sum() > MAX_FRACTION * len(atoms):
-            self.cluster = None
-            return None
-        sub, index, periodic = carve_cluster(atoms, keep, self.cutoff, self.cutoff + 1.0)
-        frame = complete_cell(cell, pbc)
-        self.cluster = _Cluster(sub, index, periodic, weighted.copy(), atoms.positions.copy(),
-                                atoms.positions.copy(), key, frame, np.linalg.inv(frame), pbc)
-        self.n_builds += 1
-        return self.cluster
+
+def masked_on_cluster(cluster: _Cluster, n: int, part: Evaluation) -> Evaluation:
+    """A masked evaluation ``part`` of ``cluster.atoms`` as one of the full structure
+    of ``n`` atoms: zero forces and NaN energies off the cluster. Exact wherever the
+    cluster's is, for a potential whose terms belong to list centres (the cluster
+    holds every atom within the cutoff of a centre in the mask)."""
+    forces = np.zeros((n, 3))
+    forces[cluster.index] = part.forces
+    energies = np.full(n, np.nan)
+    energies[cluster.index] = part.energies
+    return Evaluation(forces, energies, part.n_evaluated, part.exact)

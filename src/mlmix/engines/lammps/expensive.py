@@ -27,7 +27,7 @@ def _checked(expensive: Potential, atoms: Atoms, mask: np.ndarray,
              allow_approximate: bool) -> tuple[np.ndarray, int]:
     """Forces ``(m, 3)`` eV/Å of a masked evaluation and the atoms it evaluated;
     an approximate evaluation is refused unless allowed."""
-    ev = expensive.evaluate(atoms, mask)
+    ev = expensive.evaluate(atoms, mask, energies=False)
     if not ev.exact and not allow_approximate:
         raise ConfigurationError(
             f"{expensive.name} evaluated the expensive set approximately; widen "
