@@ -284,6 +284,9 @@ def test_nan_position_and_bad_mask_are_rejected():
         pot.evaluate(atoms, np.ones(63, bool))
     with pytest.raises(ConfigurationError, match="mask must be a boolean array"):
         pot.evaluate(atoms, np.ones(64, int))
+    with pytest.raises(ConfigurationError, match=r"evaluate\(energies=...\) must be True or "
+                                                 r"False, got 'no'"):
+        pot.evaluate(atoms, energies="no")
     atoms.positions[3, 1] = np.nan
     with pytest.raises(ConfigurationError, match="NaN or infinite positions.*index 3"):
         pot.evaluate(atoms)

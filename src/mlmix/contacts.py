@@ -90,7 +90,7 @@ class ContactWatch:
     u_i the displacement of atom i since then, every distance is at least
     n_i - u_i - max(u), so while that stays at or above the largest minimum distance
     no pair can be too close and no search is needed: O(N) numpy instead of a
-    neighbour search (measured: 37 ms at 64k atoms, at every region rebuild). Atoms
+    neighbour search (measured at 64k atoms: 0.8 ms against 37-43 ms). Atoms
     wrapped back into the cell look displaced by a lattice vector and force a search,
     as does any change of the atom count, species, cell or periodicity.
 

@@ -135,6 +135,10 @@ class Potential(abc.ABC):
                 for Tersoff at 64k atoms -3 to +8 % of a call, within this machine's
                 noise). The forces are the same either way.
         """
+        if not isinstance(energies, (bool, np.bool_)):
+            raise ConfigurationError(
+                f"{self.name}: evaluate(energies=...) must be True or False, got "
+                f"{energies!r}")
         self.check_atoms(atoms)
         n = len(atoms)
         if mask is None:

@@ -303,7 +303,7 @@ class LammpsPotential(Potential):
         self._cluster_levels: ClusterLevels | None = None  # energy mixing's level instance
         # masked evaluations of a small set: its cluster and the instance that holds it
         self._masked_cluster: tuple[FollowingCluster, LammpsPotential] | None = None
-        self._carves = True  # False for that instance itself
+        self._carves: bool | None = None  # decided at the first masked call; False there
         self._copies: tuple[TypedCopies, TypedCopies] | None = None  # sw/tersoff levels
         # what the thermo line computes: "energy" (the per-atom tally), "virial" (and the
         # pressure) or "forces" (nothing: no per-atom tally)
@@ -801,12 +801,14 @@ class LammpsPotential(Potential):
         per-call work over the whole instance (ghost exchange, clearing forces,
         neighbour lists of every atom) and the transfers of all N positions and forces
         then scale with the cluster. None when the cluster is not smaller."""
-        # Under mpirun the instances span the ranks, which would all have to carve
-        # alike; sw and tersoff book terms by atom ids, which the cluster renumbers
-        # (the forces would agree, the per-atom energies not).
-        if not self._carves or self.partial or mpi_world_size() > 1 \
-                or any(style in PAIR_OWNER_BY_IDS for style in self.styles) \
-                or self._resolve_route() != "centres":
+        if self._carves is None:
+            # Under mpirun the instances span the ranks, which would all have to carve
+            # alike; sw and tersoff book terms by atom ids, which the cluster renumbers
+            # (the forces would agree, the per-atom energies not).
+            self._carves = not (self.partial or mpi_world_size() > 1
+                                or any(style in PAIR_OWNER_BY_IDS for style in self.styles)
+                                or self._resolve_route() != "centres")
+        if not self._carves:
             return None
         if self._masked_cluster is None:
             twin = self._twin("masked")

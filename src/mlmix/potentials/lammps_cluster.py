@@ -57,6 +57,13 @@ class _Cluster:
         """``(n, 3)`` displacements in the full structure, by the minimum image."""
         return minimum_image(d, self.frame, self.inverse, self.pbc)
 
+    def spread(self, values: np.ndarray, n: int, fill: float) -> np.ndarray:
+        """Per-atom ``values`` of the cluster (rows ``(n_c, ...)``) as rows of the full
+        structure of ``n`` atoms, ``fill`` off the cluster."""
+        out = np.full((n, *values.shape[1:]), fill)
+        out[self.index] = values
+        return out
+
 
 class FollowingCluster:
     """The cluster of a set of atoms S (S plus every atom within ``cutoff + margin``),
@@ -144,10 +151,8 @@ class ClusterLevels:
         if cluster is None:
             return fallback(w)
         part = self.evaluate(cluster.atoms, w[cluster.index])
-        forces = np.zeros((len(atoms), 3))
-        forces[cluster.index] = part.forces
-        return WeightedEvaluation(part.energy, forces, part.strain_derivative,
-                                  part.n_evaluated, part.n_levels)
+        return WeightedEvaluation(part.energy, cluster.spread(part.forces, len(atoms), 0.0),
+                                  part.strain_derivative, part.n_evaluated, part.n_levels)
 
 
 def masked_on_cluster(cluster: _Cluster, n: int, part: Evaluation) -> Evaluation:
@@ -155,8 +160,5 @@ def masked_on_cluster(cluster: _Cluster, n: int, part: Evaluation) -> Evaluation
     of ``n`` atoms: zero forces and NaN energies off the cluster. Exact wherever the
     cluster's is, for a potential whose terms belong to list centres (the cluster
     holds every atom within the cutoff of a centre in the mask)."""
-    forces = np.zeros((n, 3))
-    forces[cluster.index] = part.forces
-    energies = np.full(n, np.nan)
-    energies[cluster.index] = part.energies
-    return Evaluation(forces, energies, part.n_evaluated, part.exact)
+    return Evaluation(cluster.spread(part.forces, n, 0.0),
+                      cluster.spread(part.energies, n, np.nan), part.n_evaluated, part.exact)
