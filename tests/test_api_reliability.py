@@ -28,6 +28,7 @@ from mlmix import (
 )
 from mlmix.contacts import ContactWatch, contact_problem
 from mlmix.errors import CalculationError, ConfigurationError
+from mlmix.potentials.base import nonfinite_rows
 from mlmix.structures import thermalize, vacancy_supercell
 from test_mixing import w_he_pair, w_with_he  # noqa: F401 (a fixture)
 
@@ -377,6 +378,24 @@ def test_forces_that_are_not_finite_raise_instead_of_being_returned(sw_tersoff_p
     b.positions[40] = b.positions[41]
     with pytest.raises(CalculationError, match=r"first: index 40\b"):
         b.get_forces()
+
+
+
+def test_nonfinite_rows_agrees_with_the_row_test_where_the_sum_overflows():
+    """The one-pass test finds exactly the rows a per-row test finds: NaN, +-inf (also
+    +inf and -inf together, whose sum is NaN), and none among finite values so large
+    that their sum overflows to inf."""
+    rng = np.random.default_rng(0)
+    for bad in ([], [3], [0, 7], [9]):
+        for value in (np.nan, np.inf, -np.inf):
+            x = rng.normal(size=(10, 3))
+            x[bad, 1] = value
+            assert_array_equal(nonfinite_rows(x), bad)
+    x = np.zeros((10, 3))
+    x[2, 0], x[5, 2] = np.inf, -np.inf
+    assert_array_equal(nonfinite_rows(x), [2, 5])
+    huge = np.full((4, 3), 1e308)  # (their sum overflows)
+    assert nonfinite_rows(huge).size == 0
 
 
 # --------------------------------------------------------------------------- LAMMPS species

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.geometry import find_mic
 
-from mlmix import ConfigurationError, IndexSeeds, RegionSpec
+from mlmix import ConfigurationError, IndexSeeds, RegionSpec, RegionTracker
 from mlmix.buffer import default_buffers, scan_buffers
 from mlmix.cli import main as cli_main
+from mlmix.potentials.ase_cluster import AseClusterPotential, ReceptiveFieldWarning
 from mlmix.potentials.lammps import LammpsPotential
 from mlmix.run import run
 from mlmix.structures import vacancy_supercell
@@ -47,6 +52,48 @@ def test_error_falls_to_round_off_at_the_cutoff_of_a_local_potential(case):
         tight = scan_buffers(atoms, sw, RegionSpec(2.5, 1.0), IndexSeeds(seeds), [0.0, 1.0],
                              tolerance=1e-6)
     assert tight.recommended is None and "none of these" in tight.table()
+
+
+def test_points_whose_evaluation_set_wraps_around_the_cell_are_marked(case):
+    """In the 16 Å cell the 5 Å evaluation set wraps around it (checked here by
+    unwrapping each set directly); SW is exact from its cutoff on, so the point still
+    counts for larger cells."""
+    atoms, seeds = case
+    with LammpsPotential.sw("Si.sw", ["Si"]) as sw:
+        scan = scan_buffers(atoms, sw, RegionSpec(2.5, 1.0), IndexSeeds(seeds),
+                            [0.0, 2.0, 3.77118, 5.0], tolerance=1e-6)
+        cutoff = sw.cutoff
+    wraps = []
+    for point in scan.points:
+        tracker = RegionTracker(RegionSpec(2.5, 1.0, point.r_buff), IndexSeeds(seeds),
+                                nevery=0, skin=0.0)
+        pos = atoms.positions[tracker.update(atoms, 0).expensive]
+        d, _ = find_mic(pos - pos[0], atoms.cell, atoms.pbc)
+        wraps.append(bool(np.any(d.max(axis=0) - d.min(axis=0) + cutoff
+                                 >= atoms.cell.lengths())))
+    assert [p.wraps for p in scan.points] == wraps == [False, False, False, True]
+    assert scan.recommended == scan.recommended_beyond_this_cell == 3.77118
+    assert scan.to_dict()["points"][-1]["wraps"] is True
+    assert "for larger cells: 3.77118 Å" in scan.table()
+
+
+@pytest.mark.parametrize(("repeat", "beyond"), [(4, None), (6, 6.0)])
+def test_a_wrapping_approximate_point_is_not_recommended_for_larger_cells(repeat, beyond):
+    """EMT on carved clusters (never exact, receptive field 10 Å): in the 14 Å cell the
+    clusters from 4 Å on wrap around it and keep the cell, so only the scanned cell may
+    use them; in the 22 Å cell the same 6 Å buffer does not wrap and holds beyond it."""
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(repeat)
+    atoms.rattle(0.05, seed=1)
+    pot = AseClusterPotential(EMT(), buffer=0.0, cutoff=5.0, receptive_field=10.0)
+    with pytest.warns(ReceptiveFieldWarning):
+        scan = scan_buffers(atoms, pot, RegionSpec(2.6, 1.0), IndexSeeds([0]),
+                            [3.0, 4.0, 5.0, 6.0, 8.0], tolerance=0.01)
+    assert scan.exact_r_buff is None and scan.recommended == 6.0
+    assert scan.points[-1].wraps and not scan.points[0].wraps
+    assert scan.points[3].wraps is (repeat == 4)
+    assert scan.recommended_beyond_this_cell == beyond
+    if beyond is None:
+        assert "for larger cells: none of these (scan in a larger cell)" in scan.table()
 
 
 def test_bad_arguments_are_refused(case):

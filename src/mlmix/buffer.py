@@ -13,6 +13,15 @@ Error measures (eV/Å), over the weighted atoms (p > 0):
   tolerance applies to it);
 - ``core_error``: max of |F_i - F_i^full| over the core (p = 1);
 - ``rms_error``: root mean square of p_i |F_i - F_i^full|.
+
+A point whose evaluation set wraps around the cell (``wraps``: it does not fit as a
+finite cluster, :func:`mlmix.carving.fits_as_cluster`) measures this cell only: a
+carved cluster then keeps the cell and lacks just the atoms beyond the set's reach
+on every side at once, so in a larger cell the same ``r_buff`` misses more (EMT on
+clusters of Cu: 0.012 eV/Å at 5 Å wrapping a 14 Å cell, 0.017 not wrapping a 22 Å
+one). :attr:`BufferScan.recommended`
+holds for the scanned structure itself (``r_buff = "auto"``);
+:attr:`BufferScan.recommended_beyond_this_cell` uses only the points that do not wrap.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from .carving import fits_as_cluster
 from .errors import ConfigurationError
 from .potentials.base import Potential, exact_r_buff
 from .regions import RegionSpec, RegionTracker
@@ -45,6 +55,7 @@ class BufferPoint:
     n_expensive: int  # atoms in the evaluation set
     n_evaluated: int  # atoms the expensive potential evaluated (its cost)
     seconds: float
+    wraps: bool = False  # the evaluation set wraps around the cell (module docstring)
 
 
 @dataclass(frozen=True)
@@ -68,13 +79,19 @@ class BufferScan:
     @property
     def recommended(self) -> float | None:
         """Å, the smallest scanned ``r_buff`` from which on every scanned width meets the
-        tolerance; None if the widest does not."""
-        best = None
-        for point in reversed(self.points):
-            if point.error > self.tolerance:
-                break
-            best = point.r_buff
-        return best
+        tolerance on this structure; None if the widest does not."""
+        return _smallest_holding(self.points, self.tolerance)
+
+    @property
+    def recommended_beyond_this_cell(self) -> float | None:
+        """Å, as :attr:`recommended` over the points whose evaluation set does not wrap
+        around the cell: the error measured there does not depend on the cell being
+        this small, so it holds for a larger cell of the same structure (so do the
+        points at or beyond :attr:`exact_r_buff`, exact in any cell)."""
+        exact = self.exact_r_buff
+        return _smallest_holding([p for p in self.points if not p.wraps
+                                  or exact is not None and p.r_buff >= exact],
+                                 self.tolerance)
 
     def error_at(self, r_buff: float) -> float:
         """eV/Å, the measured ``error`` at a scanned ``r_buff``."""
@@ -86,6 +103,7 @@ class BufferScan:
     def to_dict(self) -> dict:
         return {"potential": self.potential, "tolerance_eV_per_A": self.tolerance,
                 "exact_r_buff_A": self.exact_r_buff, "recommended_r_buff_A": self.recommended,
+                "recommended_beyond_this_cell_r_buff_A": self.recommended_beyond_this_cell,
                 "reference_seconds": self.reference_seconds,
                 "points": [asdict(p) for p in self.points]}
 
@@ -99,14 +117,31 @@ class BufferScan:
         for p in self.points:
             rows.append(f"{p.r_buff:8.2f} {p.error:10.4g} {p.core_error:10.4g} "
                         f"{p.rms_error:10.4g} {p.n_expensive:9d} {p.n_evaluated:9d} "
-                        f"{p.seconds:7.2f}")
+                        f"{p.seconds:7.2f}" + ("  wraps" if p.wraps else ""))
         rec = self.recommended
         rows.append(f"whole system: {self.reference_seconds:.2f} s; exact from r_buff = "
                     f"{self.exact_r_buff if self.exact_r_buff is not None else 'never'}")
         rows.append(f"recommended r_buff for error <= {self.tolerance:g} eV/Å: "
                     + (f"{rec:g} Å" if rec is not None else
                        "none of these (scan wider buffers, or loosen the tolerance)"))
+        if any(p.wraps for p in self.points):
+            beyond = self.recommended_beyond_this_cell
+            rows.append("wraps: the evaluation set wraps around this cell, so its error "
+                        "holds for this cell only (a larger cell misses more); for larger "
+                        "cells: " + (f"{beyond:g} Å" if beyond is not None else
+                                     "none of these (scan in a larger cell)"))
         return "\n".join(rows)
+
+
+def _smallest_holding(points, tolerance: float) -> float | None:
+    """The smallest ``r_buff`` of ``points`` (increasing) from which on every point's
+    error is within ``tolerance``; None if the last one's is not."""
+    best = None
+    for point in reversed(points):
+        if point.error > tolerance:
+            break
+        best = point.r_buff
+    return best
 
 
 def default_buffers(potential: Potential, step: float = 1.0) -> list[float]:
@@ -155,7 +190,8 @@ def scan_buffers(atoms: Atoms, expensive: Potential, spec: RegionSpec, seeds: Se
             core_error=float(miss[regions.p >= 1].max(initial=0.0)),
             rms_error=float(np.sqrt(np.mean(weighted_miss ** 2))),
             n_weighted=int(weighted.sum()), n_expensive=int(regions.expensive.sum()),
-            n_evaluated=int(ev.n_evaluated), seconds=seconds))
+            n_evaluated=int(ev.n_evaluated), seconds=seconds,
+            wraps=not fits_as_cluster(atoms, regions.expensive, expensive.cutoff)))
     return BufferScan(tuple(points), float(tolerance), exact_r_buff(expensive),
                       reference_seconds, expensive.name)
 

@@ -136,6 +136,31 @@ def within(
     return dilate(np.asarray(positions, dtype=float), cell, pbc, members, radius, cand)
 
 
+def _unwrapped(atoms: Atoms, index: np.ndarray, interaction_range: float
+               ) -> np.ndarray | None:
+    """``(n, 3)`` positions of the atoms ``index`` unwrapped around the first by the
+    minimum image, or None when they do not fit as a finite cluster (see
+    :func:`carve_cluster`)."""
+    pos = atoms.positions[index]
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    if not pbc.any():
+        return pos
+    frame = complete_cell(atoms.cell.array, pbc)
+    frac = pos @ np.linalg.inv(frame)
+    d = frac - frac[0]
+    d[:, pbc] -= np.round(d[:, pbc])
+    span = (d.max(axis=0) - d.min(axis=0)) * perpendicular_widths(frame)
+    if not np.all((span + interaction_range < perpendicular_widths(frame))[pbc]):
+        return None
+    return (frac[0] + d) @ frame
+
+
+def fits_as_cluster(atoms: Atoms, keep: np.ndarray, interaction_range: float) -> bool:
+    """Whether :func:`carve_cluster` cuts ``keep`` (``(N,)`` bool) out as a finite
+    cluster; False when the kept atoms wrap around the cell (it then keeps the cell)."""
+    return _unwrapped(atoms, np.flatnonzero(keep), interaction_range) is not None
+
+
 def carve_cluster(atoms: Atoms, keep: np.ndarray, interaction_range: float, vacuum: float):
     """Cut the atoms ``keep`` out of ``atoms`` as a finite cluster when possible.
 
@@ -159,21 +184,12 @@ def carve_cluster(atoms: Atoms, keep: np.ndarray, interaction_range: float, vacu
         ``(n_keep,)`` int indices into ``atoms``, and whether it kept the cell.
     """
     index = np.flatnonzero(keep)
-    pbc = np.asarray(atoms.pbc, dtype=bool)
     numbers = atoms.numbers[index]
-    pos = atoms.positions[index]
-    if pbc.any():
-        cell = atoms.cell.array
-        frame = complete_cell(cell, pbc)
-        frac = pos @ np.linalg.inv(frame)
-        d = frac - frac[0]
-        d[:, pbc] -= np.round(d[:, pbc])
-        span = (d.max(axis=0) - d.min(axis=0)) * perpendicular_widths(frame)
-        fits = np.all((span + interaction_range < perpendicular_widths(frame))[pbc])
-        if not fits:
-            cluster = Atoms(numbers=numbers, positions=pos, cell=cell, pbc=atoms.pbc)
-            return cluster, index, True
-        pos = (frac[0] + d) @ frame
+    pos = _unwrapped(atoms, index, interaction_range)
+    if pos is None:
+        cluster = Atoms(numbers=numbers, positions=atoms.positions[index],
+                        cell=atoms.cell.array, pbc=atoms.pbc)
+        return cluster, index, True
     lo = pos.min(axis=0) - vacuum
     box = np.diag(pos.max(axis=0) - pos.min(axis=0) + 2 * vacuum)
     cluster = Atoms(numbers=numbers, positions=pos - lo, cell=box, pbc=False)

@@ -64,7 +64,7 @@ from .mts import (
     schedule_problem,
     undescribed_problem,
 )
-from .potentials.base import Evaluation, Potential, buffer_problem
+from .potentials.base import Evaluation, Potential, buffer_problem, nonfinite_rows
 from .potentials.weighted import WeightedEvaluation, quantise, stress_from_strain_derivative
 from .regions import Regions, RegionTracker
 
@@ -597,7 +597,7 @@ class MixedCalculator(Calculator):
     def _check_finite(self, forces: np.ndarray, p: np.ndarray,
                       exp: Evaluation | WeightedEvaluation,
                       cheap: Evaluation | WeightedEvaluation) -> None:
-        bad = np.flatnonzero(~np.isfinite(forces).all(axis=1))
+        bad = nonfinite_rows(forces)
         if not bad.size:
             return
         i = int(bad[0])

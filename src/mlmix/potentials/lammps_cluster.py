@@ -47,7 +47,7 @@ class _Cluster:
     periodic: bool  # kept in the original cell (did not fit as a finite cluster)
     built_for: np.ndarray  # (N,) bool, the weighted set it was carved around
     reference: np.ndarray  # (N, 3) full positions when it was built
-    last: np.ndarray  # (N, 3) full positions at the last call
+    last: np.ndarray  # (n_c, 3) positions of its atoms in the full structure at the last call
     key: tuple  # cell, pbc and species of the full structure
     frame: np.ndarray  # (3, 3) the full cell, completed along open directions
     inverse: np.ndarray  # its inverse
@@ -93,12 +93,12 @@ class FollowingCluster:
         if c is not None and c.key == key and not (members & ~c.built_for).any():
             moved = c.min_image(atoms.positions - c.reference)
             if np.einsum("ij,ij->i", moved, moved).max(initial=0.0) <= (0.5 * self.margin) ** 2:
+                now = atoms.positions[c.index]
                 if c.periodic:
-                    c.atoms.positions = atoms.positions[c.index]
+                    c.atoms.positions = now
                 else:
-                    step = c.min_image(atoms.positions[c.index] - c.last[c.index])
-                    c.atoms.positions = c.atoms.positions + step
-                c.last = atoms.positions.copy()
+                    c.atoms.positions = c.atoms.positions + c.min_image(now - c.last)
+                c.last = now
                 return c
         d = self._declined
         if d is not None and d[0] == key and np.array_equal(d[1], members):
@@ -110,7 +110,7 @@ class FollowingCluster:
         sub, index, periodic = carve_cluster(atoms, keep, self.cutoff, self.cutoff + 1.0)
         frame = complete_cell(cell, pbc)
         self.cluster = _Cluster(sub, index, periodic, members.copy(), atoms.positions.copy(),
-                                atoms.positions.copy(), key, frame, np.linalg.inv(frame), pbc)
+                                atoms.positions[index], key, frame, np.linalg.inv(frame), pbc)
         self.n_builds += 1
         return self.cluster
 
