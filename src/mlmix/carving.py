@@ -87,12 +87,18 @@ def candidates_near(
         return members.copy()
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
     frame = complete_cell(cell, pbc)
-    frac = positions @ np.linalg.inv(frame)
+    # Fractional coordinates as (3, N), one contiguous row per axis: numpy runs the same
+    # operations on a length-3 last axis several times slower (8.7 to 1.1-1.7 ms at 64k).
+    frac = np.linalg.inv(frame).T @ positions.T
     widths = perpendicular_widths(frame)
-
-    lo = np.where(pbc, 0.0, frac.min(axis=0))
-    extent = np.where(pbc, 1.0, frac.max(axis=0) - lo)
-    frac = np.where(pbc, frac % 1.0, frac - lo)
+    extent = np.ones(3)  # of the fractional coordinates along each axis
+    for k in range(3):
+        row = frac[k]
+        if pbc[k]:
+            row -= np.floor(row)  # into [0, 1]
+        else:
+            row -= row.min()
+            extent[k] = row.max()
     # The factor below 1 keeps bins strictly wider than the radius despite rounding.
     span = extent * widths
     fine = radius * (1 + 1e-9) / max(1, int(subdivisions))
@@ -102,10 +108,13 @@ def candidates_near(
         shrink = (np.prod(nbins.astype(float)) / cap) ** (1 / 3)
         nbins = np.maximum(1, np.floor(nbins / shrink)).astype(np.int64)
 
-    with np.errstate(invalid="ignore", divide="ignore"):
-        scaled = np.where(extent > 0, frac / np.where(extent > 0, extent, 1.0), 0.0)
-    b = np.clip(np.floor(scaled * nbins).astype(np.int64), 0, nbins - 1)
-    flat = np.ravel_multi_index(b.T, nbins)
+    flat = np.zeros(n, dtype=np.int64)  # the bin of each atom, in C order of nbins
+    for k in range(3):
+        scale = nbins[k] / extent[k] if extent[k] > 0 else 0.0
+        b = (frac[k] * scale).astype(np.int64)  # (>= 0: truncation is the floor)
+        np.minimum(b, nbins[k] - 1, out=b)
+        flat *= nbins[k]
+        flat += b
 
     grid = np.zeros(int(np.prod(nbins)), dtype=bool)
     grid[flat[members]] = True
