@@ -215,6 +215,10 @@ def test_lammps_frame_wraps_into_the_box_and_maps_vectors_back(pbc):
     both = fr.min_image(np.vstack([near, y[1:] - y[:-1]]))
     assert np.array_equal(both[:50], near)
     assert np.allclose(both[50:], d, atol=1e-12)
+    # the squared lengths of those images (the skin checks' one-pass route), short and
+    # long displacements mixed
+    sq = fr.min_image_sq(np.vstack([near, y[1:] - y[:-1]]))
+    np.testing.assert_allclose(sq, (both ** 2).sum(axis=1), rtol=1e-12, atol=1e-12)
 
 
 def test_the_orthogonal_wrap_is_the_general_one_bit_for_bit():

@@ -33,7 +33,7 @@ from ase import Atoms
 from ..carving import carve_cluster, within
 from ..neighbours import complete_cell
 from .base import Evaluation
-from .lammps_frame import minimum_image
+from .lammps_frame import minimum_image, squared_minimum_image
 from .weighted import WeightedEvaluation
 
 #: Use a cluster only when it holds at most this fraction of the atoms.
@@ -91,8 +91,9 @@ class FollowingCluster:
         key = (cell.tobytes(), pbc.tobytes(), atoms.numbers.tobytes())
         c = self.cluster
         if c is not None and c.key == key and not (members & ~c.built_for).any():
-            moved = c.min_image(atoms.positions - c.reference)
-            if np.einsum("ij,ij->i", moved, moved).max(initial=0.0) <= (0.5 * self.margin) ** 2:
+            moved = squared_minimum_image(atoms.positions - c.reference, c.frame, c.inverse,
+                                          c.pbc)
+            if moved.max(initial=0.0) <= (0.5 * self.margin) ** 2:
                 now = atoms.positions[c.index]
                 if c.periodic:
                     c.atoms.positions = now

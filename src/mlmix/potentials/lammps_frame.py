@@ -28,6 +28,11 @@ def _times_matrix(x: np.ndarray, m: np.ndarray) -> np.ndarray:
     return x[:, 0:1] * m[0] + x[:, 1:2] * m[1] + x[:, 2:3] * m[2]
 
 
+def _half_spacing_sq(inverse: np.ndarray, periodic: np.ndarray) -> float:
+    """(Å^2) The square of half the smallest spacing of periodic lattice planes."""
+    return float(0.5 / np.linalg.norm(inverse[:, periodic], axis=0).max()) ** 2
+
+
 def minimum_image(d: np.ndarray, box: np.ndarray, inverse: np.ndarray,
                   periodic: np.ndarray) -> np.ndarray:
     """``(N, 3)`` displacements by the minimum image of the rows ``box`` ((3, 3), Å,
@@ -37,8 +42,7 @@ def minimum_image(d: np.ndarray, box: np.ndarray, inverse: np.ndarray,
     # A displacement shorter than half the smallest spacing of periodic lattice planes
     # is its own minimum image (every lattice vector is at least that spacing long):
     # the usual case (atoms moved by a step) costs one norm instead of two products.
-    spacing = 1.0 / np.linalg.norm(inverse[:, periodic], axis=0).max()
-    far = np.einsum("ij,ij->i", d, d) >= (0.5 * spacing) ** 2
+    far = np.einsum("ij,ij->i", d, d) >= _half_spacing_sq(inverse, periodic)
     if not far.any():
         return d
     s = _times_matrix(d[far], inverse)
@@ -46,6 +50,21 @@ def minimum_image(d: np.ndarray, box: np.ndarray, inverse: np.ndarray,
     out = d.copy()
     out[far] = _times_matrix(s, box)
     return out
+
+
+def squared_minimum_image(d: np.ndarray, box: np.ndarray, inverse: np.ndarray,
+                          periodic: np.ndarray) -> np.ndarray:
+    """``(N,)`` squared lengths (Å^2) of the minimum images of the ``(N, 3)``
+    displacements ``d`` (arguments as :func:`minimum_image`): one pass over ``d`` when
+    every displacement is short (the skin checks of every step)."""
+    sq = np.einsum("ij,ij->i", d, d)
+    if not periodic.any():
+        return sq
+    far = sq >= _half_spacing_sq(inverse, periodic)
+    if far.any():
+        m = minimum_image(d[far], box, inverse, periodic)
+        sq[far] = np.einsum("ij,ij->i", m, m)
+    return sq
 
 
 @dataclass(frozen=True)
@@ -120,6 +139,10 @@ class LammpsFrame:
     def min_image(self, d: np.ndarray) -> np.ndarray:
         """Minimum-image version of ``(N, 3)`` LAMMPS-frame displacements."""
         return minimum_image(d, self.box, self._inverse_box, self._periodic)
+
+    def min_image_sq(self, d: np.ndarray) -> np.ndarray:
+        """``(N,)`` squared lengths (Å^2) of :meth:`min_image` of ``d``."""
+        return squared_minimum_image(d, self.box, self._inverse_box, self._periodic)
 
     # Cached per frame: a frame lives for a whole instance and these were recomputed at
     # every force call (3 ms per call at 32k atoms, mostly BLAS thread start-up).

@@ -367,8 +367,7 @@ class LammpsEngine:
         return self.nevery > 0 and step % self.nevery == 0 and step != self._last_build
 
     def _moved_too_far(self, x: np.ndarray, xref: np.ndarray) -> bool:
-        d = self.frame.min_image(x - xref) if len(x) else np.zeros((0, 3))
-        local = float(np.einsum("ij,ij->i", d, d).max(initial=0.0))
+        local = float(self.frame.min_image_sq(x - xref).max(initial=0.0)) if len(x) else 0.0
         worst = max(self.comm.allgather(local)) if self.comm.size > 1 else local
         return worst >= (0.5 * self.skin) ** 2
 
