@@ -19,9 +19,9 @@ finite cluster, :func:`mlmix.carving.fits_as_cluster`) measures this cell only: 
 carved cluster then keeps the cell and lacks just the atoms beyond the set's reach
 on every side at once, so in a larger cell the same ``r_buff`` misses more (EMT on
 clusters of Cu: 0.012 eV/Å at 5 Å wrapping a 14 Å cell, 0.017 not wrapping a 22 Å
-one). :attr:`BufferScan.recommended`
-holds for the scanned structure itself (``r_buff = "auto"``);
-:attr:`BufferScan.recommended_beyond_this_cell` uses only the points that do not wrap.
+one). :attr:`BufferScan.recommended` holds for the scanned structure itself
+(``r_buff = "auto"``); :attr:`BufferScan.recommended_beyond_this_cell` uses only the
+points that do not wrap (and the exact ones).
 """
 
 from __future__ import annotations
