@@ -190,9 +190,11 @@ def reflection_coefficient(n_reflected: int, n: int, z: float = 1.0) -> dict:
     r = n_reflected / n
     centre = (r + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * np.sqrt(r * (1 - r) / n + z * z / (4 * n * n))
+    # The interval always holds R; at R = 0 or 1 its end lands on R only up to
+    # rounding (1e-17 past it), which the figure's error bars cannot take.
+    lo, hi = min(max(centre - half, 0.0), r), max(min(centre + half, 1.0), r)
     return {"R": r, "stderr": float(np.sqrt(r * (1 - r) / n)), "n": n,
-            "n_reflected": n_reflected,
-            "wilson_68": [float(centre - half), float(centre + half)]}
+            "n_reflected": n_reflected, "wilson_68": [float(lo), float(hi)]}
 
 
 def run_impact(atoms: Atoms, calc, t_max_fs: float, rng: np.random.Generator,

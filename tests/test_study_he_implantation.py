@@ -49,6 +49,12 @@ def test_reflection_coefficient_binomial_and_wilson():
     # no zero-width interval at R = 0 or 1
     zero = study.reflection_coefficient(0, 10)
     assert zero["R"] == 0 and zero["wilson_68"][0] == pytest.approx(0) and zero["wilson_68"][1] > 0.05
+    # the interval holds R exactly at R = 0 and 1 for every n (rounding put an end
+    # 1e-17 past R at n = 18, which made the figure's error bars negative)
+    for n in range(1, 300):
+        for k in (0, n):
+            ends = study.reflection_coefficient(k, n)["wilson_68"]
+            assert 0.0 <= ends[0] <= k / n <= ends[1] <= 1.0
     with pytest.raises(ValueError, match="n > 0"):
         study.reflection_coefficient(0, 0)
 
