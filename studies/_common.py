@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import mlmix
@@ -34,7 +35,9 @@ def save(result: dict, out: Path, name: str) -> Path:
     """Write ``result`` as ``out/name.json``; returns the path."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
-    path.write_text(json.dumps(result, indent=1))
+    tmp = path.with_name(f".{path.name}.tmp")  # replaced whole: never a half-written file
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
     return path
 
 
@@ -51,5 +54,7 @@ def save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
     plt.close(fig)

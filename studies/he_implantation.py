@@ -19,6 +19,13 @@ always a seed: ``SpeciesSeeds("He")``). Regions are rebuilt at every step, so th
 follows the projectile; the core radius exceeds the W-He table cutoff (3.25 Å), so every
 W atom that feels the He has the expensive force.
 
+The full study shoots four He at a time, one per tile of a 2 x 2 tiling of the surface
+(:func:`lateral_sites`: each He uniform over the surface on its own, sites independent
+modulo the lattice, neighbours at least 28 Å apart, nine times the W-He range and farther
+than sound runs in W in the 200 fs of an impact); each He is its own impact, and a He
+that has left is taken out of the slab. The cheap potential on the 8,400 W atoms is most
+of a mixed step, so four impacts cost little more than one.
+
 Impacts are appended one per line to ``he_implantation_impacts_<model>.jsonl`` as they
 finish; a
 killed run resumes where it stopped (a torn last line is dropped). The summary
@@ -54,9 +61,10 @@ HE_W_CUTOFF = 3.25  # Å, last nonzero distance of W_He_JW2013.table
 
 FULL = {"nx": 20, "ny": 15, "nz": 7, "energies_eV": (10.0, 20.0, 40.0, 60.0, 80.0, 100.0),
         "impacts": 200, "t_max_fs": 200.0, "paired_energies_eV": (20.0, 80.0),
-        "paired_impacts": 3, "paired_t_max_fs": 150.0}
-QUICK = {"nx": 4, "ny": 3, "nz": 2, "energies_eV": (20.0, 60.0), "impacts": 2, "t_max_fs": 25.0,
-         "paired_energies_eV": (20.0,), "paired_impacts": 1, "paired_t_max_fs": 25.0}
+        "paired_impacts": 3, "paired_t_max_fs": 150.0, "he_grid": (2, 2)}
+QUICK = {"nx": 8, "ny": 3, "nz": 2, "energies_eV": (20.0, 60.0), "impacts": 2, "t_max_fs": 25.0,
+         "paired_energies_eV": (20.0,), "paired_impacts": 1, "paired_t_max_fs": 25.0,
+         "he_grid": (2, 1)}  # (He 9.5 Å apart at least, beyond the 3.25 Å W-He range)
 REGIONS = {"r_core": 4.0, "r_blend": 2.0}  # Å; rebuilt every step
 TEMPERATURE_K = 300.0
 DX_MAX = 0.05  # Å per step, largest displacement of any atom (adaptive time step)
@@ -137,23 +145,60 @@ def verlet_langevin_step(atoms: Atoms, forces: np.ndarray, dt: float, bath: np.n
 
 
 def launch(slab: Atoms, energy_eV: float, rng: np.random.Generator,
-           temperature_K: float = TEMPERATURE_K) -> Atoms:
-    """The slab with new thermal velocities and one He above it at a random lateral
-    position, moving down (-z) with kinetic energy ``energy_eV``.
+           temperature_K: float = TEMPERATURE_K, grid: tuple[int, int] = (1, 1),
+           period_xy: tuple[float, float] | None = None) -> Atoms:
+    """The slab with new thermal velocities and He above it moving down (-z) with
+    kinetic energy ``energy_eV``: one He at a uniformly random lateral position, or with
+    ``grid = (gx, gy)`` one He per tile of a gx x gy tiling of the surface
+    (:func:`lateral_sites`; ``period_xy``, Å, the surface's lateral periods).
 
     The slab's velocities are Maxwell-Boltzmann at ``temperature_K`` with zero total
-    momentum; the He is the last atom.
+    momentum; the He are the last atoms, in tile order (``arrays["he_slot"]`` 0, 1, ...).
     """
     atoms = slab.copy()
     atoms.arrays.pop("mlmix_id", None)  # a new structure for the region tracker
     atoms.set_velocities(thermal_velocities(atoms.get_masses(), temperature_K, rng))
-    frac = rng.random(2)
-    xy = frac @ atoms.cell.array[:2, :2]
-    he = Atoms("He", positions=[[xy[0], xy[1], top_layer(atoms) + START_HEIGHT]])
+    if tuple(grid) == (1, 1):
+        sites = (rng.random(2) @ atoms.cell.array[:2, :2])[None, :]  # (the original draw)
+    else:
+        if period_xy is None:
+            raise ValueError("launch: several He per slab need period_xy, the surface's "
+                             "lateral periods in Å")
+        sites = lateral_sites(np.diag(atoms.cell.array)[:2], np.asarray(period_xy), grid, rng)
+    z = top_layer(atoms) + START_HEIGHT
+    he = Atoms(f"He{len(sites)}", positions=[[x, y, z] for x, y in sites])
     m_he = atomic_masses[atomic_numbers["He"]]
-    he.set_velocities([[0.0, 0.0, -speed(energy_eV, m_he)]])
+    he.set_velocities([[0.0, 0.0, -speed(energy_eV, m_he)]] * len(sites))
+    atoms.arrays["he_slot"] = np.full(len(atoms), -1)
+    he.arrays["he_slot"] = np.arange(len(sites))
     atoms += he
     return atoms
+
+
+def lateral_sites(box_xy: np.ndarray, period_xy: np.ndarray, grid: tuple[int, int],
+                  rng: np.random.Generator) -> np.ndarray:
+    """``(gx gy, 2)`` lateral He positions (Å) on an orthogonal periodic surface of sides
+    ``box_xy`` (2,): a uniformly random offset, plus the corner of each tile of the
+    gx x gy tiling, plus an independent uniform jitter over one surface period
+    ``period_xy`` (2,).
+
+    Each He on its own is uniform over the surface (as a single impact's), and the
+    jitter makes the sites modulo the lattice independent of one another; neighbours
+    stay at least ``box/grid - period`` apart, so with tiles much wider than the W-He
+    range and than the distance sound travels in one impact, the impacts do not see
+    each other.
+    """
+    gx, gy = grid
+    offset = rng.random(2) * box_xy
+    corners = np.array([[i, j] for i in range(gx) for j in range(gy)]) * (box_xy / grid)
+    return (offset + corners + rng.random((gx * gy, 2)) * period_xy) % box_xy
+
+
+def min_site_separation(box_xy: np.ndarray, period_xy: np.ndarray,
+                        grid: tuple[int, int]) -> float:
+    """The smallest lateral distance (Å) :func:`lateral_sites` can put between two He."""
+    spans = [b / g - p for b, p, g in zip(box_xy, period_xy, grid, strict=True) if g > 1]
+    return float(min(spans)) if spans else float("inf")
 
 
 def reflected(z_he: float, vz_he: float, z_top: float, release: float = RELEASE) -> bool:
@@ -200,47 +245,82 @@ def reflection_coefficient(n_reflected: int, n: int, z: float = 1.0) -> dict:
 def run_impact(atoms: Atoms, calc, t_max_fs: float, rng: np.random.Generator,
                bath: np.ndarray, dx_max: float = DX_MAX,
                de_max: float = DE_MAX) -> dict:
-    """Integrate one impact; returns its outcome and cost.
+    """Integrate one impact (one He, the last atom); returns its outcome and cost
+    (:func:`run_impacts` with one He, its cost fields merged in)."""
+    (record,), cost = run_impacts(atoms, calc, t_max_fs, rng, bath, dx_max, de_max)
+    return {**record, **{k: cost[k] for k in ("mean_weighted_atoms", "wall_s", "cpu_s")}}
+
+
+def run_impacts(atoms: Atoms, calc, t_max_fs: float, rng: np.random.Generator,
+                bath: np.ndarray, dx_max: float = DX_MAX,
+                de_max: float = DE_MAX) -> tuple[list[dict], dict]:
+    """Integrate the impacts of every He in ``atoms`` at once; returns one record per He
+    (in ``he_slot`` order: outcome, end time, steps, depths, path) and the run's cost.
 
     Velocity Verlet with the step of :func:`adaptive_dt`, then an exact
     Ornstein-Uhlenbeck update of the ``bath`` atoms' velocities (friction
-    ``FRICTION_PER_FS``, ``TEMPERATURE_K``). The He is the last atom.
+    ``FRICTION_PER_FS``, ``TEMPERATURE_K``). A He that has been reflected, or has gone
+    through the slab, is out of every atom's range: it is taken out of the structure (its
+    core would cost expensive evaluations for nothing) and the forces are recomputed
+    with its regions gone. The run ends when no He is left or at ``t_max_fs``; He still
+    in then are retained.
     """
     atoms.calc = calc
+    if "he_slot" not in atoms.arrays:  # one He, the last atom (hand-made structures)
+        atoms.arrays["he_slot"] = np.where(np.arange(len(atoms)) == len(atoms) - 1, 0, -1)
     gamma = FRICTION_PER_FS / units.fs
     z_top = top_layer(atoms)
     z_bottom = float(atoms.positions[atoms.numbers == atomic_numbers["W"], 2].min())
-    t, steps, deepest = 0.0, 0, np.inf
-    path = []
+    m_he = atomic_masses[atomic_numbers["He"]]
+    slots = atoms.arrays["he_slot"]
+    records = {int(k): {"outcome": "retained", "deepest_A": np.inf, "path_fs_A": []}
+               for k in slots[slots >= 0]}
+    t, steps = 0.0, 0
     n_expensive = []
     wall, cpu = time.perf_counter(), time.process_time()
     f = atoms.get_forces()
-    outcome = "retained"
+
+    def close(record: dict, i: int, outcome: str) -> None:
+        record.update(outcome=outcome, t_end_fs=t / units.fs, steps=steps,
+                      final_depth_A=float(atoms.positions[i, 2] - z_top),
+                      final_he_energy_eV=float(0.5 * m_he * np.sum(atoms.get_velocities()[i] ** 2)))
+
     while t < t_max_fs * units.fs:
         dt = adaptive_dt(atoms.get_velocities(), f, dx_max, de_max)
         f = verlet_langevin_step(atoms, f, dt, bath, gamma, TEMPERATURE_K, rng)
         v = atoms.get_velocities()
         t += dt
         steps += 1
-        z_he = atoms.positions[-1, 2]
-        deepest = min(deepest, z_he - z_top)
         if hasattr(calc, "regions"):
             n_expensive.append(int(np.count_nonzero(calc.regions.p > 0)))
-        if steps % 10 == 0:
-            path.append([t / units.fs, z_he - z_top])
-        if reflected(z_he, v[-1, 2], z_top):
-            outcome = "reflected"
+        done = []
+        for i in np.flatnonzero(atoms.arrays["he_slot"] >= 0):
+            record = records[int(atoms.arrays["he_slot"][i])]
+            z_he = atoms.positions[i, 2]
+            record["deepest_A"] = min(record["deepest_A"], float(z_he - z_top))
+            if steps % 10 == 0:
+                record["path_fs_A"].append([t / units.fs, float(z_he - z_top)])
+            if reflected(z_he, v[i, 2], z_top):
+                close(record, i, "reflected")
+                done.append(i)
+            elif z_he < z_bottom - RELEASE:  # channelled through the slab: not reflected
+                close(record, i, "transmitted")
+                done.append(i)
+        if len(done) == int(np.count_nonzero(atoms.arrays["he_slot"] >= 0)):
             break
-        if z_he < z_bottom - RELEASE:  # channelled through the slab: not reflected
-            outcome = "transmitted"
-            break
-    m_he = float(atoms.get_masses()[-1])
-    return {"outcome": outcome, "t_end_fs": t / units.fs, "steps": steps,
-            "deepest_A": float(deepest), "final_depth_A": float(atoms.positions[-1, 2] - z_top),
-            "final_he_energy_eV": float(0.5 * m_he * np.sum(atoms.get_velocities()[-1] ** 2)),
-            "mean_weighted_atoms": float(np.mean(n_expensive)) if n_expensive else None,
-            "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
-            "path_fs_A": path}
+        if done:
+            keep = np.ones(len(atoms), dtype=bool)
+            keep[done] = False
+            del atoms[done]
+            bath = bath[keep]
+            f = atoms.get_forces()
+    for i in np.flatnonzero(atoms.arrays["he_slot"] >= 0):
+        record = records[int(atoms.arrays["he_slot"][i])]
+        if "t_end_fs" not in record:
+            close(record, i, "retained")
+    cost = {"steps": steps, "mean_weighted_atoms": float(np.mean(n_expensive)) if n_expensive
+            else None, "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
+    return [records[k] for k in sorted(records)], cost
 
 
 def contact_force_check(slab: Atoms, expensive, cheap, spec: RegionSpec, energy_eV: float,
@@ -317,22 +397,85 @@ def read_impacts(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             if k != len(lines) - 1:
                 raise
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(d) + "\n" for d in done))
-            os.replace(tmp, path)
-    return done
+            _rewrite(path, done)
+    whole = complete_batches(done)
+    if len(whole) < len(done):
+        _rewrite(path, whole)
+    return whole
 
 
-def append_impact(path: Path, record: dict) -> None:
+def _rewrite(path: Path, records: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(d) + "\n" for d in records))
+    os.replace(tmp, path)
+
+
+def complete_batches(records: list[dict]) -> list[dict]:
+    """``records`` without the impacts of a batch (several He on one slab) that has
+    fewer lines than He: a run killed while writing them; the batch runs again."""
+    def key(d: dict) -> tuple:
+        b = d["batch"]
+        return d["model"], d["energy_eV"], b["first_index"]
+
+    lines: dict = {}
+    for d in records:
+        if "batch" in d:
+            lines[key(d)] = lines.get(key(d), 0) + 1
+    return [d for d in records if "batch" not in d or lines[key(d)] == d["batch"]["size"]]
+
+
+def append_impact(path: Path, record: dict | list[dict]) -> None:
+    """Append one impact, or the impacts of one batch in a single write."""
+    records = record if isinstance(record, list) else [record]
     with path.open("a") as fh:
-        fh.write(json.dumps(record) + "\n")
+        fh.write("".join(json.dumps(d) + "\n" for d in records))
         fh.flush()
         os.fsync(fh.fileno())
 
 
-def impact_seed(base: int, energy_eV: float, index: int) -> list[int]:
-    """The seed of one impact: the same for its mixed and all-expensive runs."""
-    return [base, int(round(10 * energy_eV)), index]
+def impact_seed(base: int, energy_eV: float, index: int, per_slab: int = 1) -> list[int]:
+    """The seed of one impact (the same for its mixed and all-expensive runs), or of a
+    batch of ``per_slab`` He on one slab whose first impact is ``index``."""
+    key = [base, int(round(10 * energy_eV)), index]
+    return key if per_slab == 1 else key + [per_slab]
+
+
+def batches(plan: list[tuple], paired: set, per_slab: int) -> list[tuple]:
+    """``(model, energy, indices, t_max)`` runs from the ``plan`` of impacts still to do,
+    in its order: mixed impacts that have no all-expensive partner go ``per_slab`` at a
+    time (consecutive indices of one energy), the rest one at a time (a paired
+    all-expensive run starts exactly as its mixed partner did)."""
+    runs, open_runs = [], {}
+    for model, energy, index, t_max in plan:
+        if per_slab == 1 or model != "mixed" or (energy, index) in paired:
+            runs.append((model, energy, [index], t_max))
+            continue
+        run = open_runs.get(energy)
+        if run is None or len(run[2]) == per_slab:
+            run = open_runs[energy] = (model, energy, [], t_max)
+            runs.append(run)
+        run[2].append(index)
+    # a last, short batch of an energy runs its impacts one at a time (its tiling would
+    # not fit their number)
+    return [split for run in runs for split in
+            ([(run[0], run[1], [i], run[3]) for i in run[2]] if len(run[2]) < per_slab
+             else [run])]
+
+
+def impact_record(model: str, energy: float, index: int, seed: list[int], t_max: float,
+                  he: dict, cost: dict, per_slab: int, grid: tuple[int, int], slab: Atoms,
+                  period_xy: tuple[float, float]) -> dict:
+    """One line of the impact log. For a batch, the impact carries an equal share of
+    the batch's time and the batch's own numbers under ``"batch"``."""
+    record = {"model": model, "energy_eV": energy, "index": index, "seed": seed,
+              "t_max_fs": t_max, **he}
+    if per_slab == 1:
+        return {**record, **{k: cost[k] for k in ("mean_weighted_atoms", "wall_s", "cpu_s")}}
+    box = np.diag(slab.cell.array)[:2]
+    return {**record, "mean_weighted_atoms": None, "wall_s": cost["wall_s"] / per_slab,
+            "cpu_s": cost["cpu_s"] / per_slab,
+            "batch": {"first_index": seed[2], "size": per_slab, "grid": list(grid), **cost,
+                      "min_separation_A": min_site_separation(box, np.asarray(period_xy), grid)}}
 
 
 def summarize(impacts: list[dict], setup: dict) -> dict:
@@ -350,14 +493,30 @@ def summarize(impacts: list[dict], setup: dict) -> dict:
             per_e[str(e)] = {**reflection_coefficient(n_r, len(sel)), "n_through_slab": n_t,
                              "mean_deepest_A": float(np.mean([d["deepest_A"] for d in sel]))}
         out["reflection"][model] = per_e
-        if rows:
-            steps = sum(d["steps"] for d in rows)
+        single = [d for d in rows if "batch" not in d]
+        if single:
+            steps = sum(d["steps"] for d in single)
             out["cost"][model] = {
-                "impacts": len(rows), "steps": steps,
-                "wall_s": sum(d["wall_s"] for d in rows),
-                "cpu_s": sum(d["cpu_s"] for d in rows),
-                "ms_per_step": 1e3 * sum(d["wall_s"] for d in rows) / steps,
-                "cpu_ms_per_step": 1e3 * sum(d["cpu_s"] for d in rows) / steps,
+                "impacts": len(single), "steps": steps,
+                "wall_s": sum(d["wall_s"] for d in single),
+                "cpu_s": sum(d["cpu_s"] for d in single),
+                "ms_per_step": 1e3 * sum(d["wall_s"] for d in single) / steps,
+                "cpu_ms_per_step": 1e3 * sum(d["cpu_s"] for d in single) / steps,
+                "s_per_impact": sum(d["wall_s"] for d in single) / len(single),
+            }
+        runs = {(d["energy_eV"], d["batch"]["first_index"]): d["batch"]
+                for d in rows if "batch" in d}
+        if runs:
+            wall = sum(b["wall_s"] for b in runs.values())
+            steps = sum(b["steps"] for b in runs.values())
+            n = sum(b["size"] for b in runs.values())
+            out["cost"][f"{model}_batched"] = {
+                "impacts": n, "batches": len(runs), "steps": steps, "wall_s": wall,
+                "cpu_s": sum(b["cpu_s"] for b in runs.values()),
+                "ms_per_step": 1e3 * wall / steps, "s_per_impact": wall / n,
+                "mean_weighted_atoms": float(np.mean([b["mean_weighted_atoms"]
+                                                      for b in runs.values()])),
+                "min_separation_A": min(b["min_separation_A"] for b in runs.values()),
             }
     weighted = [d["mean_weighted_atoms"] for d in impacts
                 if d["model"] == "mixed" and d["mean_weighted_atoms"] is not None]
@@ -366,6 +525,9 @@ def summarize(impacts: list[dict], setup: dict) -> dict:
     if "mixed" in out["cost"] and "expensive" in out["cost"]:
         out["cost"]["speedup_per_step"] = (out["cost"]["expensive"]["ms_per_step"]
                                            / out["cost"]["mixed"]["ms_per_step"])
+    if "mixed" in out["cost"] and "mixed_batched" in out["cost"]:
+        out["cost"]["batched_speedup_per_impact"] = (out["cost"]["mixed"]["s_per_impact"]
+                                                     / out["cost"]["mixed_batched"]["s_per_impact"])
     key = {(d["energy_eV"], d["index"]): d for d in impacts if d["model"] == "mixed"}
     pairs = []
     for d in impacts:
@@ -440,6 +602,21 @@ def more_arguments(parser) -> None:
     parser.add_argument("--only", choices=("mixed", "expensive"), default=None,
                         help="run only the mixed or only the paired all-expensive impacts "
                              "(two processes can share the work)")
+    parser.add_argument("--part", default="0/1", metavar="I/N",
+                        help="run only the I-th of N shares of the mixed impacts (0 <= I < N; "
+                             "N processes started with 0/N ... N-1/N share them)")
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N) for ``--part``, or SystemExit naming the option."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        i, n = -1, 0
+    if not 0 <= i < n:
+        raise SystemExit(f"--part must be I/N with 0 <= I < N (e.g. 0/2 and 1/2 for two "
+                         f"processes), got {text!r}")
+    return i, n
 
 
 def main(argv=None) -> dict:
@@ -447,6 +624,7 @@ def main(argv=None) -> dict:
     if args.budget_hours is not None and args.budget_hours < 0:
         raise SystemExit(f"--budget-hours must be >= 0 (0: only rebuild the summary), got "
                          f"{args.budget_hours}")
+    part = parse_part(args.part)
     setup = dict(QUICK if args.quick else FULL)
     t_start = time.perf_counter()
     report = json.loads((CHEAP_DIR / "report.json").read_text())["models"]
@@ -475,26 +653,36 @@ def main(argv=None) -> dict:
         plan = [p for p in plan if p[0] == args.only]
     plan.sort(key=lambda p: (p[0] == "mixed" and (p[1], p[2]) not in paired, p[2]))
     budget = None if args.budget_hours is None else 3600.0 * args.budget_hours
-    for model, energy, index, t_max in plan:
-        if (model, energy, index) in done:
-            continue
+    grid = tuple(setup["he_grid"])
+    per_slab = grid[0] * grid[1]
+    period_xy = (a, a * np.sqrt(2.0))  # Å, the W(110) surface's periods along x and y
+    runs = batches([p for p in plan if (p[0], p[1], p[2]) not in done], paired, per_slab)
+    # a run's share follows from its first impact alone, so shares never overlap, also
+    # when one process is restarted while another goes on
+    runs = [r for r in runs if (r[2][0] // per_slab) % part[1] == part[0]]
+    for model, energy, indices, t_max in runs:
         if budget is not None and time.perf_counter() - t_start > budget:
             print("time budget reached; run again to continue")
             break
-        rng = np.random.default_rng(impact_seed(args.seed, energy, index))
-        atoms = launch(slab, energy, rng)
+        k = len(indices)
+        seed = impact_seed(args.seed, energy, indices[0], k)
+        rng = np.random.default_rng(seed)
+        atoms = launch(slab, energy, rng, grid=grid if k > 1 else (1, 1), period_xy=period_xy)
         calc = (MixedCalculator(expensive, cheap,
                                 RegionTracker(spec, SpeciesSeeds("He"), nevery=1),
                                 min_distance=MIN_DISTANCE)
                 if model == "mixed" else expensive.as_calculator())
-        record = {"model": model, "energy_eV": energy, "index": index,
-                  "seed": impact_seed(args.seed, energy, index), "t_max_fs": t_max,
-                  **run_impact(atoms, calc, t_max, rng, bath)}
-        append_impact(logs[model], record)
-        impacts.append(record)
-        print(f"{model:9s} {energy:5.0f} eV #{index}: {record['outcome']:9s} "
-              f"{record['t_end_fs']:6.1f} fs, {record['steps']} steps, "
-              f"{record['wall_s']:.0f} s", flush=True)
+        he, cost = run_impacts(atoms, calc, t_max, rng, bath.copy() if k == 1 else
+                               np.append(bath[:-1], np.zeros(k, bool)))
+        records = [impact_record(model, energy, i, seed, t_max, r, cost, k, grid, slab, period_xy)
+                   for i, r in zip(indices, he, strict=True)]
+        append_impact(logs[model], records)
+        impacts += records
+        for r in records:
+            print(f"{model:9s} {energy:5.0f} eV #{r['index']}: {r['outcome']:9s} "
+                  f"{r['t_end_fs']:6.1f} fs, {r['steps']} steps"
+                  + (f" (batch of {k}: {cost['wall_s']:.0f} s)" if k > 1 else
+                     f", {cost['wall_s']:.0f} s"), flush=True)
     # The other process (--only) may have added impacts since this one started.
     impacts = [d for log in logs.values() for d in read_impacts(log)]
     counts = {e: sum(1 for d in impacts if d["model"] == "mixed" and d["energy_eV"] == e)

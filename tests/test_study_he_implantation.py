@@ -139,6 +139,101 @@ def test_head_on_collision_backscatters_with_the_binary_collision_energy():
     assert abs(e1 - e0) < 0.5  # eV, of 100 eV brought in
 
 
+def test_lateral_sites_are_uniform_independent_and_apart():
+    """Each He of a 2 x 2 batch is uniform over the surface on its own, the sites are
+    independent modulo the surface period, and no two come closer than the bound."""
+    box, period = np.array([63.6, 67.5]), np.array([3.18, 4.5])
+    rng = np.random.default_rng(5)
+    sites = np.array([study.lateral_sites(box, period, (2, 2), rng) for _ in range(4000)])
+    assert sites.shape == (4000, 4, 2) and (sites >= 0).all() and (sites < box).all()
+    frac = sites / box
+    for k in range(4):  # uniform: each quarter of the surface gets a quarter of the He
+        quarter = (frac[:, k, 0] < 0.5) * 2 + (frac[:, k, 1] < 0.5)
+        assert np.allclose(np.bincount(quarter, minlength=4) / 4000, 0.25, atol=0.03)
+    cell = (sites % period) / period  # site within the surface period, in [0, 1)
+    c = np.corrcoef(cell[:, :, 0].T)
+    assert np.abs(c[~np.eye(4, dtype=bool)]).max() < 0.06
+    d = sites[:, :, None, :] - sites[:, None, :, :]
+    d -= box * np.round(d / box)  # minimum image
+    r = np.linalg.norm(d, axis=-1)[:, ~np.eye(4, dtype=bool)]
+    bound = study.min_site_separation(box, period, (2, 2))
+    assert bound == pytest.approx(63.6 / 2 - 3.18) and r.min() >= bound - 1e-9
+    with pytest.raises(ValueError, match="period_xy"):
+        study.launch(study.w110_slab(A_W, 4, 3, 2), 20.0, rng, grid=(2, 1))
+
+
+def test_batched_impacts_match_their_single_runs_and_leave_the_slab():
+    """Two 100 eV He onto surface atoms 12.7 Å apart on a 0 K slab, mixed as in the
+    study: each bounces back, is taken out of the slab once it has left (the regions
+    follow), and follows the same depth path as the same He shot alone (they do not see
+    each other)."""
+    from mlmix import MixedCalculator, RegionSpec, RegionTracker, SpeciesSeeds
+    from mlmix.potentials import LammpsPotential
+
+    expensive = LammpsPotential.from_include(study.EXPENSIVE_FILE, ["W", "He"])
+    cheap = LammpsPotential.uf3(study.CHEAP_FILE, ["W"])
+    spec = RegionSpec(r_core=study.REGIONS["r_core"], r_blend=study.REGIONS["r_blend"],
+                      r_buff=expensive.cutoff)
+
+    def mixed():
+        return MixedCalculator(expensive, cheap, RegionTracker(spec, SpeciesSeeds("He"), nevery=1),
+                               min_distance=study.MIN_DISTANCE)
+
+    slab = study.w110_slab(A_W, 8, 3, 1)
+    tops = np.flatnonzero(slab.positions[:, 2] > slab.positions[:, 2].max() - 0.1)
+    first = tops[np.argmin(slab.positions[tops, 0])]
+    second = tops[np.argmin(np.abs(slab.positions[tops, 0] - slab.positions[first, 0] - 4 * A_W)
+                            + np.abs(slab.positions[tops, 1] - slab.positions[first, 1]))]
+    period = (A_W, A_W * math.sqrt(2))
+    pair = study.launch(slab, 100.0, np.random.default_rng(1), temperature_K=0.0, grid=(2, 1),
+                        period_xy=period)
+    assert list(pair.arrays["he_slot"][-2:]) == [0, 1] and len(pair) == len(slab) + 2
+    pair.positions[-2, :2] = slab.positions[first, :2]
+    pair.positions[-1, :2] = slab.positions[second, :2] + [0.4, 0.0]  # (leaves later)
+    alone = study.launch(slab, 100.0, np.random.default_rng(1), temperature_K=0.0)
+    alone.positions[-1, :2] = slab.positions[first, :2]
+    runs, cost = study.run_impacts(pair, mixed(), 40.0,
+                                   np.random.default_rng(2), np.zeros(len(pair), bool))
+    single = study.run_impact(alone, mixed(), 40.0,
+                              np.random.default_rng(2), np.zeros(len(alone), bool))
+    assert [r["outcome"] for r in runs] == ["reflected", "reflected"]
+    assert single["outcome"] == "reflected"
+    assert len(pair) == len(slab) + 1  # the first to leave was taken out, the last kept
+    assert cost["steps"] == max(r["steps"] for r in runs) and cost["mean_weighted_atoms"] > 2
+    # the batch's step is the smaller of both He's, so the paths are compared in time
+    a, b = np.array(runs[0]["path_fs_A"]), np.array(single["path_fs_A"])
+    grid = a[(a[:, 0] > b[0, 0]) & (a[:, 0] < b[-1, 0]), 0]
+    gap = np.abs(np.interp(grid, a[:, 0], a[:, 1]) - np.interp(grid, b[:, 0], b[:, 1]))
+    # (3 mÅ measured: samples 10 steps apart, interpolated, on steps that differ)
+    assert len(grid) > 10 and gap.max() < 0.01  # Å
+    assert runs[0]["t_end_fs"] == pytest.approx(single["t_end_fs"], abs=0.1)
+    assert runs[1]["t_end_fs"] > runs[0]["t_end_fs"] + 1.0  # the second left later
+    assert runs[0]["final_he_energy_eV"] == pytest.approx(single["final_he_energy_eV"], abs=0.01)
+
+
+def test_batches_group_consecutive_unpaired_mixed_impacts_and_drop_torn_ones(tmp_path):
+    plan = [("mixed", e, k, 200.0) for k in range(0, 7) for e in (10.0, 20.0)]
+    plan += [("expensive", 20.0, 0, 150.0)]
+    runs = study.batches(plan, paired={(20.0, 0)}, per_slab=2)
+    assert [(m, e, i) for m, e, i, _ in runs] == [
+        ("mixed", 10.0, [0, 1]), ("mixed", 20.0, [0]), ("mixed", 20.0, [1, 2]),
+        ("mixed", 10.0, [2, 3]), ("mixed", 20.0, [3, 4]), ("mixed", 10.0, [4, 5]),
+        ("mixed", 20.0, [5, 6]), ("mixed", 10.0, [6]), ("expensive", 20.0, [0])]
+    assert study.impact_seed(7, 20.0, 3) == [7, 200, 3]
+    assert study.impact_seed(7, 20.0, 3, 4) == [7, 200, 3, 4]
+    # a batch whose lines were not all written (a killed run) is dropped and runs again
+    log = tmp_path / "impacts.jsonl"
+    whole = [{"model": "mixed", "energy_eV": 10.0, "index": i,
+              "batch": {"first_index": 0, "size": 2}} for i in (0, 1)]
+    torn = [{"model": "mixed", "energy_eV": 10.0, "index": 2,
+             "batch": {"first_index": 2, "size": 2}}]
+    study.append_impact(log, whole + torn)
+    study.append_impact(log, {"model": "mixed", "energy_eV": 20.0, "index": 0})
+    assert [(d["energy_eV"], d["index"]) for d in study.read_impacts(log)] == [
+        (10.0, 0), (10.0, 1), (20.0, 0)]
+    assert log.read_text().count("\n") == 3
+
+
 @pytest.mark.slow
 def test_he_implantation_quick_runs_and_resumes(tmp_path):
     cmd = [sys.executable, str(STUDIES / "he_implantation.py"), "--quick", "--out", str(tmp_path)]
@@ -161,6 +256,14 @@ def test_he_implantation_quick_runs_and_resumes(tmp_path):
     assert paired["n"] == len(setup["paired_energies_eV"]) * setup["paired_impacts"]
     cost = r["summary"]["cost"]
     assert cost["mixed"]["mean_weighted_atoms"] >= 1 and cost["speedup_per_step"] > 0
+    # 60 eV ran as one batch of two He (one per tile), 20 eV one at a time (paired, last)
+    log = [json.loads(x) for x in (tmp_path / "he_implantation_quick_impacts_mixed.jsonl")
+           .read_text().splitlines()]
+    batched = [d for d in log if "batch" in d]
+    assert [(d["energy_eV"], d["index"]) for d in batched] == [(60.0, 0), (60.0, 1)]
+    assert batched[0]["batch"]["size"] == 2 and batched[0]["batch"]["min_separation_A"] > 9
+    assert cost["mixed_batched"]["impacts"] == 2 and cost["mixed_batched"]["batches"] == 1
+    assert cost["mixed"]["impacts"] == 2
     # a second run finds every impact done and adds none
     lines = {p.name: p.read_text() for p in tmp_path.glob("*.jsonl")}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
@@ -172,3 +275,11 @@ def test_negative_budget_refused_before_any_work(tmp_path):
     with pytest.raises(SystemExit, match="--budget-hours must be >= 0"):
         study.main(["--budget-hours", "-1", "--out", str(tmp_path)])
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("part", ["2/2", "1", "a/b", "0/0"])
+def test_bad_part_refused_before_any_work(tmp_path, part):
+    with pytest.raises(SystemExit, match=r"--part must be I/N with 0 <= I < N"):
+        study.main(["--part", part, "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
+    assert study.parse_part("1/3") == (1, 3)
