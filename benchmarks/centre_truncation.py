@@ -98,11 +98,15 @@ class EngineBlocks(MdBlocks):
 
 
 class AseEngineBlocks(AseBlocks):
-    """:class:`mixed_md.AseBlocks` reporting ``centres_per_step`` as the engine does."""
+    """:class:`mixed_md.AseBlocks` reporting ``centres_per_step`` as the engine does: the
+    mean over the corrected steps of every block (runs before 2026-12-08 recorded the
+    last step's count)."""
 
     def summary(self) -> dict:
         out = super().summary()
-        out["centres_per_step"] = out.pop("n_expensive_evaluated")
+        out.pop("n_expensive_evaluated")
+        reports = list(self.calc.history)[-self.steps:]
+        out["centres_per_step"] = statistics.mean(r.n_expensive for r in reports if r.corrected)
         return out
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pytest
 from ase.calculators.calculator import PropertyNotImplementedError
+from ase.data import atomic_numbers
 from ase.io import Trajectory
 from ase.md.verlet import VelocityVerlet
 from numpy.testing import assert_allclose, assert_array_equal
@@ -28,7 +29,7 @@ from mlmix import (
 )
 from mlmix.contacts import ContactWatch, contact_problem
 from mlmix.errors import CalculationError, ConfigurationError
-from mlmix.potentials.base import nonfinite_rows
+from mlmix.potentials.base import check_species, nonfinite_rows, species_mask
 from mlmix.structures import thermalize, vacancy_supercell
 from test_mixing import w_he_pair, w_with_he  # noqa: F401 (a fixture)
 
@@ -379,6 +380,19 @@ def test_forces_that_are_not_finite_raise_instead_of_being_returned(sw_tersoff_p
     with pytest.raises(CalculationError, match=r"first: index 40\b"):
         b.get_forces()
 
+
+
+def test_species_mask_agrees_with_isin_and_the_error_names_every_missing_species():
+    rng = np.random.default_rng(3)
+    numbers = rng.choice([1, 2, 14, 26, 74, 118], size=5000)
+    for species in (["Si"], ["W", "He"], ["H", "Og", "Fe"], []):
+        expected = np.isin(numbers, [atomic_numbers[s] for s in species])
+        assert_array_equal(species_mask(numbers, species), expected)
+    check_species("pot", numbers, ["H", "He", "Si", "Fe", "W", "Og"])  # all described
+    with pytest.raises(ConfigurationError,
+                       match=r"pot describes \['Fe', 'Si'\] but the structure contains "
+                             r"\['H', 'He', 'Og', 'W'\]; use a potential"):
+        check_species("pot", numbers, ["Si", "Fe"])
 
 
 def test_nonfinite_rows_agrees_with_the_row_test_where_the_sum_overflows():

@@ -38,7 +38,7 @@ from typing import Literal
 import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator, all_changes
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import chemical_symbols
 
 from .arguments import number_argument
 from .carving import within
@@ -64,7 +64,7 @@ from .mts import (
     schedule_problem,
     undescribed_problem,
 )
-from .potentials.base import Evaluation, Potential, buffer_problem, nonfinite_rows
+from .potentials.base import Evaluation, Potential, buffer_problem, nonfinite_rows, species_mask
 from .potentials.weighted import WeightedEvaluation, quantise, stress_from_strain_derivative
 from .regions import Regions, RegionTracker
 
@@ -615,8 +615,7 @@ class MixedCalculator(Calculator):
         """Atoms of species the cheap potential lacks; they must have p = 1."""
         if self.cheap.species is None:
             return np.zeros(len(atoms), bool)
-        described = [atomic_numbers[s] for s in self.cheap.species]
-        undescribed = ~np.isin(atoms.numbers, described)
+        undescribed = ~species_mask(atoms.numbers, self.cheap.species)
         outside = np.flatnonzero(undescribed & (regions.p < 1))
         if outside.size:
             symbols = sorted({chemical_symbols[z] for z in atoms.numbers[outside]})

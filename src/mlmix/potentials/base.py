@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
+from ase.data import atomic_numbers, chemical_symbols
 
 from ..errors import CalculationError, ConfigurationError
 from .weighted import (
@@ -114,13 +115,7 @@ class Potential(abc.ABC):
         """Raise :class:`ConfigurationError` if ``atoms`` cannot be evaluated."""
         check_finite_positions(atoms)
         if self.species is not None:
-            unknown = sorted(set(atoms.get_chemical_symbols()) - set(self.species))
-            if unknown:
-                raise ConfigurationError(
-                    f"{self.name} describes {sorted(self.species)} but the structure "
-                    f"contains {unknown}; use a potential for these species or keep "
-                    "them in the expensive core"
-                )
+            check_species(self.name, atoms.numbers, self.species)
 
     def evaluate(self, atoms: Atoms, mask: np.ndarray | None = None, *,
                  energies: bool = True) -> Evaluation:
@@ -300,6 +295,28 @@ def nonfinite_rows(x: np.ndarray) -> np.ndarray:
     if np.isfinite(total):
         return np.zeros(0, dtype=int)
     return np.flatnonzero(~np.isfinite(x).all(axis=1))
+
+
+def species_mask(numbers: np.ndarray, species) -> np.ndarray:
+    """``(N,)`` bool: which of the atomic ``numbers`` (N,) belong to ``species`` (symbols).
+
+    A table lookup: ``np.isin`` sorts, 1.0 against 0.15 ms at 64k atoms, and this runs
+    at every MD step."""
+    table = np.zeros(len(chemical_symbols), dtype=bool)
+    table[[atomic_numbers[s] for s in species]] = True
+    return table[numbers]
+
+
+def check_species(name: str, numbers: np.ndarray, species) -> None:
+    """Raise :class:`ConfigurationError` naming the species of ``numbers`` (N,) that
+    the potential ``name`` does not describe (``species``: its symbols)."""
+    outside = ~species_mask(numbers, species)
+    if outside.any():
+        unknown = sorted(chemical_symbols[z] for z in np.unique(numbers[outside]))
+        raise ConfigurationError(
+            f"{name} describes {sorted(species)} but the structure contains {unknown}; "
+            "use a potential for these species or keep them in the expensive core"
+        )
 
 
 def check_finite_positions(atoms: Atoms) -> None:

@@ -78,13 +78,12 @@ from typing import Any, Literal
 import numpy as np
 from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.data import atomic_numbers
 
 from ...errors import CalculationError, ConfigurationError, MlmixError
 from ...identity import ID_ARRAY
 from ...mixing import undescribed_outside_core
 from ...mts import check_correction_every, is_outer_step, schedule_problem, undescribed_problem
-from ...potentials.base import Potential
+from ...potentials.base import Potential, species_mask
 from ...potentials.files import ScratchDir
 from ...potentials.lammps import LammpsPotential, lammps_frame, uf3_covering_potential
 from ...regions import Hysteresis, Regions, RegionSpec, RegionTracker
@@ -275,7 +274,7 @@ class LammpsEngine:
         if absent and cheap.pair_style.split()[0] == "uf3":
             native = uf3_covering_potential(cheap, absent, self._scratch.path())
         self._type_species = type_order(atoms, native)
-        self._undescribed = ~np.isin(atoms.numbers, [atomic_numbers[s] for s in described])
+        self._undescribed = ~species_mask(atoms.numbers, described)
         masses = type_masses(atoms, self._type_species)
 
         # -- seeds and the tracker (rank 0) -------------------------------------------
