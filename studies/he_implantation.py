@@ -478,6 +478,17 @@ def impact_record(model: str, energy: float, index: int, seed: list[int], t_max:
                       "min_separation_A": min_site_separation(box, np.asarray(period_xy), grid)}}
 
 
+def batched_cost(runs: list[dict]) -> dict:
+    """Cost of batch runs of one size (their ``"batch"`` entries)."""
+    wall, steps = sum(b["wall_s"] for b in runs), sum(b["steps"] for b in runs)
+    n = sum(b["size"] for b in runs)
+    return {"impacts": n, "batches": len(runs), "steps": steps, "wall_s": wall,
+            "cpu_s": sum(b["cpu_s"] for b in runs), "ms_per_step": 1e3 * wall / steps,
+            "s_per_impact": wall / n,
+            "mean_weighted_atoms": float(np.mean([b["mean_weighted_atoms"] for b in runs])),
+            "min_separation_A": min(b["min_separation_A"] for b in runs)}
+
+
 def summarize(impacts: list[dict], setup: dict) -> dict:
     """R(E) per energy and model, the paired agreement, the cost."""
     out: dict = {"reflection": {}, "paired": {}, "cost": {}}
@@ -506,18 +517,12 @@ def summarize(impacts: list[dict], setup: dict) -> dict:
             }
         runs = {(d["energy_eV"], d["batch"]["first_index"]): d["batch"]
                 for d in rows if "batch" in d}
-        if runs:
-            wall = sum(b["wall_s"] for b in runs.values())
-            steps = sum(b["steps"] for b in runs.values())
-            n = sum(b["size"] for b in runs.values())
-            out["cost"][f"{model}_batched"] = {
-                "impacts": n, "batches": len(runs), "steps": steps, "wall_s": wall,
-                "cpu_s": sum(b["cpu_s"] for b in runs.values()),
-                "ms_per_step": 1e3 * wall / steps, "s_per_impact": wall / n,
-                "mean_weighted_atoms": float(np.mean([b["mean_weighted_atoms"]
-                                                      for b in runs.values()])),
-                "min_separation_A": min(b["min_separation_A"] for b in runs.values()),
-            }
+        by_size: dict = {}
+        for b in runs.values():
+            by_size.setdefault(str(b["size"]), []).append(b)
+        if by_size:  # per number of He per slab (a run may change it between sessions)
+            out["cost"][f"{model}_batched"] = {size: batched_cost(group)
+                                               for size, group in sorted(by_size.items())}
     weighted = [d["mean_weighted_atoms"] for d in impacts
                 if d["model"] == "mixed" and d["mean_weighted_atoms"] is not None]
     if weighted:
@@ -526,8 +531,9 @@ def summarize(impacts: list[dict], setup: dict) -> dict:
         out["cost"]["speedup_per_step"] = (out["cost"]["expensive"]["ms_per_step"]
                                            / out["cost"]["mixed"]["ms_per_step"])
     if "mixed" in out["cost"] and "mixed_batched" in out["cost"]:
-        out["cost"]["batched_speedup_per_impact"] = (out["cost"]["mixed"]["s_per_impact"]
-                                                     / out["cost"]["mixed_batched"]["s_per_impact"])
+        out["cost"]["batched_speedup_per_impact"] = {
+            size: out["cost"]["mixed"]["s_per_impact"] / c["s_per_impact"]
+            for size, c in out["cost"]["mixed_batched"].items()}
     key = {(d["energy_eV"], d["index"]): d for d in impacts if d["model"] == "mixed"}
     pairs = []
     for d in impacts:

@@ -262,7 +262,7 @@ def test_he_implantation_quick_runs_and_resumes(tmp_path):
     batched = [d for d in log if "batch" in d]
     assert [(d["energy_eV"], d["index"]) for d in batched] == [(60.0, 0), (60.0, 1)]
     assert batched[0]["batch"]["size"] == 2 and batched[0]["batch"]["min_separation_A"] > 9
-    assert cost["mixed_batched"]["impacts"] == 2 and cost["mixed_batched"]["batches"] == 1
+    assert cost["mixed_batched"]["2"]["impacts"] == 2 and cost["mixed_batched"]["2"]["batches"] == 1
     assert cost["mixed"]["impacts"] == 2
     # a second run finds every impact done and adds none
     lines = {p.name: p.read_text() for p in tmp_path.glob("*.jsonl")}
