@@ -501,7 +501,11 @@ def summarize(impacts: list[dict], setup: dict) -> dict:
             # A He deeper than the slab went through it (channelling along [110]); in a
             # thick target it would stay in, so it counts as not reflected.
             n_t = sum(d["deepest_A"] < -setup["slab_thickness_A"] for d in sel)
+            # A He still above the top layer at t_max may yet leave: R is a lower bound
+            # by at most this many impacts.
+            n_up = sum(d["outcome"] == "retained" and d["final_depth_A"] > 0.0 for d in sel)
             per_e[str(e)] = {**reflection_coefficient(n_r, len(sel)), "n_through_slab": n_t,
+                             "n_retained_above_top_layer": n_up,
                              "mean_deepest_A": float(np.mean([d["deepest_A"] for d in sel]))}
         out["reflection"][model] = per_e
         single = [d for d in rows if "batch" not in d]

@@ -59,6 +59,25 @@ def test_reflection_coefficient_binomial_and_wilson():
         study.reflection_coefficient(0, 0)
 
 
+def test_summary_counts_outcomes_per_energy():
+    def impact(outcome, deepest, final, energy=40.0):
+        return {"model": "mixed", "energy_eV": energy, "index": 0, "outcome": outcome,
+                "deepest_A": deepest, "final_depth_A": final, "steps": 10, "wall_s": 1.0,
+                "cpu_s": 1.0, "mean_weighted_atoms": 11.0, "path_fs_A": []}
+    impacts = [impact("reflected", -1.0, 4.0), impact("reflected", -0.5, 4.0),
+               impact("retained", -2.0, 0.3),    # still above the top layer: may yet leave
+               impact("retained", -6.0, -5.0),
+               impact("transmitted", -40.0, -40.0),  # deeper than the 31.5 Å slab
+               impact("reflected", -0.2, 4.0, energy=10.0)]
+    row = study.summarize(impacts, {"slab_thickness_A": 31.5})["reflection"]["mixed"]
+    assert row["40.0"]["n"] == 5 and row["40.0"]["n_reflected"] == 2
+    assert row["40.0"]["R"] == pytest.approx(0.4)
+    assert row["40.0"]["n_through_slab"] == 1
+    assert row["40.0"]["n_retained_above_top_layer"] == 1
+    assert row["10.0"] == {**study.reflection_coefficient(1, 1), "n_through_slab": 0,
+                           "n_retained_above_top_layer": 0, "mean_deepest_A": -0.2}
+
+
 def test_adaptive_dt_follows_the_displacement_and_energy_rules():
     v = np.zeros((3, 3))
     f = np.zeros((3, 3))
