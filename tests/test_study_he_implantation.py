@@ -78,6 +78,21 @@ def test_summary_counts_outcomes_per_energy():
                            "n_retained_above_top_layer": 0, "mean_deepest_A": -0.2}
 
 
+def test_paired_outcome_compares_at_the_all_expensive_stop():
+    mixed = {"outcome": "reflected", "t_end_fs": 36.27}
+    # all-expensive reflected a step earlier (its adaptive steps differ): the same outcome
+    assert study.paired_outcome(mixed, {"outcome": "reflected", "t_end_fs": 36.26}) == "reflected"
+    # all-expensive stopped at its shorter t_max: the mixed one as it stood then
+    late = {"outcome": "reflected", "t_end_fs": 170.0}
+    assert study.paired_outcome(late, {"outcome": "retained", "t_end_fs": 150.0}) == "retained"
+    assert study.paired_outcome(mixed, {"outcome": "retained", "t_end_fs": 150.0}) == "reflected"
+    through = {"outcome": "transmitted", "t_end_fs": 120.0}
+    assert study.paired_outcome(through, {"outcome": "retained", "t_end_fs": 150.0}) == "transmitted"
+    # a real difference stays one
+    kept = {"outcome": "retained", "t_end_fs": 200.0}
+    assert study.paired_outcome(kept, {"outcome": "reflected", "t_end_fs": 36.0}) == "retained"
+
+
 def test_adaptive_dt_follows_the_displacement_and_energy_rules():
     v = np.zeros((3, 3))
     f = np.zeros((3, 3))
