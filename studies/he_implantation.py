@@ -560,22 +560,16 @@ def summarize(impacts: list[dict], setup: dict) -> dict:
     return out
 
 
-def _outcome_at(record: dict, t_fs: float) -> str:
-    """A mixed impact's outcome as it stood at ``t_fs``: its outcome if it ended by
-    then, else retained (for a paired all-expensive run stopped at an earlier t_max)."""
-    if record["outcome"] != "retained" and record["t_end_fs"] <= t_fs + 1e-9:
-        return record["outcome"]
-    return "retained"
-
-
 def paired_outcome(mixed: dict, expensive: dict) -> str:
-    """The mixed impact's outcome to set beside the all-expensive one: at the time the
-    all-expensive run was stopped if it was stopped (retained at its shorter t_max), else
-    the final one. (An all-expensive He reflected at 36.26 fs beside a mixed one
-    reflected at 36.27 fs, the adaptive steps differing, is the same outcome.)"""
-    if expensive["outcome"] == "retained":
-        return _outcome_at(mixed, expensive["t_end_fs"])
-    return mixed["outcome"]
+    """The mixed impact's outcome to set beside the all-expensive one: its final one if
+    the all-expensive run ended on its own, else (that run stopped, retained at its
+    shorter t_max) as it stood at that time. (An all-expensive He reflected at 36.26 fs
+    beside a mixed one reflected at 36.27 fs, the adaptive steps differing, is the same
+    outcome.)"""
+    if expensive["outcome"] != "retained":
+        return mixed["outcome"]
+    ended = mixed["outcome"] != "retained" and mixed["t_end_fs"] <= expensive["t_end_fs"] + 1e-9
+    return mixed["outcome"] if ended else "retained"
 
 
 def figure(result: dict, path: Path) -> None:
